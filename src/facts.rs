@@ -1,0 +1,270 @@
+//! Plain data that the probe observes and the verdict judges. No I/O, no opinions.
+
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::lsn::Lsn;
+use crate::syncnames::SyncNames;
+
+/// Everything one check saw.
+#[derive(Clone, Debug)]
+pub struct Observation {
+    pub checked_at: SystemTime,
+    /// Wall time the whole check took.
+    pub took_ms: f64,
+    pub wallet: WalletObservation,
+    /// One entry per standby DSN the operator gave.
+    pub standbys: Vec<StandbyObservation>,
+}
+
+// One observation per check: the size difference between variants costs nothing.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug)]
+pub enum WalletObservation {
+    /// The wallet is not in PostgreSQL at all.
+    NotPostgres { scheme: String },
+    Postgres {
+        /// The DSN as displayed (no password).
+        target: String,
+        primary: Result<PrimaryFacts, ProbeFailure>,
+    },
+}
+
+/// Why a server could not be observed. `kind` drives the verdict; `detail` is for humans.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeFailure {
+    pub kind: FailureKind,
+    /// What was being done: "connect", "replication", …
+    pub stage: String,
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FailureKind {
+    /// No answer within the deadline (server hung, link cut).
+    Timeout,
+    /// The server refused the credentials.
+    Auth,
+    /// Nothing to connect to, or the connection broke.
+    Unreachable,
+    /// The server is starting, stopping or out of connections.
+    Unavailable,
+    /// The role may not run a query we need.
+    Privilege,
+    /// Anything else the server said.
+    Query,
+}
+
+/// The wallet's server, seen through the wallet DSN.
+#[derive(Clone, Debug, Serialize)]
+pub struct PrimaryFacts {
+    pub server_version_num: i32,
+    pub server_version: String,
+    pub in_recovery: bool,
+    /// `None` when the role may not read `pg_control_system()`.
+    pub system_identifier: Option<String>,
+    pub timeline: Option<u32>,
+    pub postmaster_start: String,
+    /// `pg_current_wal_flush_lsn()` when the facts were taken (None on a standby).
+    pub flush_lsn: Option<Lsn>,
+    /// The role sees `pg_stat_replication`'s details (superuser or `pg_read_all_stats`).
+    pub can_read_stats: bool,
+    pub session: SessionFacts,
+    pub sync_names_raw: String,
+    /// Parsed `synchronous_standby_names`; the error names what PostgreSQL would not accept.
+    pub sync_names: Result<SyncNames, String>,
+    pub commit_probe: CommitProbe,
+    pub walsenders: Vec<WalSender>,
+    pub slots: Vec<Slot>,
+    /// `max_slot_wal_keep_size` in MB; -1 is unbounded.
+    pub max_slot_wal_keep_size_mb: i64,
+    pub archive_mode: String,
+    pub archiver: Option<Archiver>,
+    pub syncrep_waiters: SyncRepWaiters,
+}
+
+/// What a session opened with the wallet DSN gets: lightningd's own durability.
+#[derive(Clone, Debug, Serialize)]
+pub struct SessionFacts {
+    pub role: String,
+    pub database: String,
+    /// `SHOW synchronous_commit` on that session.
+    pub synchronous_commit: String,
+    /// `pg_settings.source` of it: default, configuration file, database, user, client, …
+    pub synchronous_commit_source: String,
+    /// `ALTER ROLE/DATABASE … SET synchronous_commit` entries that apply to this role/database.
+    pub overrides: Vec<SettingOverride>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SettingOverride {
+    /// `None`: every database.
+    pub database: Option<String>,
+    /// `None`: every role.
+    pub role: Option<String>,
+    pub value: String,
+}
+
+/// The test commit that measures the synchronous round trip.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
+pub enum CommitProbe {
+    /// Not attempted (failover-check writes nothing).
+    NotRun,
+    /// Committed and acknowledged by the synchronous standbys.
+    Acknowledged { ms: f64, lsn: Lsn },
+    /// Still waiting at the deadline; left waiting, never cancelled.
+    Waiting { waited_ms: f64, lsn: Lsn },
+    /// An earlier probe (from any process) is still waiting; that wait is the answer.
+    AlreadyWaiting { waiting_ms: Option<f64> },
+    Failed { error: String },
+}
+
+impl CommitProbe {
+    pub fn ms(&self) -> Option<f64> {
+        match self {
+            CommitProbe::Acknowledged { ms, .. } => Some(*ms),
+            _ => None,
+        }
+    }
+
+    pub fn lsn(&self) -> Option<Lsn> {
+        match self {
+            CommitProbe::Acknowledged { lsn, .. } | CommitProbe::Waiting { lsn, .. } => Some(*lsn),
+            _ => None,
+        }
+    }
+}
+
+/// One row of `pg_stat_replication`. Columns the role may not see are `None`.
+#[derive(Clone, Debug, Serialize)]
+pub struct WalSender {
+    pub pid: i32,
+    pub application_name: String,
+    pub client_addr: Option<String>,
+    pub state: Option<String>,
+    pub sync_state: Option<String>,
+    pub sync_priority: Option<i32>,
+    pub sent_lsn: Option<Lsn>,
+    pub write_lsn: Option<Lsn>,
+    pub flush_lsn: Option<Lsn>,
+    pub replay_lsn: Option<Lsn>,
+    /// NULL a few seconds after the last WAL write on a healthy pair: idle, not unknown.
+    pub write_lag_ms: Option<f64>,
+    pub flush_lag_ms: Option<f64>,
+    pub replay_lag_ms: Option<f64>,
+    pub reply_age_ms: Option<f64>,
+    /// Its flush position reached the position the check waited for: the commit probe's WAL
+    /// (`status`), or the primary's flush position when the check began (`failover-check`).
+    /// `None` when the check waited for nothing.
+    pub reached_target: Option<bool>,
+}
+
+impl WalSender {
+    pub fn is_streaming(&self) -> bool {
+        self.state.as_deref() == Some("streaming")
+    }
+
+    pub fn is_synchronous(&self) -> bool {
+        matches!(self.sync_state.as_deref(), Some("sync") | Some("quorum"))
+    }
+
+    /// A standby reports the position it replayed; `pg_receivewal` and other WAL receivers
+    /// only store WAL, so they never do.
+    pub fn reports_replay(&self) -> bool {
+        self.replay_lsn.is_some()
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Slot {
+    pub name: String,
+    pub active: bool,
+    pub active_pid: Option<i32>,
+    /// reserved, extended, unreserved, lost (NULL before the slot was first used).
+    pub wal_status: Option<String>,
+    pub restart_lsn: Option<Lsn>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Archiver {
+    pub archived_count: i64,
+    pub failed_count: i64,
+    pub last_failed_wal: Option<String>,
+    pub last_failed_time: Option<String>,
+    pub last_archived_time: Option<String>,
+    /// The last attempt failed (a failure newer than the last success).
+    pub failing_now: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SyncRepWaiters {
+    /// Backends other than our probes waiting for the synchronous standby.
+    pub count: i64,
+    pub longest_ms: Option<f64>,
+}
+
+/// A standby seen through the DSN the operator gave for it.
+#[derive(Clone, Debug)]
+pub struct StandbyObservation {
+    pub target: String,
+    pub facts: Result<StandbyFacts, ProbeFailure>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StandbyFacts {
+    pub server_version_num: i32,
+    pub in_recovery: bool,
+    pub system_identifier: Option<String>,
+    pub cluster_name: String,
+    /// The timeline it receives (standby) or writes (if it answers as a primary).
+    pub timeline: Option<u32>,
+    pub receiver: Option<WalReceiver>,
+    pub replay_paused: Option<bool>,
+    pub receive_lsn: Option<Lsn>,
+    pub replay_lsn: Option<Lsn>,
+}
+
+impl StandbyFacts {
+    /// The name it announces to the primary (`application_name` in `primary_conninfo`, else
+    /// `cluster_name`, else PostgreSQL's default `walreceiver`).
+    pub fn walsender_name(&self) -> String {
+        self.receiver
+            .as_ref()
+            .and_then(|r| r.application_name.clone())
+            .or_else(|| (!self.cluster_name.is_empty()).then(|| self.cluster_name.clone()))
+            .unwrap_or_else(|| "walreceiver".to_string())
+    }
+}
+
+/// `pg_stat_wal_receiver`, from the standby's side.
+#[derive(Clone, Debug, Serialize)]
+pub struct WalReceiver {
+    pub status: Option<String>,
+    pub received_tli: Option<u32>,
+    pub last_msg_age_ms: Option<f64>,
+    pub flushed_lsn: Option<Lsn>,
+    pub slot_name: Option<String>,
+    pub application_name: Option<String>,
+}
+
+impl Observation {
+    /// The primary's facts, when it was reached.
+    pub fn primary(&self) -> Option<&PrimaryFacts> {
+        match &self.wallet {
+            WalletObservation::Postgres { primary: Ok(p), .. } => Some(p),
+            _ => None,
+        }
+    }
+
+    /// The standby (given by DSN) that connects to the primary as `application_name`.
+    pub fn standby_named(&self, application_name: &str) -> Option<&StandbyObservation> {
+        self.standbys.iter().find(|s| {
+            s.facts
+                .as_ref()
+                .is_ok_and(|f| f.walsender_name().eq_ignore_ascii_case(application_name))
+        })
+    }
+}

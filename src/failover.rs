@@ -1,0 +1,269 @@
+//! `failover-check`: would a failover right now lose an acknowledged commit? A pure function of
+//! an observation taken by `probe::observe_failover` (DESIGN §5).
+//!
+//! L is the primary's flush position when the check started: every commit acknowledged so far
+//! is at or before it. A standby S is ready when (1) every synchronous acknowledgement
+//! includes S, (2) lightningd's `synchronous_commit` waits for the flush, (3) S flushed up to
+//! L, and (4) with S's DSN: same cluster and timeline, in recovery, receiving.
+
+use serde::Serialize;
+
+use crate::facts::{Observation, PrimaryFacts, StandbyFacts, WalSender, WalletObservation};
+use crate::lsn::Lsn;
+use crate::syncnames::{SyncMethod, SyncNames, SyncRequirement};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Readiness {
+    Ready,
+    NotReady,
+    /// Cannot tell (primary unreachable, columns hidden): never "ready".
+    Unknown,
+}
+
+impl Readiness {
+    /// 0 ready, 2 not ready, 3 unknown: non-zero whenever a failover could lose data.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Readiness::Ready => 0,
+            Readiness::NotReady => 2,
+            Readiness::Unknown => 3,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct FailoverAnswer {
+    pub readiness: Readiness,
+    pub ready: bool,
+    /// The standby to fail over to: the first ready one in priority order.
+    pub target: Option<String>,
+    /// L: the primary's flush position when the check started.
+    pub primary_flush_lsn: Option<Lsn>,
+    /// Reasons that rule out every standby.
+    pub blockers: Vec<String>,
+    pub standbys: Vec<StandbyReadiness>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StandbyReadiness {
+    pub name: String,
+    pub ready: bool,
+    pub flush_lsn: Option<Lsn>,
+    /// Bytes it was still short of L when the wait ended.
+    pub missing_bytes: Option<u64>,
+    /// The DSN it was checked through as well, when given.
+    pub dsn: Option<String>,
+    pub reasons: Vec<String>,
+}
+
+pub fn evaluate(obs: &Observation) -> FailoverAnswer {
+    let unknown = |why: String| answer(Readiness::Unknown, None, vec![why], vec![]);
+    let p = match &obs.wallet {
+        WalletObservation::NotPostgres { scheme } => {
+            return answer(
+                Readiness::NotReady,
+                None,
+                vec![format!("the wallet is in {scheme}://, not replicated")],
+                vec![],
+            );
+        }
+        WalletObservation::Postgres { primary: Err(f), .. } => {
+            return unknown(format!("cannot check the primary: {}: {}", f.stage, f.detail));
+        }
+        WalletObservation::Postgres { primary: Ok(p), .. } => p,
+    };
+    if p.in_recovery {
+        return answer(
+            Readiness::NotReady,
+            None,
+            vec!["the wallet DSN points to a server in recovery, not the primary".into()],
+            vec![],
+        );
+    }
+    if !p.can_read_stats {
+        return unknown(format!(
+            "role {} cannot see pg_stat_replication's details: GRANT pg_monitor TO it",
+            p.session.role
+        ));
+    }
+    let Some(l) = p.flush_lsn else {
+        return unknown("the primary did not report its flush position".into());
+    };
+    let req = match &p.sync_names {
+        Err(why) => return unknown(format!("cannot read synchronous_standby_names: {why}")),
+        Ok(SyncNames::Empty) => None,
+        Ok(SyncNames::Required(r)) => Some(r),
+    };
+
+    let mut blockers = Vec::new();
+    match req {
+        None => blockers.push(
+            "synchronous_standby_names is empty: no commit waited for any standby".to_string(),
+        ),
+        Some(r) if r.has_wildcard() => blockers.push(format!(
+            "synchronous_standby_names = '{}' lets any WAL receiver acknowledge commits",
+            p.sync_names_raw
+        )),
+        Some(_) => {}
+    }
+    if !matches!(p.session.synchronous_commit.as_str(), "on" | "remote_apply") {
+        blockers.push(format!(
+            "lightningd's sessions run with synchronous_commit = {}: commits do not wait for \
+             the standby to flush",
+            p.session.synchronous_commit
+        ));
+    }
+
+    let mut standbys: Vec<StandbyReadiness> = p
+        .walsenders
+        .iter()
+        .map(|w| judge_sender(obs, p, w, req, l, &blockers))
+        .collect();
+    // Standbys the operator named that are not connected at all.
+    for s in &obs.standbys {
+        let name = s.facts.as_ref().map(|f| f.walsender_name()).ok();
+        let connected = name.as_ref().is_some_and(|n| {
+            p.walsenders
+                .iter()
+                .any(|w| w.application_name.eq_ignore_ascii_case(n))
+        });
+        if !connected {
+            standbys.push(StandbyReadiness {
+                name: name.unwrap_or_else(|| s.target.clone()),
+                ready: false,
+                flush_lsn: None,
+                missing_bytes: None,
+                dsn: Some(s.target.clone()),
+                reasons: vec![match &s.facts {
+                    Err(f) => format!("its DSN did not answer: {}: {}", f.stage, f.detail),
+                    Ok(_) => "not connected to the primary".to_string(),
+                }],
+            });
+        }
+    }
+    // Priority order: the first ready standby is the target.
+    standbys.sort_by_key(|s| {
+        req.and_then(|r| r.priority_of(&s.name))
+            .unwrap_or(usize::MAX)
+    });
+    let target = standbys.iter().find(|s| s.ready).map(|s| s.name.clone());
+    let readiness = if target.is_some() {
+        Readiness::Ready
+    } else {
+        Readiness::NotReady
+    };
+    answer(readiness, Some(l), blockers, standbys)
+}
+
+fn judge_sender(
+    obs: &Observation,
+    p: &PrimaryFacts,
+    w: &WalSender,
+    req: Option<&SyncRequirement>,
+    l: Lsn,
+    blockers: &[String],
+) -> StandbyReadiness {
+    let mut reasons = Vec::new();
+    match req {
+        Some(r) if r.names_standby(&w.application_name) && !r.has_wildcard() => {
+            match r.method {
+                SyncMethod::First if w.sync_state.as_deref() != Some("sync") => {
+                    reasons.push(format!(
+                        "not among the {} synchronous standbys that must acknowledge every \
+                         commit (sync_state {})",
+                        r.num,
+                        w.sync_state.as_deref().unwrap_or("unknown")
+                    ));
+                }
+                SyncMethod::Any if (r.num as usize) < r.names.len() => {
+                    reasons.push(format!(
+                        "ANY {} of {} standbys: a commit can be acknowledged without this one",
+                        r.num,
+                        r.names.len()
+                    ));
+                }
+                _ => {}
+            }
+        }
+        Some(r) if !r.names_standby(&w.application_name) => {
+            reasons.push("not named in synchronous_standby_names".into());
+        }
+        _ => {}
+    }
+    if !w.is_streaming() {
+        reasons.push(format!(
+            "not streaming (state {})",
+            w.state.as_deref().unwrap_or("unknown")
+        ));
+    }
+    if !w.reports_replay() {
+        reasons.push("reports no replay position: a WAL receiver, not a standby".into());
+    }
+    let missing = w.flush_lsn.map(|f| l.bytes_after(f));
+    if w.reached_target != Some(true) {
+        reasons.push(format!(
+            "flushed up to {} only, short of the primary's {l}{}",
+            w.flush_lsn.map_or("nothing".to_string(), |f| f.to_string()),
+            missing.map_or(String::new(), |m| format!(" by {m} bytes"))
+        ));
+    }
+    let dsn = obs.standby_named(&w.application_name);
+    if let Some(s) = dsn {
+        match &s.facts {
+            Ok(f) => reasons.extend(standby_side_reasons(p, f)),
+            Err(e) => reasons.push(format!("its DSN did not answer: {}: {}", e.stage, e.detail)),
+        }
+    }
+    StandbyReadiness {
+        name: w.application_name.clone(),
+        ready: reasons.is_empty() && blockers.is_empty(),
+        flush_lsn: w.flush_lsn,
+        missing_bytes: missing.filter(|m| *m > 0),
+        dsn: dsn.map(|s| s.target.clone()),
+        reasons,
+    }
+}
+
+fn standby_side_reasons(p: &PrimaryFacts, s: &StandbyFacts) -> Vec<String> {
+    let mut out = Vec::new();
+    match (&p.system_identifier, &s.system_identifier) {
+        (Some(a), Some(b)) if a != b => {
+            out.push(format!("belongs to another cluster (system identifier {b} ≠ {a})"));
+        }
+        (Some(_), Some(_)) => {}
+        _ => out.push("its system identifier could not be compared with the primary's".into()),
+    }
+    if !s.in_recovery {
+        out.push("answers as a primary, not a standby".into());
+    }
+    if let (Some(a), Some(b)) = (p.timeline, s.timeline)
+        && a != b
+    {
+        out.push(format!("on timeline {b}, the primary on {a}"));
+    }
+    let streaming = s
+        .receiver
+        .as_ref()
+        .is_some_and(|r| r.status.as_deref() == Some("streaming"));
+    if s.in_recovery && !streaming {
+        out.push("its WAL receiver is not streaming".into());
+    }
+    out
+}
+
+fn answer(
+    readiness: Readiness,
+    l: Option<Lsn>,
+    blockers: Vec<String>,
+    standbys: Vec<StandbyReadiness>,
+) -> FailoverAnswer {
+    FailoverAnswer {
+        readiness,
+        ready: readiness == Readiness::Ready,
+        target: standbys.iter().find(|s| s.ready).map(|s| s.name.clone()),
+        primary_flush_lsn: l,
+        blockers,
+        standbys,
+    }
+}

@@ -1,0 +1,20 @@
+//! cln-replguard: verifies and enforces synchronous replication of Core Lightning's
+//! PostgreSQL wallet.
+//!
+//! Data flows one way: `probe` (the only module with SQL) → `facts` → `verdict` (pure) →
+//! `report` (JSON and text) → `cli`. `failover` is the pure go/no-go of `failover-check`.
+//! `cluster` starts real throwaway PostgreSQL servers for the tests and the demo.
+
+pub mod cli;
+pub mod cluster;
+pub mod demo;
+pub mod dsn;
+pub mod facts;
+pub mod failover;
+pub mod lsn;
+pub mod plugin;
+pub mod policy;
+pub mod probe;
+pub mod report;
+pub mod syncnames;
+pub mod verdict;

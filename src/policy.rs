@@ -1,0 +1,70 @@
+//! The thresholds the verdict judges by. One struct, shared by the CLI and (later) the plugin's
+//! options, so both judge alike.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Policy {
+    /// Deadline of every connection attempt and every query.
+    #[serde(serialize_with = "as_millis")]
+    pub query_timeout: Duration,
+    /// A test commit not acknowledged by the synchronous standbys within this is the finding
+    /// that commits are blocked; lightningd backends waiting longer are too.
+    #[serde(serialize_with = "as_millis")]
+    pub probe_deadline: Duration,
+    /// Acknowledged, but later than this: replication works with less margin than asked.
+    #[serde(serialize_with = "as_millis")]
+    pub probe_slow: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            query_timeout: Duration::from_millis(2000),
+            probe_deadline: Duration::from_millis(1000),
+            probe_slow: Duration::from_millis(250),
+        }
+    }
+}
+
+impl Policy {
+    /// Checks the relations between thresholds; the message names the option to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.query_timeout.is_zero() || self.probe_deadline.is_zero() {
+            return Err("query-timeout-ms and probe-deadline-ms must be greater than 0".into());
+        }
+        if self.probe_slow >= self.probe_deadline {
+            return Err(format!(
+                "probe-slow-ms ({} ms) must be below probe-deadline-ms ({} ms)",
+                self.probe_slow.as_millis(),
+                self.probe_deadline.as_millis()
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn as_millis<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(Policy::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn slow_threshold_must_sit_below_the_deadline() {
+        let p = Policy {
+            probe_slow: Duration::from_millis(1000),
+            ..Policy::default()
+        };
+        assert!(p.validate().unwrap_err().contains("probe-slow-ms"));
+    }
+}

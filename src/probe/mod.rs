@@ -1,0 +1,76 @@
+//! The only module that talks to PostgreSQL. Every connection and query runs under a deadline;
+//! what comes out is plain facts (`crate::facts`), judged elsewhere.
+
+mod commit;
+mod primary;
+mod session;
+mod standby;
+
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::dsn::{PgTarget, WalletDsn};
+use crate::facts::{Observation, StandbyObservation, WalletObservation};
+use crate::policy::Policy;
+
+pub use commit::PROBE_APPLICATION_NAME;
+pub use primary::{MIN_SERVER_VERSION_NUM, MONITOR_APPLICATION_NAME};
+
+/// What to check: the wallet DSN and the standbys the operator named.
+#[derive(Clone, Debug)]
+pub struct Targets {
+    pub wallet: WalletDsn,
+    pub standbys: Vec<PgTarget>,
+}
+
+/// `status`/`check`: the primary's facts with a commit probe, and each standby's.
+pub async fn observe(targets: &Targets, policy: &Policy) -> Observation {
+    observe_with(targets, policy, primary::Mode::Status).await
+}
+
+/// `failover-check`: writes nothing; waits up to `wait` for the named standbys to flush up to
+/// the primary's flush position taken when the check starts.
+pub async fn observe_failover(targets: &Targets, policy: &Policy, wait: Duration) -> Observation {
+    observe_with(targets, policy, primary::Mode::Failover { wait }).await
+}
+
+async fn observe_with(targets: &Targets, policy: &Policy, mode: primary::Mode) -> Observation {
+    let checked_at = SystemTime::now();
+    let start = Instant::now();
+    let standby_tasks: Vec<_> = targets
+        .standbys
+        .iter()
+        .map(|t| {
+            let (t, p) = (t.clone(), *policy);
+            tokio::spawn(async move { standby::observe(&t, &p).await })
+        })
+        .collect();
+    let wallet = match &targets.wallet {
+        WalletDsn::Other { scheme } => WalletObservation::NotPostgres {
+            scheme: scheme.clone(),
+        },
+        WalletDsn::Postgres(t) => WalletObservation::Postgres {
+            target: t.to_string(),
+            primary: primary::observe(t, policy, mode).await,
+        },
+    };
+    let mut standbys = Vec::new();
+    for (t, task) in targets.standbys.iter().zip(standby_tasks) {
+        let facts = task.await.unwrap_or_else(|e| {
+            Err(crate::facts::ProbeFailure {
+                kind: crate::facts::FailureKind::Query,
+                stage: "standby".into(),
+                detail: format!("probe task failed: {e}"),
+            })
+        });
+        standbys.push(StandbyObservation {
+            target: t.to_string(),
+            facts,
+        });
+    }
+    Observation {
+        checked_at,
+        took_ms: commit::millis(start.elapsed()),
+        wallet,
+        standbys,
+    }
+}

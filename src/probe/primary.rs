@@ -1,0 +1,308 @@
+//! Facts about the wallet's server, read through the wallet DSN.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Row;
+
+use crate::dsn::PgTarget;
+use crate::facts::{
+    Archiver, CommitProbe, FailureKind, PrimaryFacts, ProbeFailure, SessionFacts, SettingOverride,
+    Slot, SyncRepWaiters, WalSender,
+};
+use crate::lsn::{Lsn, timeline_of_walfile};
+use crate::policy::Policy;
+use crate::syncnames::SyncNames;
+
+use super::commit::{self, PROBE_APPLICATION_NAME};
+use super::session::Session;
+
+/// `application_name` of our fact-reading sessions.
+pub const MONITOR_APPLICATION_NAME: &str = "cln-replguard";
+
+/// Oldest PostgreSQL whose views we read (`pg_replication_slots.wal_status` is from 13).
+pub const MIN_SERVER_VERSION_NUM: i32 = 130000;
+
+/// What to wait for after reading the basics.
+pub(crate) enum Mode {
+    /// `status`/`check`: run the commit probe, then wait (up to its deadline) for the
+    /// synchronous standbys to flush the probe's WAL.
+    Status,
+    /// `failover-check`: write nothing; wait up to `wait` for every named standby to flush
+    /// up to `target` (the primary's flush position when the check started).
+    Failover { wait: Duration },
+}
+
+/// Reads the primary's facts; the first failure ends the check with it.
+pub(crate) async fn observe(
+    target: &PgTarget,
+    policy: &Policy,
+    mode: Mode,
+) -> Result<PrimaryFacts, ProbeFailure> {
+    let session = Session::open(
+        &target.session_config(MONITOR_APPLICATION_NAME, policy.query_timeout),
+        policy.query_timeout,
+    )
+    .await?;
+    let row = session.query_one("server", BASICS_SQL, &[]).await?;
+    let server_version_num: i32 = row.get("version_num");
+    if server_version_num < MIN_SERVER_VERSION_NUM {
+        return Err(ProbeFailure {
+            kind: FailureKind::Query,
+            stage: "server".into(),
+            detail: format!(
+                "PostgreSQL {} is not supported; cln-replguard reads PostgreSQL 13 or newer",
+                row.get::<_, String>("version")
+            ),
+        });
+    }
+    let in_recovery: bool = row.get("in_recovery");
+    let flush_lsn = parse_lsn(row.get("flush_lsn"));
+    let sync_names_raw: String = row.get("sync_names");
+    let sync_names = SyncNames::parse(&sync_names_raw);
+    let session_facts = SessionFacts {
+        role: row.get("role"),
+        database: row.get("db"),
+        synchronous_commit: row.get("sync_commit"),
+        synchronous_commit_source: row.get("sync_commit_source"),
+        overrides: overrides(&session).await?,
+    };
+
+    let (commit_probe, wait_for) = match mode {
+        _ if in_recovery => (CommitProbe::NotRun, None),
+        Mode::Status => {
+            let probe = commit::run(target, policy).await;
+            // Standbys get the rest of the deadline to confirm an acknowledged probe; a probe
+            // still waiting already says all there is to say.
+            let wait = match &probe {
+                CommitProbe::Acknowledged { lsn, .. } => Some((*lsn, policy.probe_deadline, false)),
+                CommitProbe::Waiting { lsn, .. } => Some((*lsn, Duration::ZERO, false)),
+                _ => None,
+            };
+            (probe, wait)
+        }
+        Mode::Failover { wait } => (CommitProbe::NotRun, flush_lsn.map(|l| (l, wait, true))),
+    };
+    let walsenders = walsenders_reaching(&session, wait_for, &sync_names).await?;
+
+    Ok(PrimaryFacts {
+        server_version_num,
+        server_version: row.get("version"),
+        in_recovery,
+        system_identifier: system_identifier(&session).await?,
+        timeline: row
+            .get::<_, Option<String>>("walfile")
+            .as_deref()
+            .and_then(timeline_of_walfile),
+        postmaster_start: row.get("started"),
+        flush_lsn,
+        can_read_stats: row.get("can_read_stats"),
+        session: session_facts,
+        sync_names_raw,
+        sync_names,
+        commit_probe,
+        walsenders,
+        slots: slots(&session).await?,
+        max_slot_wal_keep_size_mb: row.get("max_slot_keep"),
+        archiver: if row.get::<_, String>("archive_mode") == "off" {
+            None
+        } else {
+            Some(archiver(&session).await?)
+        },
+        archive_mode: row.get("archive_mode"),
+        syncrep_waiters: syncrep_waiters(&session).await?,
+    })
+}
+
+
+const BASICS_SQL: &str = "\
+SELECT current_setting('server_version_num')::int AS version_num,
+       current_setting('server_version') AS version,
+       pg_is_in_recovery() AS in_recovery,
+       pg_postmaster_start_time()::text AS started,
+       current_user::text AS role,
+       current_database()::text AS db,
+       current_setting('synchronous_standby_names') AS sync_names,
+       current_setting('synchronous_commit') AS sync_commit,
+       (SELECT source FROM pg_settings WHERE name = 'synchronous_commit') AS sync_commit_source,
+       pg_has_role('pg_read_all_stats', 'USAGE') AS can_read_stats,
+       CASE WHEN pg_is_in_recovery() THEN NULL
+            ELSE pg_current_wal_flush_lsn()::text END AS flush_lsn,
+       CASE WHEN pg_is_in_recovery() THEN NULL
+            ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile,
+       current_setting('archive_mode') AS archive_mode,
+       (SELECT setting::bigint FROM pg_settings
+         WHERE name = 'max_slot_wal_keep_size') AS max_slot_keep";
+
+async fn overrides(session: &Session) -> Result<Vec<SettingOverride>, ProbeFailure> {
+    // Role and database settings apply when a session starts; these are the ones that apply
+    // to a session of this role on this database (DESIGN §2).
+    let rows = session
+        .query(
+            "synchronous_commit overrides",
+            "SELECT d.datname::text, r.rolname::text,
+                    substr(cfg, length('synchronous_commit=') + 1)
+               FROM pg_db_role_setting s
+               LEFT JOIN pg_database d ON d.oid = s.setdatabase
+               LEFT JOIN pg_roles r ON r.oid = s.setrole
+               CROSS JOIN LATERAL unnest(s.setconfig) AS cfg
+              WHERE cfg LIKE 'synchronous_commit=%'
+                AND s.setdatabase IN (0, (SELECT oid FROM pg_database
+                                           WHERE datname = current_database()))
+                AND s.setrole IN (0, (SELECT oid FROM pg_roles WHERE rolname = session_user))",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| SettingOverride {
+            database: r.get(0),
+            role: r.get(1),
+            value: r.get(2),
+        })
+        .collect())
+}
+
+async fn system_identifier(session: &Session) -> Result<Option<String>, ProbeFailure> {
+    match session
+        .query_one(
+            "system identifier",
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => Ok(row.get(0)),
+        Err(f) if f.kind == FailureKind::Privilege => Ok(None),
+        Err(f) => Err(f),
+    }
+}
+
+const WALSENDERS_SQL: &str = "\
+SELECT pid, coalesce(application_name, '') AS name, client_addr::text AS client_addr,
+       state, sync_state, sync_priority,
+       sent_lsn::text AS sent, write_lsn::text AS write, flush_lsn::text AS flush,
+       replay_lsn::text AS replay,
+       (extract(epoch FROM write_lag) * 1000)::float8 AS write_lag,
+       (extract(epoch FROM flush_lag) * 1000)::float8 AS flush_lag,
+       (extract(epoch FROM replay_lag) * 1000)::float8 AS replay_lag,
+       (extract(epoch FROM clock_timestamp() - reply_time) * 1000)::float8 AS reply_age
+  FROM pg_stat_replication
+ ORDER BY pid";
+
+/// Reads `pg_stat_replication`; with a target, re-reads until the standbys that must have it
+/// (synchronous ones, or with `all_named` every named one) flushed it, or the wait is over.
+async fn walsenders_reaching(
+    session: &Session,
+    wait_for: Option<(Lsn, Duration, bool)>,
+    sync_names: &Result<SyncNames, String>,
+) -> Result<Vec<WalSender>, ProbeFailure> {
+    let start = Instant::now();
+    loop {
+        let rows = session.query("replication", WALSENDERS_SQL, &[]).await?;
+        let mut senders: Vec<WalSender> = rows.iter().map(walsender).collect();
+        let Some((target, wait, all_named)) = wait_for else {
+            return Ok(senders);
+        };
+        for s in &mut senders {
+            s.reached_target = s.flush_lsn.map(|f| f >= target);
+        }
+        let must_reach = |s: &WalSender| {
+            s.is_streaming()
+                && if all_named {
+                    matches!(sync_names, Ok(SyncNames::Required(r)) if r.names_standby(&s.application_name))
+                } else {
+                    s.is_synchronous()
+                }
+        };
+        let pending = senders
+            .iter()
+            .any(|s| must_reach(s) && s.reached_target != Some(true));
+        if !pending || start.elapsed() >= wait {
+            return Ok(senders);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn walsender(r: &Row) -> WalSender {
+    WalSender {
+        pid: r.get("pid"),
+        application_name: r.get("name"),
+        client_addr: r.get("client_addr"),
+        state: r.get("state"),
+        sync_state: r.get("sync_state"),
+        sync_priority: r.get("sync_priority"),
+        sent_lsn: parse_lsn(r.get("sent")),
+        write_lsn: parse_lsn(r.get("write")),
+        flush_lsn: parse_lsn(r.get("flush")),
+        replay_lsn: parse_lsn(r.get("replay")),
+        write_lag_ms: r.get("write_lag"),
+        flush_lag_ms: r.get("flush_lag"),
+        replay_lag_ms: r.get("replay_lag"),
+        reply_age_ms: r.get("reply_age"),
+        reached_target: None,
+    }
+}
+
+async fn slots(session: &Session) -> Result<Vec<Slot>, ProbeFailure> {
+    let rows = session
+        .query(
+            "slots",
+            "SELECT slot_name::text, active, active_pid, wal_status, restart_lsn::text
+               FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name",
+            &[],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Slot {
+            name: r.get(0),
+            active: r.get(1),
+            active_pid: r.get(2),
+            wal_status: r.get(3),
+            restart_lsn: parse_lsn(r.get(4)),
+        })
+        .collect())
+}
+
+async fn archiver(session: &Session) -> Result<Archiver, ProbeFailure> {
+    let r = session
+        .query_one(
+            "archiver",
+            "SELECT archived_count, failed_count, last_failed_wal,
+                    last_failed_time::text, last_archived_time::text,
+                    coalesce(last_failed_time > last_archived_time,
+                             last_failed_time IS NOT NULL) AS failing_now
+               FROM pg_stat_archiver",
+            &[],
+        )
+        .await?;
+    Ok(Archiver {
+        archived_count: r.get(0),
+        failed_count: r.get(1),
+        last_failed_wal: r.get(2),
+        last_failed_time: r.get(3),
+        last_archived_time: r.get(4),
+        failing_now: r.get(5),
+    })
+}
+
+async fn syncrep_waiters(session: &Session) -> Result<SyncRepWaiters, ProbeFailure> {
+    let r = session
+        .query_one(
+            "waiting commits",
+            "SELECT count(*), max(extract(epoch FROM clock_timestamp() - query_start) * 1000)::float8
+               FROM pg_stat_activity
+              WHERE wait_event = 'SyncRep' AND application_name IS DISTINCT FROM $1",
+            &[&PROBE_APPLICATION_NAME],
+        )
+        .await?;
+    Ok(SyncRepWaiters {
+        count: r.get(0),
+        longest_ms: r.get(1),
+    })
+}
+
+pub(crate) fn parse_lsn(text: Option<String>) -> Option<Lsn> {
+    text.and_then(|t| t.parse().ok())
+}

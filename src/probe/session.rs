@@ -1,0 +1,161 @@
+//! One PostgreSQL session with a deadline on everything it does, and errors classified by
+//! SQLSTATE into what the verdict needs to know.
+
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Config, NoTls, Row};
+
+use crate::facts::{FailureKind, ProbeFailure};
+
+pub(crate) struct Session {
+    client: Client,
+    connection: JoinHandle<()>,
+    deadline: Duration,
+}
+
+impl Session {
+    /// Connects, the whole handshake bounded by `deadline` (a stopped postmaster accepts the
+    /// socket connection and then never answers).
+    pub async fn open(config: &Config, deadline: Duration) -> Result<Session, ProbeFailure> {
+        match timeout(deadline, config.connect(NoTls)).await {
+            Err(_) => Err(ProbeFailure {
+                kind: FailureKind::Timeout,
+                stage: "connect".into(),
+                detail: format!("no answer within {} ms", deadline.as_millis()),
+            }),
+            Ok(Err(e)) => Err(classify("connect", &e)),
+            Ok(Ok((client, connection))) => Ok(Session {
+                client,
+                connection: tokio::spawn(async move {
+                    let _ = connection.await;
+                }),
+                deadline,
+            }),
+        }
+    }
+
+    pub async fn query(
+        &self,
+        stage: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Vec<Row>, ProbeFailure> {
+        match timeout(self.deadline, self.client.query(sql, params)).await {
+            Err(_) => Err(ProbeFailure {
+                kind: FailureKind::Timeout,
+                stage: stage.into(),
+                detail: format!("no answer within {} ms", self.deadline.as_millis()),
+            }),
+            Ok(r) => r.map_err(|e| classify(stage, &e)),
+        }
+    }
+
+    pub async fn query_one(
+        &self,
+        stage: &str,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Row, ProbeFailure> {
+        let mut rows = self.query(stage, sql, params).await?;
+        if rows.len() != 1 {
+            return Err(ProbeFailure {
+                kind: FailureKind::Query,
+                stage: stage.into(),
+                detail: format!("expected one row, got {}", rows.len()),
+            });
+        }
+        Ok(rows.remove(0))
+    }
+
+    /// Runs statements without the session deadline; the caller bounds the wait itself (the
+    /// commit probe must be able to outlive its deadline without being cancelled).
+    pub async fn batch_unbounded(&self, stage: &str, sql: &str) -> Result<(), ProbeFailure> {
+        self.client
+            .batch_execute(sql)
+            .await
+            .map_err(|e| classify(stage, &e))
+    }
+
+    pub async fn batch(&self, stage: &str, sql: &str) -> Result<(), ProbeFailure> {
+        match timeout(self.deadline, self.batch_unbounded(stage, sql)).await {
+            Err(_) => Err(ProbeFailure {
+                kind: FailureKind::Timeout,
+                stage: stage.into(),
+                detail: format!("no answer within {} ms", self.deadline.as_millis()),
+            }),
+            Ok(r) => r,
+        }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        // Dropping the client makes the connection task say goodbye and end. A hung server
+        // never lets it finish, so the task is ended for good a little later.
+        let handle = self.connection.abort_handle();
+        let grace = self.deadline;
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(grace).await;
+                handle.abort();
+            });
+        }
+    }
+}
+
+/// Maps a driver error to what the verdict needs; the detail is the server's own words.
+pub(crate) fn classify(stage: &str, e: &tokio_postgres::Error) -> ProbeFailure {
+    let (kind, detail) = match e.as_db_error() {
+        Some(db) => {
+            let code = db.code();
+            let kind = if *code == SqlState::INVALID_PASSWORD
+                || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+            {
+                FailureKind::Auth
+            } else if *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+            {
+                FailureKind::Unavailable
+            } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+                FailureKind::Privilege
+            } else {
+                FailureKind::Query
+            };
+            (kind, format!("{} (SQLSTATE {})", db.message(), code.code()))
+        }
+        None => {
+            let text = chain(e);
+            // The driver's own words when the server asks for a password we do not have.
+            let kind = if text.contains("password missing") {
+                FailureKind::Auth
+            } else {
+                FailureKind::Unreachable
+            };
+            (kind, text)
+        }
+    };
+    ProbeFailure {
+        kind,
+        stage: stage.into(),
+        detail,
+    }
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let text = s.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        cur = s.source();
+    }
+    parts.join(": ")
+}

@@ -1,0 +1,141 @@
+//! Facts about a standby, read through the DSN the operator gave for it.
+
+use crate::dsn::PgTarget;
+use crate::facts::{FailureKind, ProbeFailure, StandbyFacts, WalReceiver};
+use crate::lsn::timeline_of_walfile;
+use crate::policy::Policy;
+
+use super::primary::{MONITOR_APPLICATION_NAME, parse_lsn};
+use super::session::Session;
+
+pub(crate) async fn observe(target: &PgTarget, policy: &Policy) -> Result<StandbyFacts, ProbeFailure> {
+    let session = Session::open(
+        &target.session_config(MONITOR_APPLICATION_NAME, policy.query_timeout),
+        policy.query_timeout,
+    )
+    .await?;
+    let row = session
+        .query_one(
+            "standby",
+            "SELECT current_setting('server_version_num')::int, pg_is_in_recovery(),
+                    current_setting('cluster_name'),
+                    CASE WHEN pg_is_in_recovery() THEN NULL
+                         ELSE pg_walfile_name(pg_current_wal_lsn()) END,
+                    pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text",
+            &[],
+        )
+        .await?;
+    let server_version_num: i32 = row.get(0);
+    let in_recovery: bool = row.get(1);
+    let system_identifier = match session
+        .query_one(
+            "standby identity",
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+    {
+        Ok(r) => r.get(0),
+        Err(f) if f.kind == FailureKind::Privilege => None,
+        Err(f) => return Err(f),
+    };
+    let receiver = session
+        .query(
+            "wal receiver",
+            "SELECT status, received_tli,
+                    (extract(epoch FROM clock_timestamp() - last_msg_receipt_time) * 1000)::float8,
+                    flushed_lsn::text, slot_name, conninfo
+               FROM pg_stat_wal_receiver",
+            &[],
+        )
+        .await?
+        .first()
+        .map(|r| WalReceiver {
+            status: r.get(0),
+            received_tli: r.get::<_, Option<i32>>(1).map(|t| t as u32),
+            last_msg_age_ms: r.get(2),
+            flushed_lsn: parse_lsn(r.get(3)),
+            slot_name: r.get(4),
+            application_name: r
+                .get::<_, Option<String>>(5)
+                .and_then(|c| conninfo_value(&c, "application_name")),
+        });
+    let replay_paused = if !in_recovery {
+        None
+    } else {
+        let sql = if server_version_num >= 140000 {
+            "SELECT pg_get_wal_replay_pause_state() <> 'not paused'"
+        } else {
+            "SELECT pg_is_wal_replay_paused()"
+        };
+        Some(session.query_one("replay", sql, &[]).await?.get(0))
+    };
+    let timeline = if in_recovery {
+        receiver.as_ref().and_then(|r| r.received_tli)
+    } else {
+        row.get::<_, Option<String>>(3)
+            .as_deref()
+            .and_then(timeline_of_walfile)
+    };
+    Ok(StandbyFacts {
+        server_version_num,
+        in_recovery,
+        system_identifier,
+        cluster_name: row.get(2),
+        timeline,
+        receiver,
+        replay_paused,
+        receive_lsn: parse_lsn(row.get(4)),
+        replay_lsn: parse_lsn(row.get(5)),
+    })
+}
+
+/// One value of a libpq key=value string as PostgreSQL prints `conninfo` (values may be
+/// single-quoted with `\'` escapes).
+fn conninfo_value(conninfo: &str, key: &str) -> Option<String> {
+    let mut chars = conninfo.chars().peekable();
+    loop {
+        while chars.peek().is_some_and(|c| c.is_whitespace()) {
+            chars.next();
+        }
+        let k: String = chars.by_ref().take_while(|&c| c != '=').collect();
+        if k.is_empty() {
+            return None;
+        }
+        let mut v = String::new();
+        if chars.peek() == Some(&'\'') {
+            chars.next();
+            while let Some(c) = chars.next() {
+                match c {
+                    '\\' => v.extend(chars.next()),
+                    '\'' => break,
+                    c => v.push(c),
+                }
+            }
+        } else {
+            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+                v.push(c);
+            }
+        }
+        if k.trim() == key {
+            return Some(v);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::conninfo_value;
+
+    #[test]
+    fn reads_values_from_a_printed_conninfo() {
+        let c = "user=postgres password=******** channel_binding=prefer \
+                 host=/tmp/x port=5432 application_name=s1 fallback_application_name=walreceiver";
+        assert_eq!(conninfo_value(c, "application_name").as_deref(), Some("s1"));
+        assert_eq!(conninfo_value(c, "host").as_deref(), Some("/tmp/x"));
+        assert_eq!(conninfo_value(c, "dbname"), None);
+        let q = "host='/tmp/a b' application_name='it\\'s'";
+        assert_eq!(conninfo_value(q, "host").as_deref(), Some("/tmp/a b"));
+        assert_eq!(conninfo_value(q, "application_name").as_deref(), Some("it's"));
+    }
+}

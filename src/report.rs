@@ -1,0 +1,333 @@
+//! Verdict + facts → the report: one JSON schema (CLI `--json`, later the RPC methods and the
+//! status file) and the text an operator reads.
+
+use std::fmt::Write as _;
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+use crate::facts::{Observation, StandbyObservation, WalSender, WalletObservation};
+use crate::failover::FailoverAnswer;
+use crate::policy::Policy;
+use crate::syncnames::SyncNames;
+use crate::verdict::{SenderJudgement, Verdict};
+
+/// Version of the JSON layout; bumped when a field changes meaning or goes away.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub fn status_json(obs: &Observation, verdict: &Verdict, policy: &Policy) -> Value {
+    let primary = obs.primary();
+    let mut standbys: Vec<Value> = primary
+        .map(|p| {
+            p.walsenders
+                .iter()
+                .map(|w| {
+                    let judgement = verdict
+                        .sync
+                        .as_ref()
+                        .and_then(|a| a.senders.iter().find(|s| s.pid == w.pid));
+                    sender_json(w, judgement, obs.standby_named(&w.application_name))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // Standbys given by DSN that do not appear among the primary's WAL senders.
+    for s in &obs.standbys {
+        let listed = primary.is_some_and(|p| {
+            s.facts.as_ref().is_ok_and(|f| {
+                p.walsenders
+                    .iter()
+                    .any(|w| w.application_name.eq_ignore_ascii_case(&f.walsender_name()))
+            })
+        });
+        if !listed {
+            standbys.push(json!({
+                "name": s.facts.as_ref().map(|f| f.walsender_name()).ok(),
+                "connected": false,
+                "standby_side": standby_side_json(s),
+            }));
+        }
+    }
+    json!({
+        "schema": SCHEMA_VERSION,
+        "verdict": verdict.level,
+        "findings": verdict.findings,
+        "checked_at": rfc3339(obs.checked_at),
+        "check_ms": obs.took_ms,
+        "commit_probe_ms": primary.and_then(|p| p.commit_probe.ms()),
+        "commit_probe": primary.map(|p| &p.commit_probe),
+        "primary": primary_json(obs),
+        "standbys": standbys,
+        "sync": verdict.sync.as_ref().map(|a| json!({"required": a.required, "healthy": a.healthy})),
+        "settings": primary.map(|p| json!({
+            "synchronous_standby_names": p.sync_names_raw,
+            "sync_requirement": p.sync_names.as_ref().ok(),
+            "synchronous_commit": p.session.synchronous_commit,
+            "synchronous_commit_source": p.session.synchronous_commit_source,
+            "synchronous_commit_overrides": p.session.overrides,
+            "archive_mode": p.archive_mode,
+            "max_slot_wal_keep_size_mb": p.max_slot_wal_keep_size_mb,
+        })),
+        "slots": primary.map(|p| &p.slots),
+        "archiver": primary.and_then(|p| p.archiver.as_ref()),
+        "syncrep_waiters": primary.map(|p| &p.syncrep_waiters),
+        "policy": policy,
+    })
+}
+
+fn primary_json(obs: &Observation) -> Value {
+    match &obs.wallet {
+        WalletObservation::NotPostgres { scheme } => json!({ "backend": scheme }),
+        WalletObservation::Postgres { target, primary } => match primary {
+            Err(f) => json!({ "dsn": target, "reachable": false, "error": f }),
+            Ok(p) => json!({
+                "dsn": target,
+                "reachable": true,
+                "server_version": p.server_version,
+                "in_recovery": p.in_recovery,
+                "system_identifier": p.system_identifier,
+                "timeline": p.timeline,
+                "postmaster_start": p.postmaster_start,
+                "flush_lsn": p.flush_lsn,
+                "role": p.session.role,
+                "database": p.session.database,
+                "can_read_stats": p.can_read_stats,
+            }),
+        },
+    }
+}
+
+fn sender_json(
+    w: &WalSender,
+    judgement: Option<&SenderJudgement>,
+    dsn: Option<&StandbyObservation>,
+) -> Value {
+    let mut v = serde_json::to_value(w).unwrap_or(Value::Null);
+    v["name"] = json!(w.application_name);
+    v["connected"] = json!(true);
+    if let Some(j) = judgement {
+        v["counted"] = json!(j.counted);
+        v["why_not"] = json!(j.why_not);
+    }
+    if let Some(s) = dsn {
+        v["standby_side"] = standby_side_json(s);
+    }
+    v
+}
+
+fn standby_side_json(s: &StandbyObservation) -> Value {
+    match &s.facts {
+        Ok(f) => {
+            let mut v = serde_json::to_value(f).unwrap_or(Value::Null);
+            v["dsn"] = json!(s.target);
+            v["reachable"] = json!(true);
+            v
+        }
+        Err(e) => json!({ "dsn": s.target, "reachable": false, "error": e }),
+    }
+}
+
+pub fn failover_json(obs: &Observation, answer: &FailoverAnswer) -> Value {
+    let mut v = serde_json::to_value(answer).unwrap_or(Value::Null);
+    v["checked_at"] = json!(rfc3339(obs.checked_at));
+    v["check_ms"] = json!(obs.took_ms);
+    v["primary"] = primary_json(obs);
+    v["synchronous_commit"] = json!(obs.primary().map(|p| &p.session.synchronous_commit));
+    v["synchronous_standby_names"] = json!(obs.primary().map(|p| &p.sync_names_raw));
+    v
+}
+
+/// The human-readable report of `cln-replguard status`.
+pub fn status_text(obs: &Observation, verdict: &Verdict) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "verdict: {}", verdict.level.as_str().to_uppercase());
+    match &obs.wallet {
+        WalletObservation::NotPostgres { scheme } => {
+            let _ = writeln!(out, "wallet:  {scheme}:// backend (not PostgreSQL)");
+        }
+        WalletObservation::Postgres { target, primary } => {
+            let _ = writeln!(out, "wallet:  {target}");
+            match primary {
+                Err(f) => {
+                    let _ = writeln!(out, "primary: not checked ({}: {})", f.stage, f.detail);
+                }
+                Ok(p) => {
+                    let _ = writeln!(
+                        out,
+                        "primary: PostgreSQL {}, {}, timeline {}, flushed to {}",
+                        p.server_version,
+                        if p.in_recovery { "IN RECOVERY" } else { "primary" },
+                        p.timeline.map_or("?".into(), |t| t.to_string()),
+                        p.flush_lsn.map_or("?".into(), |l| l.to_string()),
+                    );
+                    let sync = match (&p.sync_names, &verdict.sync) {
+                        (Ok(SyncNames::Empty), _) => "none (synchronous_standby_names is empty)".into(),
+                        (_, Some(a)) => format!(
+                            "'{}': {} of {} required healthy",
+                            p.sync_names_raw, a.healthy, a.required
+                        ),
+                        _ => format!("'{}'", p.sync_names_raw),
+                    };
+                    let _ = writeln!(out, "sync:    {sync}");
+                    let _ = writeln!(
+                        out,
+                        "commit:  synchronous_commit = {} for lightningd's sessions ({})",
+                        p.session.synchronous_commit, p.session.synchronous_commit_source
+                    );
+                    let _ = writeln!(out, "probe:   {}", probe_text(&p.commit_probe));
+                    for w in &p.walsenders {
+                        let judgement = verdict
+                            .sync
+                            .as_ref()
+                            .and_then(|a| a.senders.iter().find(|s| s.pid == w.pid));
+                        let _ = writeln!(
+                            out,
+                            "standby: {} {}/{} flushed {}{}{}",
+                            if w.application_name.is_empty() { "?" } else { &w.application_name },
+                            w.state.as_deref().unwrap_or("?"),
+                            w.sync_state.as_deref().unwrap_or("?"),
+                            w.flush_lsn.map_or("?".into(), |l| l.to_string()),
+                            w.reply_age_ms
+                                .map_or(String::new(), |a| format!(", reply {:.1} s ago", a / 1000.0)),
+                            judgement
+                                .and_then(|j| j.why_not.as_deref())
+                                .map_or(String::new(), |why| format!(" — {why}")),
+                        );
+                    }
+                    if p.walsenders.is_empty() {
+                        let _ = writeln!(out, "standby: none connected");
+                    }
+                }
+            }
+        }
+    }
+    for s in &obs.standbys {
+        let line = match &s.facts {
+            Err(f) => format!("unreachable ({}: {})", f.stage, f.detail),
+            Ok(f) => format!(
+                "{} as '{}', receiver {}, timeline {}{}",
+                if f.in_recovery { "in recovery" } else { "NOT in recovery" },
+                f.walsender_name(),
+                f.receiver
+                    .as_ref()
+                    .and_then(|r| r.status.clone())
+                    .unwrap_or_else(|| "not running".into()),
+                f.timeline.map_or("?".into(), |t| t.to_string()),
+                if f.replay_paused == Some(true) { ", replay PAUSED" } else { "" },
+            ),
+        };
+        let _ = writeln!(out, "standby DSN {}: {line}", s.target);
+    }
+    if verdict.findings.is_empty() {
+        let _ = writeln!(out, "findings: none");
+    } else {
+        let _ = writeln!(out, "findings:");
+        for f in &verdict.findings {
+            let _ = writeln!(out, "  [{}] {}: {}", f.severity, f.code, f.message);
+            let _ = writeln!(out, "      fix: {}", f.remedy);
+        }
+    }
+    out
+}
+
+/// One line for monitoring systems: `REPLGUARD SAFE: …` with perfdata after `|`.
+pub fn check_line(obs: &Observation, verdict: &Verdict, policy: &Policy) -> String {
+    let summary = match verdict.findings.first() {
+        None => "synchronous replication verified".to_string(),
+        Some(f) => {
+            let more = verdict.findings.len() - 1;
+            format!(
+                "{} ({}){}",
+                f.message,
+                f.code,
+                if more > 0 {
+                    let codes: Vec<&str> =
+                        verdict.findings[1..].iter().map(|f| f.code.as_str()).collect();
+                    format!("; also {}", codes.join(", "))
+                } else {
+                    String::new()
+                }
+            )
+        }
+    };
+    let mut perf = Vec::new();
+    if let Some(ms) = obs.primary().and_then(|p| p.commit_probe.ms()) {
+        perf.push(format!(
+            "commit_probe={:.3}ms;{};{}",
+            ms,
+            policy.probe_slow.as_millis(),
+            policy.probe_deadline.as_millis()
+        ));
+    }
+    if let Some(a) = &verdict.sync {
+        perf.push(format!("sync_standbys={};;{}:", a.healthy, a.required));
+    }
+    format!(
+        "REPLGUARD {}: {summary}{}",
+        verdict.level.as_str().to_uppercase(),
+        if perf.is_empty() { String::new() } else { format!(" | {}", perf.join(" ")) }
+    )
+}
+
+pub fn failover_text(answer: &FailoverAnswer) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "failover: {}{}",
+        match answer.readiness {
+            crate::failover::Readiness::Ready => "READY",
+            crate::failover::Readiness::NotReady => "NOT READY",
+            crate::failover::Readiness::Unknown => "UNKNOWN",
+        },
+        answer
+            .target
+            .as_ref()
+            .map_or(String::new(), |t| format!(" — target {t}")),
+    );
+    if let Some(l) = answer.primary_flush_lsn {
+        let _ = writeln!(out, "primary flushed to {l} when the check began");
+    }
+    for b in &answer.blockers {
+        let _ = writeln!(out, "  blocker: {b}");
+    }
+    for s in &answer.standbys {
+        let _ = writeln!(
+            out,
+            "  {} {}: {}",
+            if s.ready { "ready    " } else { "not ready" },
+            s.name,
+            if s.reasons.is_empty() {
+                format!(
+                    "flushed to {}",
+                    s.flush_lsn.map_or("?".into(), |l| l.to_string())
+                )
+            } else {
+                s.reasons.join("; ")
+            }
+        );
+    }
+    if answer.standbys.is_empty() && answer.blockers.is_empty() {
+        let _ = writeln!(out, "  no standby is connected");
+    }
+    out
+}
+
+fn probe_text(p: &crate::facts::CommitProbe) -> String {
+    use crate::facts::CommitProbe::*;
+    match p {
+        NotRun => "not run".into(),
+        Acknowledged { ms, .. } => format!("test commit acknowledged in {ms:.1} ms"),
+        Waiting { waited_ms, .. } => {
+            format!("test commit NOT acknowledged after {waited_ms:.0} ms (left waiting)")
+        }
+        AlreadyWaiting { waiting_ms } => format!(
+            "an earlier test commit is still waiting{}",
+            waiting_ms.map_or(String::new(), |ms| format!(" ({:.1} s)", ms / 1000.0))
+        ),
+        Failed { error } => format!("failed: {error}"),
+    }
+}
+
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}

@@ -1,0 +1,195 @@
+//! The verdict: a pure, total function of what the probe saw and the policy. No I/O here, so
+//! every rule is tested without a server (`tests.rs`).
+//!
+//! To add a check: write a rule in `rules.rs` and list it in `rules::RULES`; give it a `Code`.
+
+mod rules;
+mod sync;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+
+use serde::Serialize;
+
+use crate::facts::Observation;
+use crate::policy::Policy;
+
+pub use sync::{SenderJudgement, SyncAssessment, assess_sync};
+
+/// How safe the wallet's storage is. Ordered: a worse level compares greater.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    /// Every rule holds.
+    Safe,
+    /// Every acknowledged commit is replicated, with less margin than asked.
+    Degraded,
+    /// Cannot tell. Never reported as safe.
+    Unknown,
+    /// An acknowledged commit may exist only on the primary, or the next one may; or commits
+    /// are blocked.
+    Unsafe,
+}
+
+impl Level {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Level::Safe => "safe",
+            Level::Degraded => "degraded",
+            Level::Unknown => "unknown",
+            Level::Unsafe => "unsafe",
+        }
+    }
+
+    /// Monitoring-Plugins exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Level::Safe => 0,
+            Level::Degraded => 1,
+            Level::Unsafe => 2,
+            Level::Unknown => 3,
+        }
+    }
+}
+
+impl fmt::Display for Level {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Stable finding codes: operators and alerting match on these strings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Code {
+    NotPostgres,
+    AuthFailed,
+    PrimaryUnreachable,
+    PrimaryTimeout,
+    PrimaryUnavailable,
+    QueryFailed,
+    WalletOnStandby,
+    PrivilegesInsufficient,
+    SyncNamesEmpty,
+    SyncNamesInvalid,
+    SyncNamesWildcard,
+    SyncStandbysShort,
+    SynchronousCommitWeak,
+    SynchronousCommitRemoteWrite,
+    SynchronousCommitUnrecognised,
+    CommitProbeTimeout,
+    CommitProbeAlreadyWaiting,
+    CommitProbeSlow,
+    CommitProbeFailed,
+    CommitsBlocked,
+    SlotLost,
+    SlotUnreserved,
+    SlotInactive,
+    SlotRetentionUnbounded,
+    ArchiveFailing,
+    StandbyUnreachable,
+    StandbyForeign,
+    StandbyPromoted,
+    StandbyNotStreaming,
+    StandbyTimelineMismatch,
+    StandbyReplayPaused,
+    StandbyIdentityUnverified,
+}
+
+impl Code {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Code::NotPostgres => "not-postgres",
+            Code::AuthFailed => "auth-failed",
+            Code::PrimaryUnreachable => "primary-unreachable",
+            Code::PrimaryTimeout => "primary-timeout",
+            Code::PrimaryUnavailable => "primary-unavailable",
+            Code::QueryFailed => "query-failed",
+            Code::WalletOnStandby => "wallet-on-standby",
+            Code::PrivilegesInsufficient => "privileges-insufficient",
+            Code::SyncNamesEmpty => "sync-names-empty",
+            Code::SyncNamesInvalid => "sync-names-invalid",
+            Code::SyncNamesWildcard => "sync-names-wildcard",
+            Code::SyncStandbysShort => "sync-standbys-short",
+            Code::SynchronousCommitWeak => "synchronous-commit-weak",
+            Code::SynchronousCommitRemoteWrite => "synchronous-commit-remote-write",
+            Code::SynchronousCommitUnrecognised => "synchronous-commit-unrecognised",
+            Code::CommitProbeTimeout => "commit-probe-timeout",
+            Code::CommitProbeAlreadyWaiting => "commit-probe-already-waiting",
+            Code::CommitProbeSlow => "commit-probe-slow",
+            Code::CommitProbeFailed => "commit-probe-failed",
+            Code::CommitsBlocked => "commits-blocked",
+            Code::SlotLost => "slot-lost",
+            Code::SlotUnreserved => "slot-unreserved",
+            Code::SlotInactive => "slot-inactive",
+            Code::SlotRetentionUnbounded => "slot-retention-unbounded",
+            Code::ArchiveFailing => "archive-failing",
+            Code::StandbyUnreachable => "standby-unreachable",
+            Code::StandbyForeign => "standby-foreign",
+            Code::StandbyPromoted => "standby-promoted",
+            Code::StandbyNotStreaming => "standby-not-streaming",
+            Code::StandbyTimelineMismatch => "standby-timeline-mismatch",
+            Code::StandbyReplayPaused => "standby-replay-paused",
+            Code::StandbyIdentityUnverified => "standby-identity-unverified",
+        }
+    }
+}
+
+impl fmt::Display for Code {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One reason for the verdict: what is wrong, and what to do about it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Finding {
+    pub code: Code,
+    pub severity: Level,
+    pub message: String,
+    pub remedy: String,
+}
+
+impl Finding {
+    pub fn new(code: Code, severity: Level, message: impl Into<String>, remedy: impl Into<String>) -> Self {
+        Finding {
+            code,
+            severity,
+            message: message.into(),
+            remedy: remedy.into(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Verdict {
+    pub level: Level,
+    /// Worst first.
+    pub findings: Vec<Finding>,
+    /// How the connected standbys measure up against `synchronous_standby_names`.
+    pub sync: Option<SyncAssessment>,
+}
+
+impl Verdict {
+    pub fn has(&self, code: Code) -> bool {
+        self.findings.iter().any(|f| f.code == code)
+    }
+}
+
+/// Judges one observation. Total: every input gets a level; "don't know" is `unknown`.
+pub fn evaluate(obs: &Observation, policy: &Policy) -> Verdict {
+    let ctx = rules::Context::new(obs, policy);
+    let mut findings: Vec<Finding> = rules::RULES.iter().flat_map(|rule| rule(&ctx)).collect();
+    findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    let level = findings
+        .iter()
+        .map(|f| f.severity)
+        .max()
+        .unwrap_or(Level::Safe);
+    Verdict {
+        level,
+        findings,
+        sync: ctx.sync,
+    }
+}

@@ -1,0 +1,541 @@
+//! The rules, one function each. A rule reads the context and returns its findings; the
+//! verdict is the worst severity among them. Thresholds come from `Policy`.
+
+use crate::facts::{
+    CommitProbe, FailureKind, Observation, PrimaryFacts, StandbyFacts, WalletObservation,
+};
+use crate::policy::Policy;
+use crate::syncnames::{SyncMethod, SyncNames};
+
+use super::sync::{SyncAssessment, assess_sync};
+use super::{Code, Finding, Level};
+
+pub(super) struct Context<'a> {
+    pub obs: &'a Observation,
+    pub policy: &'a Policy,
+    /// The primary's facts when it was reached and is a primary: the replication rules
+    /// judge only those.
+    pub primary: Option<&'a PrimaryFacts>,
+    pub sync: Option<SyncAssessment>,
+}
+
+impl<'a> Context<'a> {
+    pub fn new(obs: &'a Observation, policy: &'a Policy) -> Self {
+        let primary = match &obs.wallet {
+            WalletObservation::Postgres { primary: Ok(p), .. } if !p.in_recovery => Some(p),
+            _ => None,
+        };
+        Context {
+            obs,
+            policy,
+            primary,
+            sync: primary.and_then(assess_sync),
+        }
+    }
+
+    /// The primary's system identifier, when known.
+    fn primary_identity(&self) -> Option<&'a str> {
+        match &self.obs.wallet {
+            WalletObservation::Postgres { primary: Ok(p), .. } => p.system_identifier.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+type Rule = fn(&Context) -> Vec<Finding>;
+
+/// Every check, in reading order. Add a new one here.
+pub(super) const RULES: &[Rule] = &[
+    wallet_backend,
+    primary_reachable,
+    wallet_server_is_primary,
+    stats_privileges,
+    sync_names,
+    sync_standbys,
+    synchronous_commit,
+    commit_probe,
+    waiting_commits,
+    slots,
+    archiver,
+    standbys,
+];
+
+fn wallet_backend(ctx: &Context) -> Vec<Finding> {
+    match &ctx.obs.wallet {
+        WalletObservation::NotPostgres { scheme } => vec![Finding::new(
+            Code::NotPostgres,
+            Level::Unsafe,
+            format!(
+                "the wallet uses the {scheme}:// backend: lightningd's channel state lives on \
+                 this machine only, with no synchronous copy"
+            ),
+            "move the wallet to PostgreSQL (wallet=postgres://…) with a synchronous standby; \
+             see README \"Setting up the pair\"",
+        )],
+        WalletObservation::Postgres { .. } => vec![],
+    }
+}
+
+fn primary_reachable(ctx: &Context) -> Vec<Finding> {
+    let WalletObservation::Postgres {
+        target,
+        primary: Err(f),
+    } = &ctx.obs.wallet
+    else {
+        return vec![];
+    };
+    let (code, remedy) = match f.kind {
+        FailureKind::Auth => (
+            Code::AuthFailed,
+            "check the user and password of the wallet DSN (and pg_hba.conf on the server)".to_string(),
+        ),
+        FailureKind::Timeout => (
+            Code::PrimaryTimeout,
+            format!(
+                "the server did not answer within {} ms: check that it is running and not hung \
+                 (pg_isready), and the network path to it",
+                ctx.policy.query_timeout.as_millis()
+            ),
+        ),
+        FailureKind::Unreachable => (
+            Code::PrimaryUnreachable,
+            "check that PostgreSQL is running and listening where the DSN points (host, port, \
+             socket directory)"
+                .to_string(),
+        ),
+        FailureKind::Unavailable => (
+            Code::PrimaryUnavailable,
+            "the server is starting, stopping or out of connections; check its log".to_string(),
+        ),
+        FailureKind::Privilege => (
+            Code::PrivilegesInsufficient,
+            "GRANT pg_monitor TO the role of the DSN".to_string(),
+        ),
+        FailureKind::Query => (
+            Code::QueryFailed,
+            "see the detail; the server's log has more".to_string(),
+        ),
+    };
+    vec![Finding::new(
+        code,
+        Level::Unknown,
+        format!("cannot check the wallet server ({target}): {}: {}", f.stage, f.detail),
+        remedy,
+    )]
+}
+
+fn wallet_server_is_primary(ctx: &Context) -> Vec<Finding> {
+    match &ctx.obs.wallet {
+        WalletObservation::Postgres { primary: Ok(p), .. } if p.in_recovery => vec![Finding::new(
+            Code::WalletOnStandby,
+            Level::Unsafe,
+            "the wallet DSN points to a server in recovery (a standby): lightningd cannot \
+             write there, or the DSN names the wrong server",
+            "point wallet= at the primary; after a failover, at the promoted server",
+        )],
+        _ => vec![],
+    }
+}
+
+fn stats_privileges(ctx: &Context) -> Vec<Finding> {
+    match ctx.primary {
+        Some(p) if !p.can_read_stats => vec![Finding::new(
+            Code::PrivilegesInsufficient,
+            Level::Unknown,
+            format!(
+                "role {} cannot see pg_stat_replication's details (state, sync_state, \
+                 positions are hidden), so replication cannot be verified",
+                p.session.role
+            ),
+            format!("GRANT pg_monitor TO {};", quote_ident(&p.session.role)),
+        )],
+        _ => vec![],
+    }
+}
+
+fn sync_names(ctx: &Context) -> Vec<Finding> {
+    let Some(p) = ctx.primary else { return vec![] };
+    match &p.sync_names {
+        Err(why) => vec![Finding::new(
+            Code::SyncNamesInvalid,
+            Level::Unknown,
+            format!(
+                "cannot read synchronous_standby_names = '{}': {why}",
+                p.sync_names_raw
+            ),
+            "set it to FIRST n (names…), ANY n (names…) or a list of standby names",
+        )],
+        Ok(SyncNames::Empty) => vec![Finding::new(
+            Code::SyncNamesEmpty,
+            Level::Unsafe,
+            "synchronous_standby_names is empty: commits are acknowledged before any standby \
+             has them",
+            "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (<standby>)'; SELECT \
+             pg_reload_conf(); (an HA manager may have emptied it: check its state)",
+        )],
+        Ok(SyncNames::Required(r)) if r.has_wildcard() => vec![Finding::new(
+            Code::SyncNamesWildcard,
+            Level::Degraded,
+            format!(
+                "synchronous_standby_names = '{}' accepts any WAL receiver's acknowledgement, \
+                 not only your failover standby's",
+                p.sync_names_raw
+            ),
+            "name the standby: ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 \
+             (<standby>)'; SELECT pg_reload_conf();",
+        )],
+        Ok(SyncNames::Required(_)) => vec![],
+    }
+}
+
+fn sync_standbys(ctx: &Context) -> Vec<Finding> {
+    let (Some(p), Some(a)) = (ctx.primary, &ctx.sync) else {
+        return vec![];
+    };
+    if a.healthy >= a.required {
+        return vec![];
+    }
+    let Ok(SyncNames::Required(req)) = &p.sync_names else {
+        return vec![];
+    };
+    let seen: Vec<String> = a
+        .senders
+        .iter()
+        .filter(|s| !s.counted)
+        .map(|s| format!("{}: {}", display_name(&s.name), s.why_not.as_deref().unwrap_or("")))
+        .collect();
+    let method = match req.method {
+        SyncMethod::First => "FIRST",
+        SyncMethod::Any => "ANY",
+    };
+    vec![Finding::new(
+        Code::SyncStandbysShort,
+        Level::Unsafe,
+        format!(
+            "{} of {} required synchronous standbys healthy ({method} {} of {}){}",
+            a.healthy,
+            a.required,
+            req.num,
+            req.names.join(", "),
+            if seen.is_empty() {
+                "; no other WAL sender is connected".to_string()
+            } else {
+                format!("; {}", seen.join("; "))
+            }
+        ),
+        "start or repair the standby (its log, pg_stat_wal_receiver on it) and check that its \
+         application_name matches synchronous_standby_names",
+    )]
+}
+
+fn synchronous_commit(ctx: &Context) -> Vec<Finding> {
+    let Some(p) = ctx.primary else { return vec![] };
+    let s = &p.session;
+    let origin = setting_origin(p);
+    let (code, level, effect) = match s.synchronous_commit.as_str() {
+        "on" | "remote_apply" => return vec![],
+        "remote_write" => (
+            Code::SynchronousCommitRemoteWrite,
+            Level::Degraded,
+            "a commit is acknowledged once the standby has written it, before it is flushed: \
+             it survives a primary crash but not a standby OS crash",
+        ),
+        "local" | "off" => (
+            Code::SynchronousCommitWeak,
+            Level::Unsafe,
+            "lightningd's commits do not wait for the standby",
+        ),
+        _ => (
+            Code::SynchronousCommitUnrecognised,
+            Level::Unknown,
+            "this value is not one cln-replguard knows",
+        ),
+    };
+    vec![Finding::new(
+        code,
+        level,
+        format!(
+            "a session opened with the wallet DSN runs with synchronous_commit = {} ({origin}): {effect}",
+            s.synchronous_commit
+        ),
+        format!("{}, then restart lightningd (it reads the setting when its session starts)", reset_hint(p)),
+    )]
+}
+
+fn setting_origin(p: &PrimaryFacts) -> String {
+    let s = &p.session;
+    match s.synchronous_commit_source.as_str() {
+        "user" => format!("set by ALTER ROLE {}", s.role),
+        "database" => format!("set by ALTER DATABASE {}", s.database),
+        "database user" => format!("set by ALTER ROLE {} IN DATABASE {}", s.role, s.database),
+        "client" => "set by the DSN's options or PGOPTIONS".to_string(),
+        "configuration file" => "set in the server configuration".to_string(),
+        other => format!("source: {other}"),
+    }
+}
+
+fn reset_hint(p: &PrimaryFacts) -> String {
+    let s = &p.session;
+    let (role, db) = (quote_ident(&s.role), quote_ident(&s.database));
+    match s.synchronous_commit_source.as_str() {
+        "user" => format!("ALTER ROLE {role} RESET synchronous_commit;"),
+        "database" => format!("ALTER DATABASE {db} RESET synchronous_commit;"),
+        "database user" => format!("ALTER ROLE {role} IN DATABASE {db} RESET synchronous_commit;"),
+        "client" => "remove -c synchronous_commit from the DSN's options (and from PGOPTIONS)".into(),
+        _ => "ALTER SYSTEM SET synchronous_commit = on; SELECT pg_reload_conf();".into(),
+    }
+}
+
+fn commit_probe(ctx: &Context) -> Vec<Finding> {
+    let Some(p) = ctx.primary else { return vec![] };
+    let deadline = ctx.policy.probe_deadline.as_millis();
+    match &p.commit_probe {
+        CommitProbe::NotRun => vec![],
+        CommitProbe::Acknowledged { ms, .. } if *ms > ctx.policy.probe_slow.as_secs_f64() * 1000.0 => {
+            vec![Finding::new(
+                Code::CommitProbeSlow,
+                Level::Degraded,
+                format!(
+                    "a test commit took {ms:.0} ms to be acknowledged by the synchronous \
+                     standbys (slower than {} ms)",
+                    ctx.policy.probe_slow.as_millis()
+                ),
+                "check the standby's load and the network between the servers",
+            )]
+        }
+        CommitProbe::Acknowledged { .. } => vec![],
+        CommitProbe::Waiting { waited_ms, .. } => vec![Finding::new(
+            Code::CommitProbeTimeout,
+            Level::Unsafe,
+            format!(
+                "a test commit has waited {waited_ms:.0} ms (deadline {deadline} ms) for the \
+                 synchronous standbys: commits are blocked, lightningd's included"
+            ),
+            "bring the standby back (it may be hung or cut off); do not cancel waiting backends: \
+             a cancelled wait commits locally without a replica",
+        )],
+        CommitProbe::AlreadyWaiting { waiting_ms } => vec![Finding::new(
+            Code::CommitProbeAlreadyWaiting,
+            Level::Unsafe,
+            format!(
+                "an earlier test commit is still waiting for the synchronous standbys{}: \
+                 commits are blocked",
+                waiting_ms.map_or(String::new(), |ms| format!(" (for {:.1} s)", ms / 1000.0))
+            ),
+            "bring the standby back (it may be hung or cut off); do not cancel waiting backends",
+        )],
+        CommitProbe::Failed { error } => vec![Finding::new(
+            Code::CommitProbeFailed,
+            Level::Unknown,
+            format!("the test commit failed: {error}"),
+            "the wallet role needs to be able to run a transaction; see the detail",
+        )],
+    }
+}
+
+fn waiting_commits(ctx: &Context) -> Vec<Finding> {
+    let Some(p) = ctx.primary else { return vec![] };
+    let w = &p.syncrep_waiters;
+    let deadline_ms = ctx.policy.probe_deadline.as_secs_f64() * 1000.0;
+    match w.longest_ms {
+        Some(longest) if w.count > 0 && longest > deadline_ms => vec![Finding::new(
+            Code::CommitsBlocked,
+            Level::Unsafe,
+            format!(
+                "{} backend(s) wait for the synchronous standby, the longest for {:.1} s: \
+                 lightningd is frozen while its commit waits",
+                w.count,
+                longest / 1000.0
+            ),
+            "bring the standby back; do not cancel the waiting backends (a cancelled wait \
+             commits locally without a replica)",
+        )],
+        _ => vec![],
+    }
+}
+
+fn slots(ctx: &Context) -> Vec<Finding> {
+    let Some(p) = ctx.primary else { return vec![] };
+    let mut out = Vec::new();
+    for s in &p.slots {
+        match s.wal_status.as_deref() {
+            Some("lost") => out.push(Finding::new(
+                Code::SlotLost,
+                Level::Unsafe,
+                format!("replication slot {} lost WAL its standby still needs", s.name),
+                "rebuild the standby (pg_basebackup, or pg_rewind) and recreate the slot",
+            )),
+            Some("unreserved") => out.push(Finding::new(
+                Code::SlotUnreserved,
+                Level::Degraded,
+                format!(
+                    "replication slot {} is past max_slot_wal_keep_size: its WAL may be removed \
+                     at the next checkpoint",
+                    s.name
+                ),
+                "bring the standby back to streaming before the WAL is removed",
+            )),
+            _ => {}
+        }
+        if !s.active {
+            out.push(Finding::new(
+                Code::SlotInactive,
+                Level::Degraded,
+                format!("replication slot {} has no standby connected", s.name),
+                "start the standby that uses it, or drop the slot if that standby is gone \
+                 (SELECT pg_drop_replication_slot(…))",
+            ));
+        }
+    }
+    if !p.slots.is_empty() && p.max_slot_wal_keep_size_mb < 0 {
+        out.push(Finding::new(
+            Code::SlotRetentionUnbounded,
+            Level::Degraded,
+            "max_slot_wal_keep_size = -1: a slot whose standby is gone keeps WAL until the \
+             primary's disk is full",
+            "ALTER SYSTEM SET max_slot_wal_keep_size = '10GB' (sized to your disk); SELECT \
+             pg_reload_conf();",
+        ));
+    }
+    out
+}
+
+fn archiver(ctx: &Context) -> Vec<Finding> {
+    match ctx.primary.and_then(|p| p.archiver.as_ref()) {
+        Some(a) if a.failing_now => vec![Finding::new(
+            Code::ArchiveFailing,
+            Level::Degraded,
+            format!(
+                "WAL archiving is failing (last failure {} on {}): the archive fallback is not \
+                 there",
+                a.last_failed_time.as_deref().unwrap_or("?"),
+                a.last_failed_wal.as_deref().unwrap_or("?")
+            ),
+            "check archive_command in the primary's log; the archive must be writable",
+        )],
+        _ => vec![],
+    }
+}
+
+fn standbys(ctx: &Context) -> Vec<Finding> {
+    let mut out = Vec::new();
+    for s in &ctx.obs.standbys {
+        match &s.facts {
+            Err(f) => out.push(Finding::new(
+                Code::StandbyUnreachable,
+                Level::Unknown,
+                format!("cannot check standby {}: {}: {}", s.target, f.stage, f.detail),
+                "check that the standby runs and that its DSN (--standby-dsn) is right",
+            )),
+            Ok(facts) => out.extend(standby_findings(ctx, &s.target, facts)),
+        }
+    }
+    out
+}
+
+fn standby_findings(ctx: &Context, target: &str, s: &StandbyFacts) -> Vec<Finding> {
+    let primary_id = ctx.primary_identity();
+    let same_cluster = match (primary_id, s.system_identifier.as_deref()) {
+        (Some(a), Some(b)) => Some(a == b),
+        _ => None,
+    };
+    if same_cluster == Some(false) {
+        return vec![Finding::new(
+            Code::StandbyForeign,
+            Level::Unsafe,
+            format!(
+                "standby {target} belongs to another cluster (system identifier {} ≠ the \
+                 primary's {})",
+                s.system_identifier.as_deref().unwrap_or("?"),
+                primary_id.unwrap_or("?")
+            ),
+            "clone the standby from this primary (pg_basebackup), or fix --standby-dsn",
+        )];
+    }
+    if !s.in_recovery {
+        return vec![Finding::new(
+            Code::StandbyPromoted,
+            Level::Unsafe,
+            format!(
+                "standby {target} answers as a primary{}: two servers may accept writes for \
+                 this wallet",
+                if same_cluster == Some(true) {
+                    " with this cluster's system identifier"
+                } else {
+                    ""
+                }
+            ),
+            "stop lightningd now; decide which server holds the newest channel state before \
+             anything else writes (see FAILOVER.md)",
+        )];
+    }
+    let mut out = Vec::new();
+    if same_cluster.is_none() {
+        out.push(Finding::new(
+            Code::StandbyIdentityUnverified,
+            Level::Unknown,
+            format!("cannot compare standby {target}'s system identifier with the primary's"),
+            "GRANT pg_monitor TO the roles of both DSNs",
+        ));
+    }
+    let streaming = s
+        .receiver
+        .as_ref()
+        .is_some_and(|r| r.status.as_deref() == Some("streaming"));
+    if !streaming {
+        out.push(Finding::new(
+            Code::StandbyNotStreaming,
+            Level::Unsafe,
+            format!(
+                "standby {target} is not receiving WAL (receiver {})",
+                s.receiver
+                    .as_ref()
+                    .and_then(|r| r.status.clone())
+                    .unwrap_or_else(|| "not running".into())
+            ),
+            "check primary_conninfo on the standby, its log, and that the primary accepts it \
+             (pg_hba.conf, max_wal_senders)",
+        ));
+    }
+    let primary_tli = ctx.primary.and_then(|p| p.timeline);
+    if let (Some(a), Some(b)) = (primary_tli, s.timeline)
+        && a != b
+    {
+        out.push(Finding::new(
+            Code::StandbyTimelineMismatch,
+            Level::Unsafe,
+            format!("standby {target} is on timeline {b}, the primary on {a}"),
+            "rebuild the standby from the current primary (pg_rewind or pg_basebackup)",
+        ));
+    }
+    if s.replay_paused == Some(true) {
+        out.push(Finding::new(
+            Code::StandbyReplayPaused,
+            Level::Degraded,
+            format!(
+                "standby {target} has WAL replay paused: it keeps the WAL but a failover would \
+                 first have to replay the backlog"
+            ),
+            "SELECT pg_wal_replay_resume(); on the standby",
+        ));
+    }
+    out
+}
+
+fn display_name(name: &str) -> &str {
+    if name.is_empty() { "(no application_name)" } else { name }
+}
+
+/// SQL identifier quoting, for remedies an operator pastes into psql.
+pub(crate) fn quote_ident(name: &str) -> String {
+    let plain = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && !name.starts_with(|c: char| c.is_ascii_digit())
+        && !name.is_empty();
+    if plain {
+        name.to_string()
+    } else {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    }
+}

@@ -1,0 +1,442 @@
+//! One test per rule, by behaviour. Each starts from a healthy pair and changes one fact.
+
+use std::time::SystemTime;
+
+use super::*;
+use crate::facts::*;
+use crate::lsn::Lsn;
+use crate::syncnames::SyncNames;
+
+const SYSID: &str = "7312345678901234567";
+
+fn sender(name: &str, sync_state: &str) -> WalSender {
+    WalSender {
+        pid: 100 + name.len() as i32 + name.bytes().map(i32::from).sum::<i32>(),
+        application_name: name.into(),
+        client_addr: None,
+        state: Some("streaming".into()),
+        sync_state: Some(sync_state.into()),
+        sync_priority: Some(1),
+        sent_lsn: Some(Lsn(0x3000100)),
+        write_lsn: Some(Lsn(0x3000100)),
+        flush_lsn: Some(Lsn(0x3000100)),
+        replay_lsn: Some(Lsn(0x3000100)),
+        // Idle pair: lag columns NULL, and that is normal.
+        write_lag_ms: None,
+        flush_lag_ms: None,
+        replay_lag_ms: None,
+        reply_age_ms: Some(3.0),
+        reached_target: Some(true),
+    }
+}
+
+fn primary() -> PrimaryFacts {
+    PrimaryFacts {
+        server_version_num: 150018,
+        server_version: "15.18".into(),
+        in_recovery: false,
+        system_identifier: Some(SYSID.into()),
+        timeline: Some(1),
+        postmaster_start: "2026-11-26 12:00:00+00".into(),
+        flush_lsn: Some(Lsn(0x3000100)),
+        can_read_stats: true,
+        session: SessionFacts {
+            role: "lightningd".into(),
+            database: "lightningd".into(),
+            synchronous_commit: "on".into(),
+            synchronous_commit_source: "default".into(),
+            overrides: vec![],
+        },
+        sync_names_raw: "FIRST 1 (s1)".into(),
+        sync_names: SyncNames::parse("FIRST 1 (s1)"),
+        commit_probe: CommitProbe::Acknowledged {
+            ms: 1.1,
+            lsn: Lsn(0x3000100),
+        },
+        walsenders: vec![sender("s1", "sync")],
+        slots: vec![Slot {
+            name: "s1".into(),
+            active: true,
+            active_pid: Some(4242),
+            wal_status: Some("reserved".into()),
+            restart_lsn: Some(Lsn(0x3000000)),
+        }],
+        max_slot_wal_keep_size_mb: 1024,
+        archive_mode: "on".into(),
+        archiver: Some(Archiver {
+            archived_count: 3,
+            failed_count: 0,
+            last_failed_wal: None,
+            last_failed_time: None,
+            last_archived_time: Some("2026-11-26 12:00:01+00".into()),
+            failing_now: false,
+        }),
+        syncrep_waiters: SyncRepWaiters::default(),
+    }
+}
+
+fn standby_facts() -> StandbyFacts {
+    StandbyFacts {
+        server_version_num: 150018,
+        in_recovery: true,
+        system_identifier: Some(SYSID.into()),
+        cluster_name: "s1".into(),
+        timeline: Some(1),
+        receiver: Some(WalReceiver {
+            status: Some("streaming".into()),
+            received_tli: Some(1),
+            last_msg_age_ms: Some(5.0),
+            flushed_lsn: Some(Lsn(0x3000100)),
+            slot_name: Some("s1".into()),
+            application_name: Some("s1".into()),
+        }),
+        replay_paused: Some(false),
+        receive_lsn: Some(Lsn(0x3000100)),
+        replay_lsn: Some(Lsn(0x3000100)),
+    }
+}
+
+fn observe(p: PrimaryFacts) -> Observation {
+    Observation {
+        checked_at: SystemTime::now(),
+        took_ms: 3.0,
+        wallet: WalletObservation::Postgres {
+            target: "host=/tmp port=5432 user=lightningd".into(),
+            primary: Ok(p),
+        },
+        standbys: vec![],
+    }
+}
+
+fn with_standby(mut obs: Observation, facts: Result<StandbyFacts, ProbeFailure>) -> Observation {
+    obs.standbys.push(StandbyObservation {
+        target: "host=/tmp/s1 port=5432 user=postgres".into(),
+        facts,
+    });
+    obs
+}
+
+fn judge(obs: &Observation) -> Verdict {
+    evaluate(obs, &Policy::default())
+}
+
+fn codes(v: &Verdict) -> Vec<&'static str> {
+    v.findings.iter().map(|f| f.code.as_str()).collect()
+}
+
+fn assert_verdict(obs: &Observation, level: Level, code: Code) {
+    let v = judge(obs);
+    assert_eq!(v.level, level, "findings: {:?}", codes(&v));
+    assert!(v.has(code), "expected {code} among {:?}", codes(&v));
+}
+
+fn failure(kind: FailureKind) -> ProbeFailure {
+    ProbeFailure {
+        kind,
+        stage: "connect".into(),
+        detail: "x".into(),
+    }
+}
+
+#[test]
+fn safe_when_the_named_standby_confirms_the_probe() {
+    let v = judge(&with_standby(observe(primary()), Ok(standby_facts())));
+    assert_eq!(v.level, Level::Safe, "{:?}", codes(&v));
+    assert!(v.findings.is_empty());
+    let sync = v.sync.unwrap();
+    assert_eq!((sync.healthy, sync.required), (1, 1));
+}
+
+#[test]
+fn idle_null_lags_and_an_aged_reply_are_not_findings() {
+    let mut p = primary();
+    p.walsenders[0].reply_age_ms = Some(9_800.0);
+    assert_eq!(judge(&observe(p)).level, Level::Safe);
+}
+
+#[test]
+fn unsafe_when_the_wallet_is_not_postgres() {
+    let obs = Observation {
+        wallet: WalletObservation::NotPostgres {
+            scheme: "sqlite3".into(),
+        },
+        ..observe(primary())
+    };
+    assert_verdict(&obs, Level::Unsafe, Code::NotPostgres);
+}
+
+#[test]
+fn unknown_when_the_primary_cannot_be_reached_with_a_code_per_cause() {
+    for (kind, code) in [
+        (FailureKind::Auth, Code::AuthFailed),
+        (FailureKind::Timeout, Code::PrimaryTimeout),
+        (FailureKind::Unreachable, Code::PrimaryUnreachable),
+        (FailureKind::Unavailable, Code::PrimaryUnavailable),
+        (FailureKind::Query, Code::QueryFailed),
+    ] {
+        let obs = Observation {
+            wallet: WalletObservation::Postgres {
+                target: "t".into(),
+                primary: Err(failure(kind)),
+            },
+            ..observe(primary())
+        };
+        assert_verdict(&obs, Level::Unknown, code);
+    }
+}
+
+#[test]
+fn unsafe_when_the_wallet_server_is_in_recovery() {
+    let mut p = primary();
+    p.in_recovery = true;
+    assert_verdict(&observe(p), Level::Unsafe, Code::WalletOnStandby);
+}
+
+#[test]
+fn unknown_not_unsafe_when_privileges_hide_the_replication_columns() {
+    let mut p = primary();
+    p.can_read_stats = false;
+    for w in &mut p.walsenders {
+        w.state = None;
+        w.sync_state = None;
+        w.flush_lsn = None;
+        w.replay_lsn = None;
+    }
+    let v = judge(&observe(p));
+    assert_eq!(v.level, Level::Unknown, "{:?}", codes(&v));
+    assert!(v.has(Code::PrivilegesInsufficient));
+    assert!(!v.has(Code::SyncStandbysShort), "hidden columns must not read as no standby");
+    let f = v.findings.iter().find(|f| f.code == Code::PrivilegesInsufficient).unwrap();
+    assert!(f.remedy.contains("GRANT pg_monitor TO lightningd"), "{}", f.remedy);
+}
+
+#[test]
+fn unsafe_when_sync_names_are_empty() {
+    let mut p = primary();
+    p.sync_names_raw = String::new();
+    p.sync_names = Ok(SyncNames::Empty);
+    p.walsenders[0].sync_state = Some("async".into());
+    assert_verdict(&observe(p), Level::Unsafe, Code::SyncNamesEmpty);
+}
+
+#[test]
+fn unknown_when_sync_names_do_not_parse() {
+    let mut p = primary();
+    p.sync_names_raw = "FIRST x (s1)".into();
+    p.sync_names = SyncNames::parse("FIRST x (s1)");
+    assert_verdict(&observe(p), Level::Unknown, Code::SyncNamesInvalid);
+}
+
+#[test]
+fn degraded_when_sync_names_accept_any_receiver() {
+    let mut p = primary();
+    p.sync_names_raw = "*".into();
+    p.sync_names = SyncNames::parse("*");
+    assert_verdict(&observe(p), Level::Degraded, Code::SyncNamesWildcard);
+}
+
+#[test]
+fn unsafe_when_the_only_standby_is_gone() {
+    let mut p = primary();
+    p.walsenders.clear();
+    p.slots[0].active = false;
+    assert_verdict(&observe(p), Level::Unsafe, Code::SyncStandbysShort);
+}
+
+#[test]
+fn unsafe_when_the_standby_is_attached_but_asynchronous() {
+    let mut p = primary();
+    p.walsenders[0].sync_state = Some("async".into());
+    p.sync_names_raw = "other".into();
+    p.sync_names = SyncNames::parse("other");
+    let v = judge(&observe(p));
+    assert_eq!(v.level, Level::Unsafe);
+    let f = v.findings.iter().find(|f| f.code == Code::SyncStandbysShort).unwrap();
+    assert!(f.message.contains("s1: not named"), "{}", f.message);
+}
+
+#[test]
+fn unsafe_when_a_sync_standby_did_not_confirm_the_probe() {
+    let mut p = primary();
+    p.walsenders[0].reached_target = Some(false);
+    assert_verdict(&observe(p), Level::Unsafe, Code::SyncStandbysShort);
+}
+
+#[test]
+fn unsafe_when_first_2_has_one_of_two_standbys() {
+    let mut p = primary();
+    p.sync_names_raw = "FIRST 2 (s1, s2)".into();
+    p.sync_names = SyncNames::parse(&p.sync_names_raw);
+    assert_verdict(&observe(p), Level::Unsafe, Code::SyncStandbysShort);
+}
+
+#[test]
+fn safe_when_any_2_has_both_standbys_in_quorum() {
+    let mut p = primary();
+    p.sync_names_raw = "ANY 2 (s1, s2)".into();
+    p.sync_names = SyncNames::parse(&p.sync_names_raw);
+    p.walsenders = vec![sender("s1", "quorum"), sender("s2", "quorum")];
+    p.slots.clear();
+    assert_eq!(judge(&observe(p.clone())).level, Level::Safe);
+    p.walsenders.pop();
+    assert_verdict(&observe(p), Level::Unsafe, Code::SyncStandbysShort);
+}
+
+#[test]
+fn a_wal_receiver_that_is_no_standby_does_not_count() {
+    let mut p = primary();
+    p.sync_names_raw = "*".into();
+    p.sync_names = SyncNames::parse("*");
+    let mut receivewal = sender("pg_receivewal", "sync");
+    receivewal.replay_lsn = None;
+    p.walsenders = vec![receivewal];
+    p.slots.clear();
+    let v = judge(&observe(p));
+    assert_eq!(v.level, Level::Unsafe);
+    assert!(v.has(Code::SyncStandbysShort) && v.has(Code::SyncNamesWildcard));
+}
+
+#[test]
+fn synchronous_commit_is_judged_as_lightningds_session_gets_it() {
+    for (value, source, level, code) in [
+        ("local", "user", Level::Unsafe, Code::SynchronousCommitWeak),
+        ("off", "database", Level::Unsafe, Code::SynchronousCommitWeak),
+        ("remote_write", "configuration file", Level::Degraded, Code::SynchronousCommitRemoteWrite),
+        ("bogus", "client", Level::Unknown, Code::SynchronousCommitUnrecognised),
+    ] {
+        let mut p = primary();
+        p.session.synchronous_commit = value.into();
+        p.session.synchronous_commit_source = source.into();
+        assert_verdict(&observe(p), level, code);
+    }
+    let mut p = primary();
+    p.session.synchronous_commit = "remote_apply".into();
+    assert_eq!(judge(&observe(p)).level, Level::Safe);
+}
+
+#[test]
+fn a_role_level_override_gets_a_role_level_remedy() {
+    let mut p = primary();
+    p.session.synchronous_commit = "local".into();
+    p.session.synchronous_commit_source = "user".into();
+    let v = judge(&observe(p));
+    let f = &v.findings[0];
+    assert!(f.message.contains("ALTER ROLE lightningd"), "{}", f.message);
+    assert!(f.remedy.contains("ALTER ROLE lightningd RESET synchronous_commit"), "{}", f.remedy);
+}
+
+#[test]
+fn commit_probe_outcomes() {
+    let cases = [
+        (CommitProbe::Acknowledged { ms: 400.0, lsn: Lsn(1) }, Level::Degraded, Code::CommitProbeSlow),
+        (CommitProbe::Waiting { waited_ms: 1000.0, lsn: Lsn(1) }, Level::Unsafe, Code::CommitProbeTimeout),
+        (CommitProbe::AlreadyWaiting { waiting_ms: Some(30_000.0) }, Level::Unsafe, Code::CommitProbeAlreadyWaiting),
+        (CommitProbe::Failed { error: "x".into() }, Level::Unknown, Code::CommitProbeFailed),
+    ];
+    for (probe, level, code) in cases {
+        let mut p = primary();
+        p.commit_probe = probe;
+        assert_verdict(&observe(p), level, code);
+    }
+}
+
+#[test]
+fn unsafe_when_backends_wait_for_the_standby_past_the_deadline() {
+    let mut p = primary();
+    p.syncrep_waiters = SyncRepWaiters {
+        count: 2,
+        longest_ms: Some(5_000.0),
+    };
+    assert_verdict(&observe(p.clone()), Level::Unsafe, Code::CommitsBlocked);
+    // A commit waiting for less than the deadline is a commit in flight.
+    p.syncrep_waiters.longest_ms = Some(3.0);
+    assert_eq!(judge(&observe(p)).level, Level::Safe);
+}
+
+#[test]
+fn slot_states() {
+    for (status, level, code) in [
+        ("lost", Level::Unsafe, Code::SlotLost),
+        ("unreserved", Level::Degraded, Code::SlotUnreserved),
+    ] {
+        let mut p = primary();
+        p.slots[0].wal_status = Some(status.into());
+        assert_verdict(&observe(p), level, code);
+    }
+    let mut p = primary();
+    p.slots.push(Slot {
+        name: "old".into(),
+        active: false,
+        active_pid: None,
+        wal_status: Some("extended".into()),
+        restart_lsn: None,
+    });
+    assert_verdict(&observe(p), Level::Degraded, Code::SlotInactive);
+    let mut p = primary();
+    p.max_slot_wal_keep_size_mb = -1;
+    assert_verdict(&observe(p), Level::Degraded, Code::SlotRetentionUnbounded);
+}
+
+#[test]
+fn only_a_current_archive_failure_counts() {
+    let mut p = primary();
+    let a = p.archiver.as_mut().unwrap();
+    a.failed_count = 7; // old failures, since recovered
+    assert_eq!(judge(&observe(p.clone())).level, Level::Safe);
+    p.archiver.as_mut().unwrap().failing_now = true;
+    assert_verdict(&observe(p), Level::Degraded, Code::ArchiveFailing);
+}
+
+#[test]
+fn standby_side_findings() {
+    let mut foreign = standby_facts();
+    foreign.system_identifier = Some("1".into());
+    let mut promoted = standby_facts();
+    promoted.in_recovery = false;
+    promoted.receiver = None;
+    let mut not_streaming = standby_facts();
+    not_streaming.receiver.as_mut().unwrap().status = Some("waiting".into());
+    let mut other_tl = standby_facts();
+    other_tl.timeline = Some(2);
+    let mut paused = standby_facts();
+    paused.replay_paused = Some(true);
+    let mut hidden = standby_facts();
+    hidden.system_identifier = None;
+    for (facts, level, code) in [
+        (foreign, Level::Unsafe, Code::StandbyForeign),
+        (promoted, Level::Unsafe, Code::StandbyPromoted),
+        (not_streaming, Level::Unsafe, Code::StandbyNotStreaming),
+        (other_tl, Level::Unsafe, Code::StandbyTimelineMismatch),
+        (paused, Level::Degraded, Code::StandbyReplayPaused),
+        (hidden, Level::Unknown, Code::StandbyIdentityUnverified),
+    ] {
+        assert_verdict(&with_standby(observe(primary()), Ok(facts)), level, code);
+    }
+    assert_verdict(
+        &with_standby(observe(primary()), Err(failure(FailureKind::Unreachable))),
+        Level::Unknown,
+        Code::StandbyUnreachable,
+    );
+}
+
+#[test]
+fn unsafe_outranks_unknown_and_findings_come_worst_first() {
+    let mut p = primary();
+    p.session.synchronous_commit = "local".into();
+    p.slots[0].wal_status = Some("unreserved".into());
+    let obs = with_standby(observe(p), Err(failure(FailureKind::Timeout)));
+    let v = judge(&obs);
+    assert_eq!(v.level, Level::Unsafe);
+    let levels: Vec<Level> = v.findings.iter().map(|f| f.severity).collect();
+    let mut sorted = levels.clone();
+    sorted.sort_by_key(|l| std::cmp::Reverse(*l));
+    assert_eq!(levels, sorted);
+}
+
+#[test]
+fn exit_codes_follow_monitoring_plugins() {
+    assert_eq!(
+        [Level::Safe, Level::Degraded, Level::Unsafe, Level::Unknown].map(Level::exit_code),
+        [0, 1, 2, 3]
+    );
+}
