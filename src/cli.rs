@@ -69,7 +69,12 @@ pub enum Command {
 pub struct TargetArgs {
     /// The wallet DSN, exactly as lightningd's wallet= option (postgres://…). Prefer the
     /// environment variable: a password on the command line shows in `ps`.
-    #[arg(long, env = "REPLGUARD_DSN", value_name = "DSN", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "REPLGUARD_DSN",
+        value_name = "DSN",
+        hide_env_values = true
+    )]
     pub dsn: String,
     /// A standby to check from its own side (repeatable): libpq key=value or URI.
     #[arg(long = "standby-dsn", value_name = "DSN")]
@@ -142,12 +147,19 @@ pub fn run(cli: Cli) -> i32 {
 
 async fn execute(command: Command) -> Result<i32> {
     match command {
-        Command::Status { target, policy, json } => {
+        Command::Status {
+            target,
+            policy,
+            json,
+        } => {
             let (targets, policy) = (target.targets()?, policy.policy()?);
             let obs = probe::observe(&targets, &policy).await;
             let v = verdict::evaluate(&obs, &policy);
             if json {
-                println!("{}", serde_json::to_string_pretty(&report::status_json(&obs, &v, &policy))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report::status_json(&obs, &v, &policy))?
+                );
             } else {
                 print!("{}", report::status_text(&obs, &v));
             }
@@ -171,7 +183,10 @@ async fn execute(command: Command) -> Result<i32> {
                 probe::observe_failover(&targets, &policy, Duration::from_millis(wait_ms)).await;
             let answer = failover::evaluate(&obs);
             if json {
-                println!("{}", serde_json::to_string_pretty(&report::failover_json(&obs, &answer))?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report::failover_json(&obs, &answer))?
+                );
             } else {
                 print!("{}", report::failover_text(&answer));
             }

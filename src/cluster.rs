@@ -71,7 +71,8 @@ impl PgInstall {
     /// Makes `path` belong to the user the servers run as.
     fn own(&self, path: &Path) -> Result<()> {
         if let Some((uid, gid)) = self.run_as {
-            chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
+            chown(path, Some(uid), Some(gid))
+                .with_context(|| format!("chown {}", path.display()))?;
         }
         Ok(())
     }
@@ -140,7 +141,11 @@ pub fn run(cmd: &mut Command, what: &str) -> Result<String> {
 }
 
 /// Polls `cond` every 20 ms until it is true or `timeout` passes.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> Result<bool>) -> Result<()> {
+pub fn wait_for(
+    what: &str,
+    timeout: Duration,
+    mut cond: impl FnMut() -> Result<bool>,
+) -> Result<()> {
     let start = Instant::now();
     let mut last_err = None;
     loop {
@@ -212,7 +217,13 @@ impl Server {
                 .args(args),
             &format!("pg_ctl {} on {}", args.join(" "), self.name),
         )
-        .map_err(|e| anyhow!("{e:#}\n--- server log {}:\n{}", self.log.display(), self.log_tail()))
+        .map_err(|e| {
+            anyhow!(
+                "{e:#}\n--- server log {}:\n{}",
+                self.log.display(),
+                self.log_tail()
+            )
+        })
     }
 
     pub fn start(&self) -> Result<()> {
@@ -232,6 +243,15 @@ impl Server {
         self.resume();
         self.pg_ctl(&["-w", "-t", "60", "-m", "immediate", "stop"])?;
         Ok(())
+    }
+
+    /// Puts an authentication rule before the others (first match wins) and reloads.
+    pub fn prepend_hba(&self, line: &str) -> Result<()> {
+        let path = self.datadir.join("pg_hba.conf");
+        let old = fs::read_to_string(&path).with_context(|| format!("read {}", path.display()))?;
+        fs::write(&path, format!("{line}\n{old}"))?;
+        self.install.own(&path)?;
+        self.reload()
     }
 
     pub fn reload(&self) -> Result<()> {
@@ -270,13 +290,21 @@ impl Server {
         if unsafe { libc::kill(pid, libc::SIGSTOP) } != 0 {
             bail!("SIGSTOP {pid}: {}", std::io::Error::last_os_error());
         }
-        self.paused.lock().unwrap_or_else(|e| e.into_inner()).push(pid);
+        self.paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(pid);
         Ok(())
     }
 
     /// Resumes every process this harness paused on this server.
     pub fn resume(&self) {
-        let pids: Vec<i32> = self.paused.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let pids: Vec<i32> = self
+            .paused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+            .collect();
         for pid in pids {
             // SAFETY: SIGCONT to a pid we paused.
             unsafe { libc::kill(pid, libc::SIGCONT) };
@@ -314,7 +342,9 @@ impl Drop for Server {
         if !self.datadir.join("postmaster.pid").exists() {
             return;
         }
-        let stopped = self.pg_ctl(&["-w", "-t", "10", "-m", "immediate", "stop"]).is_ok();
+        let stopped = self
+            .pg_ctl(&["-w", "-t", "10", "-m", "immediate", "stop"])
+            .is_ok();
         if !stopped && let Ok(pid) = self.postmaster_pid() {
             // SAFETY: the postmaster of a server this harness started.
             unsafe {
@@ -386,12 +416,24 @@ impl Cluster {
                 .tool("initdb")
                 .arg("-D")
                 .arg(&primary.datadir)
-                .args(["-U", SUPERUSER, "-A", "trust", "--no-sync", "-E", "UTF8", "--locale=C"]),
+                .args([
+                    "-U",
+                    SUPERUSER,
+                    "-A",
+                    "trust",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                ]),
             "initdb",
         )?;
         let mut conf = vec![
             "listen_addresses = ''".to_string(),
-            format!("unix_socket_directories = '{}'", primary.socket_dir.display()),
+            format!(
+                "unix_socket_directories = '{}'",
+                primary.socket_dir.display()
+            ),
             format!("port = {PORT}"),
             "cluster_name = 'primary'".into(),
             "fsync = off".into(),
@@ -414,8 +456,11 @@ impl Cluster {
         primary.append_conf("postgresql.conf", &conf)?;
         primary.start()?;
         primary.psql(&format!(
-            "CREATE ROLE {WALLET_ROLE} LOGIN; GRANT pg_monitor TO {WALLET_ROLE}; \
-             CREATE DATABASE {WALLET_ROLE} OWNER {WALLET_ROLE};"
+            "CREATE ROLE {WALLET_ROLE} LOGIN; GRANT pg_monitor TO {WALLET_ROLE}"
+        ))?;
+        // CREATE DATABASE cannot share psql's implicit transaction.
+        primary.psql(&format!(
+            "CREATE DATABASE {WALLET_ROLE} OWNER {WALLET_ROLE}"
         ))?;
 
         let mut cluster = Cluster {
@@ -463,7 +508,10 @@ impl Cluster {
         }
         run(&mut cmd, &format!("pg_basebackup for {name}"))?;
         let mut conf = vec![
-            format!("unix_socket_directories = '{}'", standby.socket_dir.display()),
+            format!(
+                "unix_socket_directories = '{}'",
+                standby.socket_dir.display()
+            ),
             format!("cluster_name = '{name}'"),
             format!(
                 "primary_conninfo = '{} application_name={name}'",
@@ -474,7 +522,10 @@ impl Cluster {
             conf.push(format!("primary_slot_name = '{name}'"));
         }
         if archive {
-            conf.push(format!("restore_command = 'cp {}/%f %p'", self.archive_dir.display()));
+            conf.push(format!(
+                "restore_command = 'cp {}/%f %p'",
+                self.archive_dir.display()
+            ));
         }
         standby.append_conf("postgresql.auto.conf", &conf)?;
         standby.append_conf("standby.signal", &[])?;
@@ -483,9 +534,11 @@ impl Cluster {
             "SELECT count(*) FROM pg_stat_replication \
               WHERE application_name = '{name}' AND state = 'streaming'"
         );
-        wait_for(&format!("{name} to stream"), Duration::from_secs(60), || {
-            Ok(self.primary.psql(&sql)? == "1")
-        })?;
+        wait_for(
+            &format!("{name} to stream"),
+            Duration::from_secs(60),
+            || Ok(self.primary.psql(&sql)? == "1"),
+        )?;
         self.standbys.push(standby);
         Ok(())
     }
@@ -497,15 +550,30 @@ impl Cluster {
             "ALTER SYSTEM SET synchronous_standby_names = '{quoted}'"
         ))?;
         self.primary.reload()?;
-        wait_for("the new synchronous_standby_names", Duration::from_secs(30), || {
-            let now = self.primary.psql("SHOW synchronous_standby_names")?;
-            let attached = self.standbys.is_empty()
-                || names.is_empty()
-                || self.primary.psql(
-                    "SELECT count(*) FROM pg_stat_replication WHERE sync_state <> 'async'",
-                )? != "0";
-            Ok(now == names && attached)
-        })
+        wait_for(
+            "the new synchronous_standby_names",
+            Duration::from_secs(30),
+            || {
+                let now = self.primary.psql("SHOW synchronous_standby_names")?;
+                // When the names cover a running standby, wait until the primary uses it.
+                let covers_one = match crate::syncnames::SyncNames::parse(names) {
+                    Ok(crate::syncnames::SyncNames::Required(r)) => {
+                        self.standbys.iter().any(|s| r.names_standby(&s.name))
+                    }
+                    _ => false,
+                };
+                let attached = !covers_one
+                    || self.primary.psql(
+                        "SELECT count(*) FROM pg_stat_replication WHERE sync_state <> 'async'",
+                    )? != "0";
+                Ok(now == names && attached)
+            },
+        )
+    }
+
+    /// Where the PostgreSQL binaries in use are.
+    pub fn bindir(&self) -> &Path {
+        &self.install.bindir
     }
 
     pub fn standby(&self, name: &str) -> &Server {

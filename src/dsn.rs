@@ -9,8 +9,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
-use tokio_postgres::config::Host;
 use tokio_postgres::Config;
+use tokio_postgres::config::Host;
 
 /// The only scheme lightningd's PostgreSQL backend answers to.
 pub const LIGHTNINGD_PG_SCHEME: &str = "postgres://";
@@ -44,7 +44,9 @@ impl std::error::Error for DsnError {}
 pub enum WalletDsn {
     Postgres(Box<PgTarget>),
     /// Another backend (`sqlite3://…`): lightningd keeps the wallet in a local file.
-    Other { scheme: String },
+    Other {
+        scheme: String,
+    },
 }
 
 impl WalletDsn {
@@ -151,7 +153,11 @@ impl fmt::Display for PgTarget {
         let ports: Vec<String> = c.get_ports().iter().map(|p| p.to_string()).collect();
         parts.push(format!(
             "port={}",
-            if ports.is_empty() { "5432".to_string() } else { ports.join(",") }
+            if ports.is_empty() {
+                "5432".to_string()
+            } else {
+                ports.join(",")
+            }
         ));
         if let Some(user) = c.get_user() {
             parts.push(format!("user={user}"));
@@ -210,7 +216,8 @@ mod tests {
 
     #[test]
     fn reads_a_uri_with_every_part() {
-        let t = pg("postgres://ln:s3cret@db.example:5433/wallet?sslmode=disable&application_name=x");
+        let t =
+            pg("postgres://ln:s3cret@db.example:5433/wallet?sslmode=disable&application_name=x");
         let c = &t.config;
         assert_eq!(c.get_user(), Some("ln"));
         assert_eq!(c.get_password(), Some(&b"s3cret"[..]));
@@ -260,7 +267,10 @@ mod tests {
 
     #[test]
     fn text_that_is_no_dsn_is_an_error() {
-        assert_eq!(WalletDsn::parse("lightningd.sqlite3").unwrap_err(), DsnError::NotADsn);
+        assert_eq!(
+            WalletDsn::parse("lightningd.sqlite3").unwrap_err(),
+            DsnError::NotADsn
+        );
         // lightningd selects its backend by the exact scheme `postgres://`.
         assert!(matches!(
             WalletDsn::parse("postgresql://u@h/db"),
@@ -275,7 +285,10 @@ mod tests {
             "postgres://user=ln password=TopSecret1 host=h",
         ] {
             let t = pg(dsn);
-            let shown = format!("{t} {t:?} {:?}", t.session_config("x", Duration::from_secs(1)));
+            let shown = format!(
+                "{t} {t:?} {:?}",
+                t.session_config("x", Duration::from_secs(1))
+            );
             assert!(!shown.contains("TopSecret1"), "{shown}");
             assert!(shown.contains("password=<hidden>"), "{shown}");
         }

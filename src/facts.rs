@@ -114,12 +114,22 @@ pub enum CommitProbe {
     /// Not attempted (failover-check writes nothing).
     NotRun,
     /// Committed and acknowledged by the synchronous standbys.
-    Acknowledged { ms: f64, lsn: Lsn },
+    Acknowledged {
+        ms: f64,
+        lsn: Lsn,
+    },
     /// Still waiting at the deadline; left waiting, never cancelled.
-    Waiting { waited_ms: f64, lsn: Lsn },
+    Waiting {
+        waited_ms: f64,
+        lsn: Lsn,
+    },
     /// An earlier probe (from any process) is still waiting; that wait is the answer.
-    AlreadyWaiting { waiting_ms: Option<f64> },
-    Failed { error: String },
+    AlreadyWaiting {
+        waiting_ms: Option<f64>,
+    },
+    Failed {
+        error: String,
+    },
 }
 
 impl CommitProbe {

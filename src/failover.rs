@@ -68,8 +68,13 @@ pub fn evaluate(obs: &Observation) -> FailoverAnswer {
                 vec![],
             );
         }
-        WalletObservation::Postgres { primary: Err(f), .. } => {
-            return unknown(format!("cannot check the primary: {}: {}", f.stage, f.detail));
+        WalletObservation::Postgres {
+            primary: Err(f), ..
+        } => {
+            return unknown(format!(
+                "cannot check the primary: {}: {}",
+                f.stage, f.detail
+            ));
         }
         WalletObservation::Postgres { primary: Ok(p), .. } => p,
     };
@@ -166,26 +171,24 @@ fn judge_sender(
 ) -> StandbyReadiness {
     let mut reasons = Vec::new();
     match req {
-        Some(r) if r.names_standby(&w.application_name) && !r.has_wildcard() => {
-            match r.method {
-                SyncMethod::First if w.sync_state.as_deref() != Some("sync") => {
-                    reasons.push(format!(
-                        "not among the {} synchronous standbys that must acknowledge every \
+        Some(r) if r.names_standby(&w.application_name) && !r.has_wildcard() => match r.method {
+            SyncMethod::First if w.sync_state.as_deref() != Some("sync") => {
+                reasons.push(format!(
+                    "not among the {} synchronous standbys that must acknowledge every \
                          commit (sync_state {})",
-                        r.num,
-                        w.sync_state.as_deref().unwrap_or("unknown")
-                    ));
-                }
-                SyncMethod::Any if (r.num as usize) < r.names.len() => {
-                    reasons.push(format!(
-                        "ANY {} of {} standbys: a commit can be acknowledged without this one",
-                        r.num,
-                        r.names.len()
-                    ));
-                }
-                _ => {}
+                    r.num,
+                    w.sync_state.as_deref().unwrap_or("unknown")
+                ));
             }
-        }
+            SyncMethod::Any if (r.num as usize) < r.names.len() => {
+                reasons.push(format!(
+                    "ANY {} of {} standbys: a commit can be acknowledged without this one",
+                    r.num,
+                    r.names.len()
+                ));
+            }
+            _ => {}
+        },
         Some(r) if !r.names_standby(&w.application_name) => {
             reasons.push("not named in synchronous_standby_names".into());
         }
@@ -229,7 +232,9 @@ fn standby_side_reasons(p: &PrimaryFacts, s: &StandbyFacts) -> Vec<String> {
     let mut out = Vec::new();
     match (&p.system_identifier, &s.system_identifier) {
         (Some(a), Some(b)) if a != b => {
-            out.push(format!("belongs to another cluster (system identifier {b} ≠ {a})"));
+            out.push(format!(
+                "belongs to another cluster (system identifier {b} ≠ {a})"
+            ));
         }
         (Some(_), Some(_)) => {}
         _ => out.push("its system identifier could not be compared with the primary's".into()),

@@ -11,7 +11,11 @@ fn main() {
     let cli = match cln_replguard::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
-            let code = if e.use_stderr() { cln_replguard::cli::EXIT_USAGE } else { 0 };
+            let code = if e.use_stderr() {
+                cln_replguard::cli::EXIT_USAGE
+            } else {
+                0
+            };
             let _ = e.print();
             std::process::exit(code);
         }

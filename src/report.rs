@@ -156,12 +156,18 @@ pub fn status_text(obs: &Observation, verdict: &Verdict) -> String {
                         out,
                         "primary: PostgreSQL {}, {}, timeline {}, flushed to {}",
                         p.server_version,
-                        if p.in_recovery { "IN RECOVERY" } else { "primary" },
+                        if p.in_recovery {
+                            "IN RECOVERY"
+                        } else {
+                            "primary"
+                        },
                         p.timeline.map_or("?".into(), |t| t.to_string()),
                         p.flush_lsn.map_or("?".into(), |l| l.to_string()),
                     );
                     let sync = match (&p.sync_names, &verdict.sync) {
-                        (Ok(SyncNames::Empty), _) => "none (synchronous_standby_names is empty)".into(),
+                        (Ok(SyncNames::Empty), _) => {
+                            "none (synchronous_standby_names is empty)".into()
+                        }
                         (_, Some(a)) => format!(
                             "'{}': {} of {} required healthy",
                             p.sync_names_raw, a.healthy, a.required
@@ -183,12 +189,18 @@ pub fn status_text(obs: &Observation, verdict: &Verdict) -> String {
                         let _ = writeln!(
                             out,
                             "standby: {} {}/{} flushed {}{}{}",
-                            if w.application_name.is_empty() { "?" } else { &w.application_name },
+                            if w.application_name.is_empty() {
+                                "?"
+                            } else {
+                                &w.application_name
+                            },
                             w.state.as_deref().unwrap_or("?"),
                             w.sync_state.as_deref().unwrap_or("?"),
                             w.flush_lsn.map_or("?".into(), |l| l.to_string()),
-                            w.reply_age_ms
-                                .map_or(String::new(), |a| format!(", reply {:.1} s ago", a / 1000.0)),
+                            w.reply_age_ms.map_or(String::new(), |a| format!(
+                                ", reply {:.1} s ago",
+                                a / 1000.0
+                            )),
                             judgement
                                 .and_then(|j| j.why_not.as_deref())
                                 .map_or(String::new(), |why| format!(" — {why}")),
@@ -206,14 +218,22 @@ pub fn status_text(obs: &Observation, verdict: &Verdict) -> String {
             Err(f) => format!("unreachable ({}: {})", f.stage, f.detail),
             Ok(f) => format!(
                 "{} as '{}', receiver {}, timeline {}{}",
-                if f.in_recovery { "in recovery" } else { "NOT in recovery" },
+                if f.in_recovery {
+                    "in recovery"
+                } else {
+                    "NOT in recovery"
+                },
                 f.walsender_name(),
                 f.receiver
                     .as_ref()
                     .and_then(|r| r.status.clone())
                     .unwrap_or_else(|| "not running".into()),
                 f.timeline.map_or("?".into(), |t| t.to_string()),
-                if f.replay_paused == Some(true) { ", replay PAUSED" } else { "" },
+                if f.replay_paused == Some(true) {
+                    ", replay PAUSED"
+                } else {
+                    ""
+                },
             ),
         };
         let _ = writeln!(out, "standby DSN {}: {line}", s.target);
@@ -241,8 +261,10 @@ pub fn check_line(obs: &Observation, verdict: &Verdict, policy: &Policy) -> Stri
                 f.message,
                 f.code,
                 if more > 0 {
-                    let codes: Vec<&str> =
-                        verdict.findings[1..].iter().map(|f| f.code.as_str()).collect();
+                    let codes: Vec<&str> = verdict.findings[1..]
+                        .iter()
+                        .map(|f| f.code.as_str())
+                        .collect();
                     format!("; also {}", codes.join(", "))
                 } else {
                     String::new()
@@ -265,7 +287,11 @@ pub fn check_line(obs: &Observation, verdict: &Verdict, policy: &Policy) -> Stri
     format!(
         "REPLGUARD {}: {summary}{}",
         verdict.level.as_str().to_uppercase(),
-        if perf.is_empty() { String::new() } else { format!(" | {}", perf.join(" ")) }
+        if perf.is_empty() {
+            String::new()
+        } else {
+            format!(" | {}", perf.join(" "))
+        }
     )
 }
 

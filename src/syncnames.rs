@@ -182,7 +182,12 @@ impl Parser {
             self.pos += 1;
             let num = match self.next() {
                 Some(Token::Num(n)) => n,
-                other => return Err(format!("expected a number after {method:?}, found {}", describe(other))),
+                other => {
+                    return Err(format!(
+                        "expected a number after {method:?}, found {}",
+                        describe(other)
+                    ));
+                }
             };
             return self.counted(method, num);
         }
@@ -222,7 +227,12 @@ impl Parser {
             match self.next() {
                 Some(Token::Name(n)) => names.push(n),
                 Some(Token::Num(n)) => names.push(n.to_string()),
-                other => return Err(format!("expected a standby name, found {}", describe(other))),
+                other => {
+                    return Err(format!(
+                        "expected a standby name, found {}",
+                        describe(other)
+                    ));
+                }
             }
             if self.peek() == Some(&Token::Comma) {
                 self.pos += 1;
@@ -264,11 +274,18 @@ mod tests {
             ("any 1 (a, b)", req(Any, 1, &["a", "b"])),
             ("*", req(First, 1, &["*"])),
             ("ANY 1 (*)", req(Any, 1, &["*"])),
-            ("\"My Standby\", \"a\"\"b\"", req(First, 1, &["My Standby", "a\"b"])),
+            (
+                "\"My Standby\", \"a\"\"b\"",
+                req(First, 1, &["My Standby", "a\"b"]),
+            ),
             ("standby_1$x", req(First, 1, &["standby_1$x"])),
         ];
         for (input, expected) in cases {
-            assert_eq!(&SyncNames::parse(input).unwrap(), expected, "input {input:?}");
+            assert_eq!(
+                &SyncNames::parse(input).unwrap(),
+                expected,
+                "input {input:?}"
+            );
         }
     }
 
@@ -297,7 +314,9 @@ mod tests {
         assert_eq!(r.priority_of("BETA"), Some(1));
         assert_eq!(r.priority_of("gamma"), None);
         assert!(!r.has_wildcard());
-        let SyncNames::Required(w) = SyncNames::parse("a, *").unwrap() else { panic!() };
+        let SyncNames::Required(w) = SyncNames::parse("a, *").unwrap() else {
+            panic!()
+        };
         assert!(w.has_wildcard());
         assert_eq!(w.priority_of("anything"), Some(1));
     }

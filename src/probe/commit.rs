@@ -30,7 +30,10 @@ const PROBE_LOCK_KEY: i64 = 0x636c_6e72_7067;
 enum Step {
     /// Setup ended without a commit to wait for.
     Early(CommitProbe),
-    Committing { lsn: Lsn, started: Instant },
+    Committing {
+        lsn: Lsn,
+        started: Instant,
+    },
     Done(Result<(), String>),
 }
 
@@ -70,7 +73,10 @@ pub(crate) async fn run(target: &PgTarget, policy: &Policy) -> CommitProbe {
         Err(_) => {
             return failed(
                 "commit probe",
-                &format!("no answer within {} ms before commit", query_timeout.as_millis()),
+                &format!(
+                    "no answer within {} ms before commit",
+                    query_timeout.as_millis()
+                ),
             );
         }
     };
@@ -128,11 +134,13 @@ async fn prepare(
         )
         .await?
         .get(0);
-    let lsn = lsn.parse().map_err(|e: String| crate::facts::ProbeFailure {
-        kind: crate::facts::FailureKind::Query,
-        stage: "commit probe".into(),
-        detail: e,
-    })?;
+    let lsn = lsn
+        .parse()
+        .map_err(|e: String| crate::facts::ProbeFailure {
+            kind: crate::facts::FailureKind::Query,
+            stage: "commit probe".into(),
+            detail: e,
+        })?;
     Ok(Ok(lsn))
 }
 

@@ -113,7 +113,6 @@ pub(crate) async fn observe(
     })
 }
 
-
 const BASICS_SQL: &str = "\
 SELECT current_setting('server_version_num')::int AS version_num,
        current_setting('server_version') AS version,

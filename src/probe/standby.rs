@@ -8,7 +8,10 @@ use crate::policy::Policy;
 use super::primary::{MONITOR_APPLICATION_NAME, parse_lsn};
 use super::session::Session;
 
-pub(crate) async fn observe(target: &PgTarget, policy: &Policy) -> Result<StandbyFacts, ProbeFailure> {
+pub(crate) async fn observe(
+    target: &PgTarget,
+    policy: &Policy,
+) -> Result<StandbyFacts, ProbeFailure> {
     let session = Session::open(
         &target.session_config(MONITOR_APPLICATION_NAME, policy.query_timeout),
         policy.query_timeout,
@@ -136,6 +139,9 @@ mod tests {
         assert_eq!(conninfo_value(c, "dbname"), None);
         let q = "host='/tmp/a b' application_name='it\\'s'";
         assert_eq!(conninfo_value(q, "host").as_deref(), Some("/tmp/a b"));
-        assert_eq!(conninfo_value(q, "application_name").as_deref(), Some("it's"));
+        assert_eq!(
+            conninfo_value(q, "application_name").as_deref(),
+            Some("it's")
+        );
     }
 }

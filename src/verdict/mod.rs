@@ -152,7 +152,12 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn new(code: Code, severity: Level, message: impl Into<String>, remedy: impl Into<String>) -> Self {
+    pub fn new(
+        code: Code,
+        severity: Level,
+        message: impl Into<String>,
+        remedy: impl Into<String>,
+    ) -> Self {
         Finding {
             code,
             severity,

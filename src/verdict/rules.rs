@@ -87,7 +87,8 @@ fn primary_reachable(ctx: &Context) -> Vec<Finding> {
     let (code, remedy) = match f.kind {
         FailureKind::Auth => (
             Code::AuthFailed,
-            "check the user and password of the wallet DSN (and pg_hba.conf on the server)".to_string(),
+            "check the user and password of the wallet DSN (and pg_hba.conf on the server)"
+                .to_string(),
         ),
         FailureKind::Timeout => (
             Code::PrimaryTimeout,
@@ -119,7 +120,10 @@ fn primary_reachable(ctx: &Context) -> Vec<Finding> {
     vec![Finding::new(
         code,
         Level::Unknown,
-        format!("cannot check the wallet server ({target}): {}: {}", f.stage, f.detail),
+        format!(
+            "cannot check the wallet server ({target}): {}: {}",
+            f.stage, f.detail
+        ),
         remedy,
     )]
 }
@@ -202,7 +206,13 @@ fn sync_standbys(ctx: &Context) -> Vec<Finding> {
         .senders
         .iter()
         .filter(|s| !s.counted)
-        .map(|s| format!("{}: {}", display_name(&s.name), s.why_not.as_deref().unwrap_or("")))
+        .map(|s| {
+            format!(
+                "{}: {}",
+                display_name(&s.name),
+                s.why_not.as_deref().unwrap_or("")
+            )
+        })
         .collect();
     let method = match req.method {
         SyncMethod::First => "FIRST",
@@ -258,7 +268,10 @@ fn synchronous_commit(ctx: &Context) -> Vec<Finding> {
             "a session opened with the wallet DSN runs with synchronous_commit = {} ({origin}): {effect}",
             s.synchronous_commit
         ),
-        format!("{}, then restart lightningd (it reads the setting when its session starts)", reset_hint(p)),
+        format!(
+            "{}, then restart lightningd (it reads the setting when its session starts)",
+            reset_hint(p)
+        ),
     )]
 }
 
@@ -281,7 +294,9 @@ fn reset_hint(p: &PrimaryFacts) -> String {
         "user" => format!("ALTER ROLE {role} RESET synchronous_commit;"),
         "database" => format!("ALTER DATABASE {db} RESET synchronous_commit;"),
         "database user" => format!("ALTER ROLE {role} IN DATABASE {db} RESET synchronous_commit;"),
-        "client" => "remove -c synchronous_commit from the DSN's options (and from PGOPTIONS)".into(),
+        "client" => {
+            "remove -c synchronous_commit from the DSN's options (and from PGOPTIONS)".into()
+        }
         _ => "ALTER SYSTEM SET synchronous_commit = on; SELECT pg_reload_conf();".into(),
     }
 }
@@ -291,7 +306,9 @@ fn commit_probe(ctx: &Context) -> Vec<Finding> {
     let deadline = ctx.policy.probe_deadline.as_millis();
     match &p.commit_probe {
         CommitProbe::NotRun => vec![],
-        CommitProbe::Acknowledged { ms, .. } if *ms > ctx.policy.probe_slow.as_secs_f64() * 1000.0 => {
+        CommitProbe::Acknowledged { ms, .. }
+            if *ms > ctx.policy.probe_slow.as_secs_f64() * 1000.0 =>
+        {
             vec![Finding::new(
                 Code::CommitProbeSlow,
                 Level::Degraded,
@@ -362,7 +379,10 @@ fn slots(ctx: &Context) -> Vec<Finding> {
             Some("lost") => out.push(Finding::new(
                 Code::SlotLost,
                 Level::Unsafe,
-                format!("replication slot {} lost WAL its standby still needs", s.name),
+                format!(
+                    "replication slot {} lost WAL its standby still needs",
+                    s.name
+                ),
                 "rebuild the standby (pg_basebackup, or pg_rewind) and recreate the slot",
             )),
             Some("unreserved") => out.push(Finding::new(
@@ -424,7 +444,10 @@ fn standbys(ctx: &Context) -> Vec<Finding> {
             Err(f) => out.push(Finding::new(
                 Code::StandbyUnreachable,
                 Level::Unknown,
-                format!("cannot check standby {}: {}: {}", s.target, f.stage, f.detail),
+                format!(
+                    "cannot check standby {}: {}: {}",
+                    s.target, f.stage, f.detail
+                ),
                 "check that the standby runs and that its DSN (--standby-dsn) is right",
             )),
             Ok(facts) => out.extend(standby_findings(ctx, &s.target, facts)),
@@ -523,7 +546,11 @@ fn standby_findings(ctx: &Context, target: &str, s: &StandbyFacts) -> Vec<Findin
 }
 
 fn display_name(name: &str) -> &str {
-    if name.is_empty() { "(no application_name)" } else { name }
+    if name.is_empty() {
+        "(no application_name)"
+    } else {
+        name
+    }
 }
 
 /// SQL identifier quoting, for remedies an operator pastes into psql.

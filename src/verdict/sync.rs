@@ -70,7 +70,8 @@ fn why_not_counted(s: &WalSender, req: &SyncRequirement) -> Option<String> {
     }
     if !s.reports_replay() {
         return Some(
-            "reports no replay position: a WAL receiver such as pg_receivewal, not a standby".into(),
+            "reports no replay position: a WAL receiver such as pg_receivewal, not a standby"
+                .into(),
         );
     }
     if s.reached_target == Some(false) {

@@ -205,9 +205,20 @@ fn unknown_not_unsafe_when_privileges_hide_the_replication_columns() {
     let v = judge(&observe(p));
     assert_eq!(v.level, Level::Unknown, "{:?}", codes(&v));
     assert!(v.has(Code::PrivilegesInsufficient));
-    assert!(!v.has(Code::SyncStandbysShort), "hidden columns must not read as no standby");
-    let f = v.findings.iter().find(|f| f.code == Code::PrivilegesInsufficient).unwrap();
-    assert!(f.remedy.contains("GRANT pg_monitor TO lightningd"), "{}", f.remedy);
+    assert!(
+        !v.has(Code::SyncStandbysShort),
+        "hidden columns must not read as no standby"
+    );
+    let f = v
+        .findings
+        .iter()
+        .find(|f| f.code == Code::PrivilegesInsufficient)
+        .unwrap();
+    assert!(
+        f.remedy.contains("GRANT pg_monitor TO lightningd"),
+        "{}",
+        f.remedy
+    );
 }
 
 #[test]
@@ -251,7 +262,11 @@ fn unsafe_when_the_standby_is_attached_but_asynchronous() {
     p.sync_names = SyncNames::parse("other");
     let v = judge(&observe(p));
     assert_eq!(v.level, Level::Unsafe);
-    let f = v.findings.iter().find(|f| f.code == Code::SyncStandbysShort).unwrap();
+    let f = v
+        .findings
+        .iter()
+        .find(|f| f.code == Code::SyncStandbysShort)
+        .unwrap();
     assert!(f.message.contains("s1: not named"), "{}", f.message);
 }
 
@@ -300,9 +315,24 @@ fn a_wal_receiver_that_is_no_standby_does_not_count() {
 fn synchronous_commit_is_judged_as_lightningds_session_gets_it() {
     for (value, source, level, code) in [
         ("local", "user", Level::Unsafe, Code::SynchronousCommitWeak),
-        ("off", "database", Level::Unsafe, Code::SynchronousCommitWeak),
-        ("remote_write", "configuration file", Level::Degraded, Code::SynchronousCommitRemoteWrite),
-        ("bogus", "client", Level::Unknown, Code::SynchronousCommitUnrecognised),
+        (
+            "off",
+            "database",
+            Level::Unsafe,
+            Code::SynchronousCommitWeak,
+        ),
+        (
+            "remote_write",
+            "configuration file",
+            Level::Degraded,
+            Code::SynchronousCommitRemoteWrite,
+        ),
+        (
+            "bogus",
+            "client",
+            Level::Unknown,
+            Code::SynchronousCommitUnrecognised,
+        ),
     ] {
         let mut p = primary();
         p.session.synchronous_commit = value.into();
@@ -322,16 +352,45 @@ fn a_role_level_override_gets_a_role_level_remedy() {
     let v = judge(&observe(p));
     let f = &v.findings[0];
     assert!(f.message.contains("ALTER ROLE lightningd"), "{}", f.message);
-    assert!(f.remedy.contains("ALTER ROLE lightningd RESET synchronous_commit"), "{}", f.remedy);
+    assert!(
+        f.remedy
+            .contains("ALTER ROLE lightningd RESET synchronous_commit"),
+        "{}",
+        f.remedy
+    );
 }
 
 #[test]
 fn commit_probe_outcomes() {
     let cases = [
-        (CommitProbe::Acknowledged { ms: 400.0, lsn: Lsn(1) }, Level::Degraded, Code::CommitProbeSlow),
-        (CommitProbe::Waiting { waited_ms: 1000.0, lsn: Lsn(1) }, Level::Unsafe, Code::CommitProbeTimeout),
-        (CommitProbe::AlreadyWaiting { waiting_ms: Some(30_000.0) }, Level::Unsafe, Code::CommitProbeAlreadyWaiting),
-        (CommitProbe::Failed { error: "x".into() }, Level::Unknown, Code::CommitProbeFailed),
+        (
+            CommitProbe::Acknowledged {
+                ms: 400.0,
+                lsn: Lsn(1),
+            },
+            Level::Degraded,
+            Code::CommitProbeSlow,
+        ),
+        (
+            CommitProbe::Waiting {
+                waited_ms: 1000.0,
+                lsn: Lsn(1),
+            },
+            Level::Unsafe,
+            Code::CommitProbeTimeout,
+        ),
+        (
+            CommitProbe::AlreadyWaiting {
+                waiting_ms: Some(30_000.0),
+            },
+            Level::Unsafe,
+            Code::CommitProbeAlreadyWaiting,
+        ),
+        (
+            CommitProbe::Failed { error: "x".into() },
+            Level::Unknown,
+            Code::CommitProbeFailed,
+        ),
     ];
     for (probe, level, code) in cases {
         let mut p = primary();
