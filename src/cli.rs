@@ -114,7 +114,11 @@ impl TargetArgs {
             .iter()
             .map(|d| PgTarget::parse(d).context("--standby-dsn"))
             .collect::<Result<Vec<_>>>()?;
-        Ok(Targets { wallet, standbys })
+        let targets = Targets { wallet, standbys };
+        for w in targets.warnings() {
+            eprintln!("cln-replguard: warning: {w}");
+        }
+        Ok(targets)
     }
 }
 

@@ -24,7 +24,6 @@ use anyhow::{Context, Result, anyhow, bail};
 /// The role lightningd would use in these clusters, with its database.
 pub const WALLET_ROLE: &str = "lightningd";
 const SUPERUSER: &str = "postgres";
-const PORT: u16 = 5432;
 
 /// The installed PostgreSQL server binaries, and the user to run them as.
 #[derive(Debug)]
@@ -172,6 +171,8 @@ pub struct Server {
     pub datadir: PathBuf,
     pub socket_dir: PathBuf,
     pub log: PathBuf,
+    /// The port: it names the Unix socket, and is the TCP port once TCP is enabled.
+    pub port: u16,
     install: Arc<PgInstall>,
     paused: Mutex<Vec<i32>>,
 }
@@ -180,8 +181,9 @@ impl Server {
     /// libpq key=value DSN over the Unix socket.
     pub fn conninfo(&self, user: &str, dbname: &str) -> String {
         format!(
-            "host={} port={PORT} user={user} dbname={dbname}",
-            self.socket_dir.display()
+            "host={} port={} user={user} dbname={dbname}",
+            self.socket_dir.display(),
+            self.port
         )
     }
 
@@ -243,6 +245,32 @@ impl Server {
         self.resume();
         self.pg_ctl(&["-w", "-t", "60", "-m", "immediate", "stop"])?;
         Ok(())
+    }
+
+    /// Serves TLS on 127.0.0.1 with the given PEM certificate and key (restarts the server).
+    /// Plain TCP connections are refused, so a successful connection proves TLS was used.
+    pub fn enable_tls(&self, cert_pem: &str, key_pem: &str) -> Result<()> {
+        let (cert, key) = (
+            self.datadir.join("server.crt"),
+            self.datadir.join("server.key"),
+        );
+        fs::write(&cert, cert_pem)?;
+        fs::write(&key, key_pem)?;
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600))?;
+        self.install.own(&cert)?;
+        self.install.own(&key)?;
+        self.append_conf(
+            "postgresql.conf",
+            &[
+                "listen_addresses = '127.0.0.1'".into(),
+                "ssl = on".into(),
+                "ssl_cert_file = 'server.crt'".into(),
+                "ssl_key_file = 'server.key'".into(),
+            ],
+        )?;
+        self.prepend_hba("hostnossl all all 127.0.0.1/32 reject")?;
+        self.stop()?;
+        self.start()
     }
 
     /// Puts an authentication rule before the others (first match wins) and reloads.
@@ -434,7 +462,7 @@ impl Cluster {
                 "unix_socket_directories = '{}'",
                 primary.socket_dir.display()
             ),
-            format!("port = {PORT}"),
+            format!("port = {}", primary.port),
             "cluster_name = 'primary'".into(),
             "fsync = off".into(),
             "shared_buffers = 16MB".into(),
@@ -489,6 +517,7 @@ impl Cluster {
             datadir: base.join("data"),
             socket_dir,
             log: base.join("server.log"),
+            port: free_tcp_port()?,
             install: install.clone(),
             paused: Mutex::new(Vec::new()),
         })
@@ -583,14 +612,26 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no standby {name}"))
     }
 
-    /// Waits until a write on the primary is acknowledged by the synchronous standbys again
-    /// (after a fault was repaired).
+    /// Waits until every standby streams again and no commit waits for one (after a fault
+    /// was repaired or the primary restarted).
     pub fn wait_commits_flow(&self) -> Result<()> {
+        let streaming = format!(
+            "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming' \
+               AND application_name IN ({})",
+            self.standbys
+                .iter()
+                .map(|s| format!("'{}'", s.name))
+                .collect::<Vec<_>>()
+                .join(",")
+        );
         wait_for("commits to flow", Duration::from_secs(60), || {
-            Ok(self
-                .primary
-                .psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")?
-                == "0")
+            let all_streaming = self.standbys.is_empty()
+                || self.primary.psql(&streaming)? == self.standbys.len().to_string();
+            Ok(all_streaming
+                && self
+                    .primary
+                    .psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")?
+                    == "0")
         })
     }
 
@@ -617,6 +658,12 @@ impl Cluster {
         self.install.mkdir(&d)?;
         Ok(d)
     }
+}
+
+/// A TCP port free on 127.0.0.1 right now (the kernel picks it).
+fn free_tcp_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?.port())
 }
 
 /// A background process killed when dropped.

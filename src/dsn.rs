@@ -1,28 +1,34 @@
-//! Wallet and standby DSNs: lightningd's `wallet=` forms turned into a connection config, and a
-//! display of it that never carries the password.
+//! Wallet and standby DSNs, resolved the way libpq resolves them: the DSN's own values, then
+//! the `PG*` environment, then the password file, then libpq's defaults. The result connects
+//! to the server lightningd connects to, and displays without the password.
 //!
 //! lightningd (`db/db_postgres.c`) strips `postgres://`, hands the rest to libpq's key=value
-//! parser and, when that fails, passes the whole URI to libpq. We follow the same order so the
-//! plugin reaches the server lightningd reaches.
+//! parser and, when that fails, passes the whole URI to libpq. We follow the same order.
 
+use std::collections::HashMap;
 use std::fmt;
-use std::path::Path;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use tokio_postgres::Config;
-use tokio_postgres::config::Host;
+use tokio_postgres::config::{
+    ChannelBinding, LoadBalanceHosts, SslMode as DriverSslMode, TargetSessionAttrs,
+};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use crate::conninfo::{self, Params};
+use crate::pgpass;
+use crate::tls::{self, SslMode};
 
 /// The only scheme lightningd's PostgreSQL backend answers to.
 pub const LIGHTNINGD_PG_SCHEME: &str = "postgres://";
-
-/// libpq's compiled-in socket directory on Debian; other builds use /tmp.
-const DEFAULT_SOCKET_DIRS: [&str; 2] = ["/var/run/postgresql", "/tmp"];
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DsnError {
     /// Not a DSN lightningd would accept at all.
     NotADsn,
-    /// Looks like a PostgreSQL DSN but does not parse; the reason never includes the password.
+    /// Does not parse, or names something unsupported; never includes the password.
     Invalid(String),
 }
 
@@ -39,6 +45,93 @@ impl fmt::Display for DsnError {
 
 impl std::error::Error for DsnError {}
 
+fn invalid(why: impl Into<String>) -> DsnError {
+    DsnError::Invalid(why.into())
+}
+
+/// The environment libpq reads: `PG*` variables, the home directory, the OS user.
+#[derive(Clone, Debug, Default)]
+pub struct Env {
+    vars: HashMap<String, String>,
+    home: Option<PathBuf>,
+    os_user: Option<String>,
+}
+
+impl Env {
+    /// This process's environment.
+    pub fn from_process() -> Env {
+        Env {
+            vars: std::env::vars()
+                .filter(|(k, _)| k.starts_with("PG"))
+                .collect(),
+            home: std::env::var_os("HOME").map(PathBuf::from),
+            os_user: os_user_name(),
+        }
+    }
+
+    /// An environment with only what the caller sets (tests).
+    pub fn empty() -> Env {
+        Env::default()
+    }
+
+    pub fn with_var(mut self, key: &str, value: &str) -> Env {
+        self.vars.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn with_home(mut self, home: &Path) -> Env {
+        self.home = Some(home.into());
+        self
+    }
+
+    pub fn with_os_user(mut self, user: &str) -> Env {
+        self.os_user = Some(user.into());
+        self
+    }
+}
+
+/// The environment variable libpq reads for a keyword the DSN leaves out.
+fn env_var_for(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "host" => "PGHOST",
+        "hostaddr" => "PGHOSTADDR",
+        "port" => "PGPORT",
+        "dbname" => "PGDATABASE",
+        "user" => "PGUSER",
+        "password" => "PGPASSWORD",
+        "passfile" => "PGPASSFILE",
+        "options" => "PGOPTIONS",
+        "application_name" => "PGAPPNAME",
+        "sslmode" => "PGSSLMODE",
+        "sslrootcert" => "PGSSLROOTCERT",
+        "sslcert" => "PGSSLCERT",
+        "sslkey" => "PGSSLKEY",
+        "connect_timeout" => "PGCONNECT_TIMEOUT",
+        "service" => "PGSERVICE",
+        "target_session_attrs" => "PGTARGETSESSIONATTRS",
+        "channel_binding" => "PGCHANNELBINDING",
+        "gssencmode" => "PGGSSENCMODE",
+        "requiressl" => "PGREQUIRESSL",
+        _ => return None,
+    })
+}
+
+/// Keywords that would change which server we reach or how we authenticate, and that we do
+/// not implement: refusing them beats silently connecting differently from lightningd.
+const UNSUPPORTED: &[(&str, &str)] = &[
+    (
+        "service",
+        "service files (pg_service.conf); spell the parameters out",
+    ),
+    ("sslcert", "client certificates"),
+    ("sslkey", "client certificates"),
+    ("sslcrl", "certificate revocation lists"),
+    ("sslcrldir", "certificate revocation lists"),
+    ("requirepeer", "requirepeer"),
+    ("require_auth", "require_auth"),
+    ("replication", "replication connections"),
+];
+
 /// What lightningd's `wallet=` option names.
 #[derive(Clone, Debug)]
 pub enum WalletDsn {
@@ -50,19 +143,26 @@ pub enum WalletDsn {
 }
 
 impl WalletDsn {
+    /// Resolves with this process's environment.
     pub fn parse(dsn: &str) -> Result<WalletDsn, DsnError> {
+        WalletDsn::parse_with(dsn, &Env::from_process())
+    }
+
+    pub fn parse_with(dsn: &str, env: &Env) -> Result<WalletDsn, DsnError> {
         let dsn = dsn.trim();
         if let Some(rest) = dsn.strip_prefix(LIGHTNINGD_PG_SCHEME) {
             // lightningd's order: key=value pairs after the scheme, else the whole URI. Text
             // that starts like `keyword=` is judged as key=value only: read as a URI, its
             // pairs would become a host name, password included.
-            let config = if starts_with_keyword(rest) {
-                rest.parse::<Config>()
+            let params = if starts_with_keyword(rest) {
+                conninfo::parse_key_value(rest)
             } else {
-                dsn.parse::<Config>()
-            };
-            let config = config.map_err(|e| DsnError::Invalid(e.to_string()))?;
-            return Ok(WalletDsn::Postgres(Box::new(PgTarget::from_config(config))));
+                conninfo::parse_uri(dsn)
+            }
+            .map_err(|e| invalid(e.0))?;
+            return Ok(WalletDsn::Postgres(Box::new(PgTarget::resolve(
+                &params, env,
+            )?)));
         }
         match dsn.split_once("://") {
             Some((scheme, _)) if !scheme.is_empty() => Ok(WalletDsn::Other {
@@ -73,42 +173,198 @@ impl WalletDsn {
     }
 }
 
-/// A PostgreSQL server to connect to, with libpq's defaults filled in.
+/// A PostgreSQL server to connect to, fully resolved.
 #[derive(Clone)]
 pub struct PgTarget {
     config: Config,
+    tls: MakeRustlsConnect,
+    sslmode: SslMode,
+    display: String,
+    /// What libpq would have warned about (an ignored password file…).
+    pub warnings: Vec<String>,
 }
 
 impl PgTarget {
-    /// Any libpq form: `postgres://` or `postgresql://` URI, or key=value pairs.
+    /// Any libpq form (`postgres://`/`postgresql://` URI, key=value), this process's
+    /// environment.
     pub fn parse(dsn: &str) -> Result<PgTarget, DsnError> {
+        PgTarget::parse_with(dsn, &Env::from_process())
+    }
+
+    pub fn parse_with(dsn: &str, env: &Env) -> Result<PgTarget, DsnError> {
         let dsn = dsn.trim();
         if dsn.starts_with(LIGHTNINGD_PG_SCHEME) {
-            return match WalletDsn::parse(dsn)? {
+            return match WalletDsn::parse_with(dsn, env)? {
                 WalletDsn::Postgres(t) => Ok(*t),
                 WalletDsn::Other { .. } => Err(DsnError::NotADsn),
             };
         }
-        let config = dsn
-            .parse::<Config>()
-            .map_err(|e| DsnError::Invalid(e.to_string()))?;
-        Ok(PgTarget::from_config(config))
+        let params = conninfo::parse(dsn).map_err(|e| invalid(e.0))?;
+        PgTarget::resolve(&params, env)
     }
 
-    pub fn from_config(mut config: Config) -> PgTarget {
-        if config.get_user().is_none()
-            && let Some(user) = os_user_name()
+    /// DSN values, then the environment, then the password file, then defaults.
+    pub fn resolve(params: &Params, env: &Env) -> Result<PgTarget, DsnError> {
+        let value = |key: &str| -> Option<String> {
+            conninfo::get(params, key)
+                .map(str::to_string)
+                .or_else(|| env_var_for(key).and_then(|v| env.vars.get(v).cloned()))
+                .filter(|v| !v.is_empty())
+        };
+        for (key, what) in UNSUPPORTED {
+            if value(key).is_some() {
+                return Err(invalid(format!(
+                    "{key}: {what} are not supported by cln-replguard"
+                )));
+            }
+        }
+        if value("gssencmode").as_deref() == Some("require") {
+            return Err(invalid(
+                "gssencmode=require: GSSAPI encryption is not supported",
+            ));
+        }
+
+        let mut c = Config::new();
+        let hosts: Vec<String> = value("host")
+            .unwrap_or_else(|| pgpass::DEFAULT_SOCKET_DIR.to_string())
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        for h in &hosts {
+            if h.starts_with('/') {
+                c.host_path(h);
+            } else if !h.is_empty() {
+                c.host(h);
+            }
+        }
+        if let Some(addrs) = value("hostaddr") {
+            for a in addrs.split(',') {
+                let ip: IpAddr = a
+                    .parse()
+                    .map_err(|_| invalid(format!("hostaddr: \"{a}\" is not an IP address")))?;
+                c.hostaddr(ip);
+            }
+        }
+        let ports: Vec<u16> = value("port")
+            .unwrap_or_else(|| "5432".into())
+            .split(',')
+            .map(|p| {
+                p.parse::<u16>()
+                    .map_err(|_| invalid(format!("port: \"{p}\" is not a port number")))
+            })
+            .collect::<Result<_, _>>()?;
+        for p in &ports {
+            c.port(*p);
+        }
+        let user = value("user")
+            .or_else(|| env.os_user.clone())
+            .ok_or_else(|| invalid("no user given and the OS user name is unknown"))?;
+        c.user(&user);
+        let dbname = value("dbname").unwrap_or_else(|| user.clone());
+        c.dbname(&dbname);
+        if let Some(o) = value("options") {
+            c.options(&o);
+        }
+        if let Some(a) = value("application_name") {
+            c.application_name(&a);
+        }
+        if let Some(t) = value("connect_timeout") {
+            let secs: i64 = t.trim().parse().map_err(|_| {
+                invalid(format!(
+                    "connect_timeout: \"{t}\" is not a number of seconds"
+                ))
+            })?;
+            // libpq: 0 or less waits forever, and the minimum is 2 s.
+            if secs > 0 {
+                c.connect_timeout(Duration::from_secs(secs.max(2) as u64));
+            }
+        }
+        if let Some(t) = value("target_session_attrs") {
+            c.target_session_attrs(match t.as_str() {
+                "any" => TargetSessionAttrs::Any,
+                "read-write" => TargetSessionAttrs::ReadWrite,
+                "read-only" => TargetSessionAttrs::ReadOnly,
+                other => {
+                    return Err(invalid(format!(
+                        "target_session_attrs={other} is not supported (any, read-write, read-only)"
+                    )));
+                }
+            });
+        }
+        if let Some(b) = value("channel_binding") {
+            c.channel_binding(match b.as_str() {
+                "disable" => ChannelBinding::Disable,
+                "prefer" => ChannelBinding::Prefer,
+                "require" => ChannelBinding::Require,
+                other => {
+                    return Err(invalid(format!(
+                        "invalid channel_binding value: \"{other}\""
+                    )));
+                }
+            });
+        }
+        if value("load_balance_hosts").as_deref() == Some("random") {
+            c.load_balance_hosts(LoadBalanceHosts::Random);
+        }
+
+        let mut warnings = Vec::new();
+        let mut password_source = None;
+        if let Some(p) = value("password") {
+            c.password(p);
+            password_source = Some("given");
+        } else {
+            let file = value("passfile")
+                .map(PathBuf::from)
+                .or_else(|| env.home.as_ref().map(|h| h.join(".pgpass")));
+            if let Some(file) = file {
+                let port = ports.first().copied().unwrap_or(5432).to_string();
+                match pgpass::lookup(&file, &hosts[0], &port, &dbname, &user) {
+                    pgpass::Lookup::Found(p) => {
+                        c.password(p);
+                        password_source = Some("from the password file");
+                    }
+                    pgpass::Lookup::Ignored(why) => warnings.push(why),
+                    pgpass::Lookup::NotFound => {}
+                }
+            }
+        }
+
+        let sslmode = match value("sslmode") {
+            Some(m) => SslMode::parse(&m).map_err(invalid)?,
+            None if value("requiressl").as_deref() == Some("1") => SslMode::Require,
+            None => SslMode::Prefer,
+        };
+        // libpq ignores sslmode on Unix sockets: no TLS there.
+        let only_sockets = hosts.iter().all(|h| h.starts_with('/'));
+        c.ssl_mode(match sslmode {
+            _ if only_sockets => DriverSslMode::Disable,
+            SslMode::Disable => DriverSslMode::Disable,
+            SslMode::Allow | SslMode::Prefer => DriverSslMode::Prefer,
+            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => DriverSslMode::Require,
+        });
+        let root_cert = value("sslrootcert")
+            .map(PathBuf::from)
+            .or_else(|| env.home.as_ref().map(|h| h.join(".postgresql/root.crt")))
+            .filter(|p| p.is_file());
+        if let Some(explicit) = value("sslrootcert")
+            && !Path::new(&explicit).is_file()
+            && sslmode.requires_tls()
         {
-            config.user(&user);
+            return Err(invalid(format!(
+                "sslrootcert: root certificate file \"{explicit}\" does not exist"
+            )));
         }
-        if config.get_hosts().is_empty() && config.get_hostaddrs().is_empty() {
-            let dir = DEFAULT_SOCKET_DIRS
-                .iter()
-                .find(|d| Path::new(d).is_dir())
-                .unwrap_or(&DEFAULT_SOCKET_DIRS[1]);
-            config.host_path(dir);
-        }
-        PgTarget { config }
+        let verify = tls::verification(sslmode, root_cert.is_some());
+        let tls = tls::connector(verify, root_cert.as_deref()).map_err(invalid)?;
+
+        let display = display(&c, sslmode, password_source);
+        Ok(PgTarget {
+            config: c,
+            tls,
+            sslmode,
+            display,
+            warnings,
+        })
     }
 
     /// A config for one of our own sessions: marked with `application_name` so it can be told
@@ -116,8 +372,18 @@ impl PgTarget {
     pub fn session_config(&self, application_name: &str, timeout: Duration) -> Config {
         let mut c = self.config.clone();
         c.application_name(application_name);
-        c.connect_timeout(timeout);
+        if c.get_connect_timeout().is_none_or(|t| *t > timeout) {
+            c.connect_timeout(timeout);
+        }
         c
+    }
+
+    pub fn tls(&self) -> MakeRustlsConnect {
+        self.tls.clone()
+    }
+
+    pub fn sslmode(&self) -> SslMode {
+        self.sslmode
     }
 
     pub fn user(&self) -> &str {
@@ -128,56 +394,65 @@ impl PgTarget {
     pub fn options(&self) -> Option<&str> {
         self.config.get_options()
     }
+
+    /// The underlying driver config (tests and diagnostics).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// key=value form without the password: what logs, reports and errors show.
+fn display(c: &Config, sslmode: SslMode, password: Option<&str>) -> String {
+    use tokio_postgres::config::Host;
+    let hosts: Vec<String> = c
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            Host::Tcp(name) => name.clone(),
+            Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    let mut parts = Vec::new();
+    if !hosts.is_empty() {
+        parts.push(format!("host={}", hosts.join(",")));
+    }
+    if !c.get_hostaddrs().is_empty() {
+        let addrs: Vec<String> = c.get_hostaddrs().iter().map(|a| a.to_string()).collect();
+        parts.push(format!("hostaddr={}", addrs.join(",")));
+    }
+    let ports: Vec<String> = c.get_ports().iter().map(|p| p.to_string()).collect();
+    parts.push(format!("port={}", ports.join(",")));
+    if let Some(user) = c.get_user() {
+        parts.push(format!("user={user}"));
+    }
+    if let Some(db) = c.get_dbname() {
+        parts.push(format!("dbname={db}"));
+    }
+    if let Some(opts) = c.get_options() {
+        parts.push(format!("options='{opts}'"));
+    }
+    if sslmode != SslMode::Prefer {
+        parts.push(format!("sslmode={sslmode}"));
+    }
+    if let Some(source) = password {
+        parts.push(if source == "given" {
+            "password=<hidden>".to_string()
+        } else {
+            format!("password=<hidden, {source}>")
+        });
+    }
+    parts.join(" ")
 }
 
 impl fmt::Display for PgTarget {
-    /// key=value form without the password: what logs, reports and errors show.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = &self.config;
-        let hosts: Vec<String> = c
-            .get_hosts()
-            .iter()
-            .map(|h| match h {
-                Host::Tcp(name) => name.clone(),
-                Host::Unix(path) => path.display().to_string(),
-            })
-            .collect();
-        let mut parts = Vec::new();
-        if !hosts.is_empty() {
-            parts.push(format!("host={}", hosts.join(",")));
-        }
-        if !c.get_hostaddrs().is_empty() {
-            let addrs: Vec<String> = c.get_hostaddrs().iter().map(|a| a.to_string()).collect();
-            parts.push(format!("hostaddr={}", addrs.join(",")));
-        }
-        let ports: Vec<String> = c.get_ports().iter().map(|p| p.to_string()).collect();
-        parts.push(format!(
-            "port={}",
-            if ports.is_empty() {
-                "5432".to_string()
-            } else {
-                ports.join(",")
-            }
-        ));
-        if let Some(user) = c.get_user() {
-            parts.push(format!("user={user}"));
-        }
-        if let Some(db) = c.get_dbname() {
-            parts.push(format!("dbname={db}"));
-        }
-        if let Some(opts) = c.get_options() {
-            parts.push(format!("options='{opts}'"));
-        }
-        if c.get_password().is_some() {
-            parts.push("password=<hidden>".into());
-        }
-        f.write_str(&parts.join(" "))
+        f.write_str(&self.display)
     }
 }
 
 impl fmt::Debug for PgTarget {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PgTarget({self})")
+        write!(f, "PgTarget({})", self.display)
     }
 }
 
@@ -204,114 +479,4 @@ fn os_user_name() -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn pg(dsn: &str) -> PgTarget {
-        match WalletDsn::parse(dsn).unwrap() {
-            WalletDsn::Postgres(t) => *t,
-            other => panic!("{dsn}: {other:?}"),
-        }
-    }
-
-    #[test]
-    fn reads_a_uri_with_every_part() {
-        let t =
-            pg("postgres://ln:s3cret@db.example:5433/wallet?sslmode=disable&application_name=x");
-        let c = &t.config;
-        assert_eq!(c.get_user(), Some("ln"));
-        assert_eq!(c.get_password(), Some(&b"s3cret"[..]));
-        assert_eq!(c.get_hosts(), &[Host::Tcp("db.example".into())]);
-        assert_eq!(c.get_ports(), &[5433]);
-        assert_eq!(c.get_dbname(), Some("wallet"));
-        assert_eq!(c.get_application_name(), Some("x"));
-    }
-
-    #[test]
-    fn reads_key_value_pairs_after_the_scheme_as_lightningd_does() {
-        let t = pg("postgres://host=/run/pg port=5444 user=ln dbname=wallet password=pw");
-        let c = &t.config;
-        assert_eq!(c.get_hosts(), &[Host::Unix("/run/pg".into())]);
-        assert_eq!(c.get_ports(), &[5444]);
-        assert_eq!(c.get_user(), Some("ln"));
-        assert_eq!(c.get_dbname(), Some("wallet"));
-    }
-
-    #[test]
-    fn reads_a_socket_directory_given_as_uri_parameter() {
-        let t = pg("postgres://ln@/wallet?host=%2Frun%2Fpg&port=5444");
-        assert_eq!(t.config.get_hosts(), &[Host::Unix("/run/pg".into())]);
-        assert_eq!(t.config.get_ports(), &[5444]);
-    }
-
-    #[test]
-    fn keeps_session_options_that_change_durability() {
-        let t = pg("postgres://user=ln host=/tmp options='-c synchronous_commit=local'");
-        assert_eq!(t.options(), Some("-c synchronous_commit=local"));
-    }
-
-    #[test]
-    fn fills_libpq_defaults_for_user_and_host() {
-        let t = pg("postgres://");
-        assert!(t.config.get_user().is_some_and(|u| !u.is_empty()));
-        assert!(matches!(t.config.get_hosts(), [Host::Unix(_)]));
-    }
-
-    #[test]
-    fn another_backend_is_named_not_rejected() {
-        match WalletDsn::parse("sqlite3:///home/ln/.lightning/bitcoin/lightningd.sqlite3") {
-            Ok(WalletDsn::Other { scheme }) => assert_eq!(scheme, "sqlite3"),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[test]
-    fn text_that_is_no_dsn_is_an_error() {
-        assert_eq!(
-            WalletDsn::parse("lightningd.sqlite3").unwrap_err(),
-            DsnError::NotADsn
-        );
-        // lightningd selects its backend by the exact scheme `postgres://`.
-        assert!(matches!(
-            WalletDsn::parse("postgresql://u@h/db"),
-            Ok(WalletDsn::Other { .. })
-        ));
-    }
-
-    #[test]
-    fn display_and_errors_never_show_the_password() {
-        for dsn in [
-            "postgres://ln:TopSecret1@h:5432/db",
-            "postgres://user=ln password=TopSecret1 host=h",
-        ] {
-            let t = pg(dsn);
-            let shown = format!(
-                "{t} {t:?} {:?}",
-                t.session_config("x", Duration::from_secs(1))
-            );
-            assert!(!shown.contains("TopSecret1"), "{shown}");
-            assert!(shown.contains("password=<hidden>"), "{shown}");
-        }
-        for bad in [
-            "postgres://ln:TopSecret1@h:notaport/db",
-            "postgres://user=ln password=TopSecret1 bogus=1",
-            "postgres://ln:TopSecret1@h/db?bogus=1",
-        ] {
-            let err = WalletDsn::parse(bad).unwrap_err().to_string();
-            assert!(err.starts_with("invalid PostgreSQL DSN"), "{err}");
-            assert!(!err.contains("TopSecret1"), "{err}");
-        }
-    }
-
-    #[test]
-    fn standby_dsns_take_any_libpq_form() {
-        for dsn in [
-            "host=/tmp port=5433 user=postgres",
-            "postgresql://postgres@localhost:5433/postgres",
-            "postgres://postgres@localhost:5433/postgres",
-        ] {
-            let t = PgTarget::parse(dsn).unwrap();
-            assert_eq!(t.user(), "postgres", "{dsn}");
-        }
-    }
-}
+mod tests;

@@ -7,14 +7,17 @@
 
 pub mod cli;
 pub mod cluster;
+pub mod conninfo;
 pub mod demo;
 pub mod dsn;
 pub mod facts;
 pub mod failover;
 pub mod lsn;
+pub mod pgpass;
 pub mod plugin;
 pub mod policy;
 pub mod probe;
 pub mod report;
 pub mod syncnames;
+pub mod tls;
 pub mod verdict;

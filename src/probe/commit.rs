@@ -40,9 +40,10 @@ enum Step {
 pub(crate) async fn run(target: &PgTarget, policy: &Policy) -> CommitProbe {
     let config = target.session_config(PROBE_APPLICATION_NAME, policy.query_timeout);
     let query_timeout = policy.query_timeout;
+    let tls = target.tls();
     let (tx, mut rx) = mpsc::channel(2);
     tokio::spawn(async move {
-        let session = match Session::open(&config, query_timeout).await {
+        let session = match Session::open(&config, tls, query_timeout).await {
             Ok(s) => s,
             Err(f) => {
                 let _ = tx.send(Step::Early(failed(&f.stage, &f.detail))).await;

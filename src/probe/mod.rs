@@ -22,6 +22,21 @@ pub struct Targets {
     pub standbys: Vec<PgTarget>,
 }
 
+impl Targets {
+    /// What libpq would have warned about while resolving the DSNs.
+    pub fn warnings(&self) -> Vec<String> {
+        let wallet = match &self.wallet {
+            WalletDsn::Postgres(t) => Some(t.as_ref()),
+            WalletDsn::Other { .. } => None,
+        };
+        wallet
+            .into_iter()
+            .chain(&self.standbys)
+            .flat_map(|t| t.warnings.iter().cloned())
+            .collect()
+    }
+}
+
 /// `status`/`check`: the primary's facts with a commit probe, and each standby's.
 pub async fn observe(targets: &Targets, policy: &Policy) -> Observation {
     observe_with(targets, policy, primary::Mode::Status).await

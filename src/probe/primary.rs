@@ -40,6 +40,7 @@ pub(crate) async fn observe(
 ) -> Result<PrimaryFacts, ProbeFailure> {
     let session = Session::open(
         &target.session_config(MONITOR_APPLICATION_NAME, policy.query_timeout),
+        target.tls(),
         policy.query_timeout,
     )
     .await?;

@@ -7,7 +7,8 @@ use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, NoTls, Row};
+use tokio_postgres::{Client, Config, Row};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::facts::{FailureKind, ProbeFailure};
 
@@ -20,8 +21,12 @@ pub(crate) struct Session {
 impl Session {
     /// Connects, the whole handshake bounded by `deadline` (a stopped postmaster accepts the
     /// socket connection and then never answers).
-    pub async fn open(config: &Config, deadline: Duration) -> Result<Session, ProbeFailure> {
-        match timeout(deadline, config.connect(NoTls)).await {
+    pub async fn open(
+        config: &Config,
+        tls: MakeRustlsConnect,
+        deadline: Duration,
+    ) -> Result<Session, ProbeFailure> {
+        match timeout(deadline, config.connect(tls)).await {
             Err(_) => Err(ProbeFailure {
                 kind: FailureKind::Timeout,
                 stage: "connect".into(),

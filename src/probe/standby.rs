@@ -14,6 +14,7 @@ pub(crate) async fn observe(
 ) -> Result<StandbyFacts, ProbeFailure> {
     let session = Session::open(
         &target.session_config(MONITOR_APPLICATION_NAME, policy.query_timeout),
+        target.tls(),
         policy.query_timeout,
     )
     .await?;
