@@ -1,15 +1,18 @@
 //! The operator commands. Exit codes follow the Monitoring Plugins convention:
 //! 0 safe, 1 degraded, 2 unsafe, 3 unknown (and 3 for a usage error: nothing was checked).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
+use crate::action::Mode;
 use crate::dsn::{PgTarget, WalletDsn};
+use crate::lnconfig::{self, LightningConfig, Location};
 use crate::policy::Policy;
 use crate::probe::{self, Targets};
-use crate::{failover, report, verdict};
+use crate::{failover, options, preflight, report, verdict};
 
 /// Exit status when the command line itself is wrong: nothing was checked, so "unknown".
 pub const EXIT_USAGE: i32 = 3;
@@ -40,12 +43,17 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// One line and an exit status, for monitoring systems and scripts.
+    /// One line and an exit status, for monitoring systems and scripts. With
+    /// --lightning-dir, the pre-flight before lightningd starts (systemd ExecStartPre): it
+    /// passes or fails by replguard-mode, as the plugin's startup check does.
     Check {
         #[command(flatten)]
         target: TargetArgs,
         #[command(flatten)]
         policy: PolicyArgs,
+        /// Pre-flight: retry until the check says go, for at most this many seconds.
+        #[arg(long, value_name = "SECONDS")]
+        wait: Option<u64>,
     },
     /// Go/no-go: would a failover right now lose an acknowledged commit? Exit 0 only if not.
     FailoverCheck {
@@ -75,50 +83,119 @@ pub struct TargetArgs {
         value_name = "DSN",
         hide_env_values = true
     )]
-    pub dsn: String,
+    pub dsn: Option<String>,
     /// A standby to check from its own side (repeatable): libpq key=value or URI.
     #[arg(long = "standby-dsn", value_name = "DSN")]
     pub standby_dsn: Vec<String>,
+    /// Take the wallet DSN and the replguard-* options from lightningd's configuration in
+    /// this directory (as lightningd --lightning-dir). Makes `check` the pre-flight.
+    #[arg(long, value_name = "DIR", conflicts_with = "dsn")]
+    pub lightning_dir: Option<PathBuf>,
+    /// With the configuration: lightningd's --network (default: from the config, else bitcoin).
+    #[arg(long, value_name = "NETWORK", conflicts_with = "dsn")]
+    pub network: Option<String>,
+    /// With the configuration: lightningd's --conf (the only file lightningd then reads).
+    #[arg(long, value_name = "FILE", conflicts_with = "dsn")]
+    pub conf: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
 pub struct PolicyArgs {
-    /// Deadline of each connection and query.
-    #[arg(long, value_name = "MS", default_value_t = 2000)]
-    pub query_timeout_ms: u64,
-    /// A test commit not acknowledged within this means commits are blocked (unsafe).
-    #[arg(long, value_name = "MS", default_value_t = 1000)]
-    pub probe_deadline_ms: u64,
-    /// A test commit acknowledged later than this is degraded.
-    #[arg(long, value_name = "MS", default_value_t = 250)]
-    pub probe_slow_ms: u64,
+    /// Deadline of each connection and query [default: 2000, or replguard-query-timeout-ms].
+    #[arg(long, value_name = "MS")]
+    pub query_timeout_ms: Option<u64>,
+    /// A test commit not acknowledged within this means commits are blocked (unsafe)
+    /// [default: 1000, or replguard-probe-deadline-ms].
+    #[arg(long, value_name = "MS")]
+    pub probe_deadline_ms: Option<u64>,
+    /// A test commit acknowledged later than this is degraded [default: 250, or
+    /// replguard-probe-slow-ms].
+    #[arg(long, value_name = "MS")]
+    pub probe_slow_ms: Option<u64>,
 }
 
-impl PolicyArgs {
-    pub fn policy(&self) -> Result<Policy> {
-        let p = Policy {
-            query_timeout: Duration::from_millis(self.query_timeout_ms),
-            probe_deadline: Duration::from_millis(self.probe_deadline_ms),
-            probe_slow: Duration::from_millis(self.probe_slow_ms),
-        };
-        p.validate().map_err(anyhow::Error::msg)?;
-        Ok(p)
-    }
+/// What the command line and, in pre-flight mode, lightningd's configuration resolve to.
+pub struct Resolved {
+    pub targets: Targets,
+    pub policy: Policy,
+    /// Set when read from lightningd's configuration: the pre-flight decides by it.
+    pub preflight: Option<Preflight>,
+}
+
+pub struct Preflight {
+    pub mode: Mode,
+    pub config: LightningConfig,
 }
 
 impl TargetArgs {
-    pub fn targets(&self) -> Result<Targets> {
-        let wallet = WalletDsn::parse(&self.dsn).context("--dsn")?;
-        let standbys = self
-            .standby_dsn
+    fn uses_config(&self) -> bool {
+        self.lightning_dir.is_some() || self.conf.is_some() || self.network.is_some()
+    }
+
+    pub fn resolve(&self, policy_args: &PolicyArgs) -> Result<Resolved> {
+        let (wallet_dsn, mut settings, preflight_config) = if self.uses_config() {
+            let loc = Location {
+                lightning_dir: self.lightning_dir.clone(),
+                network: self.network.clone(),
+                conf: self.conf.clone(),
+            };
+            let home = std::env::var_os("HOME").map(PathBuf::from);
+            let config =
+                lnconfig::load(&loc, home.as_deref()).context("lightningd's configuration")?;
+            let settings = options::settings(config.lines.iter().map(|l| options::Given {
+                name: &l.key,
+                value: l.value.as_deref(),
+                origin: &l.origin,
+            }))
+            .map_err(anyhow::Error::msg)
+            .context("lightningd's configuration")?;
+            if settings.dsn.is_some() {
+                eprintln!(
+                    "cln-replguard: note: the pre-flight checks through the wallet DSN itself \
+                     (what lightningd will use); {} is for the plugin",
+                    options::DSN
+                );
+            }
+            (config.wallet.clone(), settings, Some(config))
+        } else {
+            let dsn = self
+                .dsn
+                .clone()
+                .context("give the wallet DSN (--dsn or REPLGUARD_DSN), or --lightning-dir")?;
+            (dsn, options::Settings::default(), None)
+        };
+        if let Some(ms) = policy_args.query_timeout_ms {
+            settings.policy.query_timeout = Duration::from_millis(ms);
+        }
+        if let Some(ms) = policy_args.probe_deadline_ms {
+            settings.policy.probe_deadline = Duration::from_millis(ms);
+        }
+        if let Some(ms) = policy_args.probe_slow_ms {
+            settings.policy.probe_slow = Duration::from_millis(ms);
+        }
+        settings.policy.validate().map_err(anyhow::Error::msg)?;
+        let wallet = WalletDsn::parse(&wallet_dsn).context(match &preflight_config {
+            Some(c) => format!("wallet= ({})", c.wallet_origin),
+            None => "--dsn".to_string(),
+        })?;
+        let standbys = settings
+            .standby_dsns
             .iter()
-            .map(|d| PgTarget::parse(d).context("--standby-dsn"))
+            .chain(&self.standby_dsn)
+            .map(|d| PgTarget::parse(d).context("standby DSN"))
             .collect::<Result<Vec<_>>>()?;
         let targets = Targets { wallet, standbys };
         for w in targets.warnings() {
             eprintln!("cln-replguard: warning: {w}");
         }
-        Ok(targets)
+        Ok(Resolved {
+            targets,
+            policy: settings.policy,
+            preflight: preflight_config.map(|config| Preflight {
+                mode: settings.mode,
+                config,
+            }),
+        })
     }
 }
 
@@ -156,25 +233,44 @@ async fn execute(command: Command) -> Result<i32> {
             policy,
             json,
         } => {
-            let (targets, policy) = (target.targets()?, policy.policy()?);
-            let obs = probe::observe(&targets, &policy).await;
-            let v = verdict::evaluate(&obs, &policy);
+            let r = target.resolve(&policy)?;
+            let obs = probe::observe(&r.targets, &r.policy).await;
+            let v = verdict::evaluate(&obs, &r.policy);
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&report::status_json(&obs, &v, &policy))?
+                    serde_json::to_string_pretty(&report::status_json(&obs, &v, &r.policy))?
                 );
             } else {
                 print!("{}", report::status_text(&obs, &v));
             }
             Ok(v.level.exit_code())
         }
-        Command::Check { target, policy } => {
-            let (targets, policy) = (target.targets()?, policy.policy()?);
-            let obs = probe::observe(&targets, &policy).await;
-            let v = verdict::evaluate(&obs, &policy);
-            println!("{}", report::check_line(&obs, &v, &policy));
-            Ok(v.level.exit_code())
+        Command::Check {
+            target,
+            policy,
+            wait,
+        } => {
+            let r = target.resolve(&policy)?;
+            match &r.preflight {
+                Some(p) => {
+                    Ok(
+                        preflight::run(&r.targets, &r.policy, p, wait.map(Duration::from_secs))
+                            .await,
+                    )
+                }
+                None if wait.is_some() => {
+                    anyhow::bail!(
+                        "--wait belongs to the pre-flight: give --lightning-dir (or --conf)"
+                    )
+                }
+                None => {
+                    let obs = probe::observe(&r.targets, &r.policy).await;
+                    let v = verdict::evaluate(&obs, &r.policy);
+                    println!("{}", report::check_line(&obs, &v, &r.policy));
+                    Ok(v.level.exit_code())
+                }
+            }
         }
         Command::FailoverCheck {
             target,
@@ -182,9 +278,10 @@ async fn execute(command: Command) -> Result<i32> {
             wait_ms,
             json,
         } => {
-            let (targets, policy) = (target.targets()?, policy.policy()?);
+            let r = target.resolve(&policy)?;
             let obs =
-                probe::observe_failover(&targets, &policy, Duration::from_millis(wait_ms)).await;
+                probe::observe_failover(&r.targets, &r.policy, Duration::from_millis(wait_ms))
+                    .await;
             let answer = failover::evaluate(&obs);
             if json {
                 println!(

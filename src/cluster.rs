@@ -541,6 +541,7 @@ impl Cluster {
                 "unix_socket_directories = '{}'",
                 standby.socket_dir.display()
             ),
+            format!("port = {}", standby.port),
             format!("cluster_name = '{name}'"),
             format!(
                 "primary_conninfo = '{} application_name={name}'",

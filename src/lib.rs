@@ -5,6 +5,7 @@
 //! `report` (JSON and text) → `cli`. `failover` is the pure go/no-go of `failover-check`.
 //! `cluster` starts real throwaway PostgreSQL servers for the tests and the demo.
 
+pub mod action;
 pub mod cli;
 pub mod cluster;
 pub mod conninfo;
@@ -12,10 +13,13 @@ pub mod demo;
 pub mod dsn;
 pub mod facts;
 pub mod failover;
+pub mod lnconfig;
 pub mod lsn;
+pub mod options;
 pub mod pgpass;
 pub mod plugin;
 pub mod policy;
+pub mod preflight;
 pub mod probe;
 pub mod report;
 pub mod syncnames;

@@ -120,7 +120,7 @@ fn bad_input_is_a_clear_error_with_exit_3_and_no_password() {
                 "--standby-dsn",
                 "user=x password=Hush4 bogus=1",
             ],
-            "--standby-dsn",
+            "standby DSN: invalid PostgreSQL DSN: invalid connection option \"bogus\"",
         ),
         (
             &[

@@ -1,0 +1,207 @@
+//! The `replguard-*` options: names and descriptions declared once, validated once into
+//! `Settings`, for the plugin (lightningd passes them) and the CLI pre-flight (which reads
+//! them from lightningd's config files), so both judge alike.
+
+use std::time::Duration;
+
+use crate::action::Mode;
+use crate::policy::Policy;
+
+pub const MODE: &str = "replguard-mode";
+pub const DSN: &str = "replguard-dsn";
+pub const STANDBY_DSN: &str = "replguard-standby-dsn";
+pub const QUERY_TIMEOUT_MS: &str = "replguard-query-timeout-ms";
+pub const PROBE_DEADLINE_MS: &str = "replguard-probe-deadline-ms";
+pub const PROBE_SLOW_MS: &str = "replguard-probe-slow-ms";
+pub const STARTUP_WAIT: &str = "replguard-startup-wait";
+
+/// Every option: (name, description). The plugin's manifest is built from this list.
+pub const ALL: &[(&str, &str)] = &[
+    (
+        MODE,
+        "enforce (default): refuse to run on unsafe or unverifiable storage; warn: report and run",
+    ),
+    (
+        DSN,
+        "DSN for monitoring (default: the wallet DSN); must reach the wallet's cluster",
+    ),
+    (
+        STANDBY_DSN,
+        "a standby to check from its own side (repeatable)",
+    ),
+    (
+        QUERY_TIMEOUT_MS,
+        "deadline of each connection and query, ms (default 2000)",
+    ),
+    (
+        PROBE_DEADLINE_MS,
+        "a test commit not acknowledged within this is unsafe, ms (default 1000)",
+    ),
+    (
+        PROBE_SLOW_MS,
+        "a test commit acknowledged later than this is degraded, ms (default 250)",
+    ),
+    (
+        STARTUP_WAIT,
+        "seconds to wait for a go at startup (default 10, at most 100)",
+    ),
+];
+
+pub const DEFAULT_STARTUP_WAIT: Duration = Duration::from_secs(10);
+pub const MAX_STARTUP_WAIT: Duration = Duration::from_secs(100);
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Settings {
+    pub mode: Mode,
+    pub dsn: Option<String>,
+    pub standby_dsns: Vec<String>,
+    pub policy: Policy,
+    pub startup_wait: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: Mode::Enforce,
+            dsn: None,
+            standby_dsns: Vec::new(),
+            policy: Policy::default(),
+            startup_wait: DEFAULT_STARTUP_WAIT,
+        }
+    }
+}
+
+/// One option as given: name, value, and where (for the error message).
+pub struct Given<'a> {
+    pub name: &'a str,
+    pub value: Option<&'a str>,
+    pub origin: &'a str,
+}
+
+/// Validates every `replguard-*` option; later values override earlier ones, except the
+/// repeatable standby DSN. The error names the option, where it was set, and what is expected.
+pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settings, String> {
+    let mut s = Settings::default();
+    let ms = |g: &Given, target: &mut Duration| -> Result<(), String> {
+        let v = required(g)?;
+        let n: u64 = v
+            .trim()
+            .parse()
+            .map_err(|_| bad(g, v, "a whole number of milliseconds"))?;
+        if n == 0 {
+            return Err(bad(g, v, "a number of milliseconds above 0"));
+        }
+        *target = Duration::from_millis(n);
+        Ok(())
+    };
+    for g in given {
+        match g.name {
+            MODE => {
+                s.mode = required(&g)?
+                    .parse()
+                    .map_err(|e| format!("{} ({}): {e}", g.name, g.origin))?
+            }
+            DSN => s.dsn = Some(required(&g)?.to_string()),
+            STANDBY_DSN => s.standby_dsns.push(required(&g)?.to_string()),
+            QUERY_TIMEOUT_MS => ms(&g, &mut s.policy.query_timeout)?,
+            PROBE_DEADLINE_MS => ms(&g, &mut s.policy.probe_deadline)?,
+            PROBE_SLOW_MS => ms(&g, &mut s.policy.probe_slow)?,
+            STARTUP_WAIT => {
+                let v = required(&g)?;
+                let secs: u64 = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(&g, v, "a whole number of seconds"))?;
+                if Duration::from_secs(secs) > MAX_STARTUP_WAIT {
+                    return Err(bad(
+                        &g,
+                        v,
+                        "at most 100 seconds (lightningd gives a plugin 120 s to start)",
+                    ));
+                }
+                s.startup_wait = Duration::from_secs(secs);
+            }
+            other if other.starts_with("replguard-") => {
+                let known: Vec<&str> = ALL.iter().map(|(n, _)| *n).collect();
+                return Err(format!(
+                    "unknown option {other} ({}); known: {}",
+                    g.origin,
+                    known.join(", ")
+                ));
+            }
+            _ => {}
+        }
+    }
+    s.policy.validate().map_err(|e| format!("replguard-{e}"))?;
+    Ok(s)
+}
+
+fn required<'a>(g: &Given<'a>) -> Result<&'a str, String> {
+    g.value
+        .filter(|v| !v.is_empty())
+        .ok_or_else(|| format!("{} ({}) needs a value", g.name, g.origin))
+}
+
+fn bad(g: &Given, value: &str, expected: &str) -> String {
+    format!("{}={value} ({}): expected {expected}", g.name, g.origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(pairs: &[(&str, Option<&str>)]) -> Result<Settings, String> {
+        settings(pairs.iter().map(|(n, v)| Given {
+            name: n,
+            value: *v,
+            origin: "config:1",
+        }))
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        assert_eq!(parse(&[]).unwrap(), Settings::default());
+        let s = parse(&[
+            (MODE, Some("warn")),
+            (STANDBY_DSN, Some("host=a")),
+            (STANDBY_DSN, Some("host=b")),
+            (PROBE_DEADLINE_MS, Some("2000")),
+            (PROBE_DEADLINE_MS, Some("1500")),
+            (STARTUP_WAIT, Some("30")),
+            ("wallet", Some("postgres://x")),
+        ])
+        .unwrap();
+        assert_eq!(s.mode, Mode::Warn);
+        assert_eq!(s.standby_dsns, ["host=a", "host=b"]);
+        assert_eq!(s.policy.probe_deadline, Duration::from_millis(1500));
+        assert_eq!(s.startup_wait, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn errors_name_the_option_the_place_and_what_is_expected() {
+        for (pairs, expected) in [
+            (
+                vec![(MODE, Some("strict"))],
+                "replguard-mode (config:1): \"strict\" is not a mode",
+            ),
+            (
+                vec![(PROBE_SLOW_MS, Some("fast"))],
+                "replguard-probe-slow-ms=fast (config:1): expected a whole number",
+            ),
+            (vec![(QUERY_TIMEOUT_MS, Some("0"))], "above 0"),
+            (vec![(STARTUP_WAIT, Some("101"))], "at most 100 seconds"),
+            (vec![(DSN, None)], "replguard-dsn (config:1) needs a value"),
+            (
+                vec![("replguard-mdoe", Some("warn"))],
+                "unknown option replguard-mdoe",
+            ),
+            (
+                vec![(PROBE_SLOW_MS, Some("1500"))],
+                "replguard-probe-slow-ms",
+            ),
+        ] {
+            let e = parse(&pairs).unwrap_err();
+            assert!(e.contains(expected), "{pairs:?}: {e}");
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The pre-flight: `cln-replguard check --lightning-dir DIR [--wait SECONDS]`, run before
+//! lightningd starts (systemd `ExecStartPre`). It is the only check that can see a standby
+//! that is already gone: lightningd then blocks on its first commit before any plugin runs
+//! (DESIGN §2). It decides by the same table as the plugin's startup check (`action`).
+
+use std::time::{Duration, Instant};
+
+use crate::action;
+use crate::cli::Preflight;
+use crate::policy::Policy;
+use crate::probe::{self, Targets};
+use crate::report;
+use crate::verdict::{self, Verdict};
+
+/// Pause between two attempts while waiting for a go.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Returns the exit status: 0 go; otherwise the verdict's (2 unsafe, 3 unknown).
+pub async fn run(targets: &Targets, policy: &Policy, p: &Preflight, wait: Option<Duration>) -> i32 {
+    let started = Instant::now();
+    let deadline = wait.map(|w| started + w);
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        let obs = probe::observe(targets, policy).await;
+        let v = verdict::evaluate(&obs, policy);
+        let d = action::decide(v.level, p.mode);
+        let out_of_time = deadline.is_none_or(|d| Instant::now() >= d);
+        if d.go || out_of_time {
+            println!("{}", report::check_line(&obs, &v, policy));
+            if d.report_findings {
+                print_findings(&v);
+            }
+            eprintln!(
+                "cln-replguard: pre-flight {} for {} (wallet from {}, replguard-mode={}){}",
+                if d.go { "passed" } else { "FAILED" },
+                p.config.lightning_dir.join(&p.config.network).display(),
+                p.config.wallet_origin,
+                p.mode,
+                if wait.is_some() {
+                    format!(
+                        " after {attempts} check(s) in {:.1} s",
+                        started.elapsed().as_secs_f64()
+                    )
+                } else {
+                    String::new()
+                }
+            );
+            if !d.go {
+                eprintln!(
+                    "cln-replguard: lightningd must not start: its storage is {} (set \
+                     replguard-mode=warn to start anyway)",
+                    v.level
+                );
+                return v.level.exit_code();
+            }
+            return 0;
+        }
+        let left = deadline.map_or(RETRY_EVERY, |d| d.saturating_duration_since(Instant::now()));
+        tokio::time::sleep(left.min(RETRY_EVERY)).await;
+    }
+}
+
+fn print_findings(v: &Verdict) {
+    for f in &v.findings {
+        eprintln!("cln-replguard: [{}] {}: {}", f.severity, f.code, f.message);
+        eprintln!("cln-replguard:     fix: {}", f.remedy);
+    }
+}
