@@ -184,7 +184,7 @@ impl TargetArgs {
             .chain(&self.standby_dsn)
             .map(|d| PgTarget::parse(d).context("standby DSN"))
             .collect::<Result<Vec<_>>>()?;
-        let targets = Targets { wallet, standbys };
+        let targets = Targets::new(wallet, standbys);
         for w in targets.warnings() {
             eprintln!("cln-replguard: warning: {w}");
         }

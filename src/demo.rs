@@ -29,12 +29,12 @@ pub async fn run() -> Result<i32> {
 
 async fn scenario(c: &Cluster) -> Result<i32> {
     let policy = Policy::default();
-    let targets = Targets {
-        wallet: WalletDsn::parse(&c.primary.wallet_dsn())?,
-        standbys: vec![PgTarget::parse(
+    let targets = Targets::new(
+        WalletDsn::parse(&c.primary.wallet_dsn())?,
+        vec![PgTarget::parse(
             &c.standby("s1").conninfo("postgres", "postgres"),
         )?],
-    };
+    );
     println!("   wallet DSN:  {}", c.primary.wallet_dsn());
     println!(
         "   standby DSN: {}",

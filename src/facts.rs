@@ -16,6 +16,17 @@ pub struct Observation {
     pub wallet: WalletObservation,
     /// One entry per standby DSN the operator gave.
     pub standbys: Vec<StandbyObservation>,
+    /// lightningd's `synchronous_commit` as the plugin pinned it at `init` (plugin mode).
+    pub pinned_commit: Option<PinnedCommit>,
+}
+
+/// What lightningd's own session runs with: read at `init` on a session opened with the
+/// wallet DSN. Role and database settings apply when a session starts, so later changes of
+/// those reach lightningd only at its next start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PinnedCommit {
+    pub value: String,
+    pub source: String,
 }
 
 // One observation per check: the size difference between variants costs nothing.
@@ -83,6 +94,28 @@ pub struct PrimaryFacts {
     pub archive_mode: String,
     pub archiver: Option<Archiver>,
     pub syncrep_waiters: SyncRepWaiters,
+    /// When the monitoring DSN is not the wallet DSN: does the wallet DSN reach this cluster?
+    pub wallet_cluster: WalletCluster,
+    /// Client sessions of the wallet's role on the wallet's database, ours excepted; `None`
+    /// when not asked (outside the plugin no lightningd runs).
+    pub lightningd_sessions: Option<i64>,
+}
+
+/// Whether the wallet DSN reaches the cluster the checks read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum WalletCluster {
+    /// The checks run through the wallet DSN itself.
+    SameDsn,
+    /// Another DSN; both report this system identifier.
+    Verified,
+    Different {
+        wallet: String,
+        monitor: String,
+    },
+    Unverifiable {
+        why: String,
+    },
 }
 
 /// What a session opened with the wallet DSN gets: lightningd's own durability.

@@ -18,8 +18,26 @@ pub use primary::{MIN_SERVER_VERSION_NUM, MONITOR_APPLICATION_NAME};
 /// What to check: the wallet DSN and the standbys the operator named.
 #[derive(Clone, Debug)]
 pub struct Targets {
+    /// The DSN the checks read through: the wallet DSN, or the plugin's `replguard-dsn`.
     pub wallet: WalletDsn,
     pub standbys: Vec<PgTarget>,
+    /// lightningd's wallet DSN when `wallet` is another (monitoring) DSN: lightningd's session
+    /// settings are read through it, and it must reach the same cluster.
+    pub lightningd_dsn: Option<PgTarget>,
+    /// Look for lightningd's own sessions on the server (plugin mode).
+    pub expect_lightningd_session: bool,
+}
+
+impl Targets {
+    /// The usual case: everything through the wallet DSN.
+    pub fn new(wallet: WalletDsn, standbys: Vec<PgTarget>) -> Targets {
+        Targets {
+            wallet,
+            standbys,
+            lightningd_dsn: None,
+            expect_lightningd_session: false,
+        }
+    }
 }
 
 impl Targets {
@@ -65,7 +83,7 @@ async fn observe_with(targets: &Targets, policy: &Policy, mode: primary::Mode) -
         },
         WalletDsn::Postgres(t) => WalletObservation::Postgres {
             target: t.to_string(),
-            primary: primary::observe(t, policy, mode).await,
+            primary: primary::observe(t, targets, policy, mode).await,
         },
     };
     let mut standbys = Vec::new();
@@ -87,5 +105,6 @@ async fn observe_with(targets: &Targets, policy: &Policy, mode: primary::Mode) -
         took_ms: commit::millis(start.elapsed()),
         wallet,
         standbys,
+        pinned_commit: None,
     }
 }

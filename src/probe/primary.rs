@@ -7,7 +7,7 @@ use tokio_postgres::Row;
 use crate::dsn::PgTarget;
 use crate::facts::{
     Archiver, CommitProbe, FailureKind, PrimaryFacts, ProbeFailure, SessionFacts, SettingOverride,
-    Slot, SyncRepWaiters, WalSender,
+    Slot, SyncRepWaiters, WalSender, WalletCluster,
 };
 use crate::lsn::{Lsn, timeline_of_walfile};
 use crate::policy::Policy;
@@ -35,6 +35,7 @@ pub(crate) enum Mode {
 /// Reads the primary's facts; the first failure ends the check with it.
 pub(crate) async fn observe(
     target: &PgTarget,
+    targets: &super::Targets,
     policy: &Policy,
     mode: Mode,
 ) -> Result<PrimaryFacts, ProbeFailure> {
@@ -60,12 +61,24 @@ pub(crate) async fn observe(
     let flush_lsn = parse_lsn(row.get("flush_lsn"));
     let sync_names_raw: String = row.get("sync_names");
     let sync_names = SyncNames::parse(&sync_names_raw);
-    let session_facts = SessionFacts {
-        role: row.get("role"),
-        database: row.get("db"),
-        synchronous_commit: row.get("sync_commit"),
-        synchronous_commit_source: row.get("sync_commit_source"),
-        overrides: overrides(&session).await?,
+    let system_identifier = system_identifier(&session).await?;
+    let (session_facts, wallet_cluster) = match &targets.lightningd_dsn {
+        None => (
+            SessionFacts {
+                role: row.get("role"),
+                database: row.get("db"),
+                synchronous_commit: row.get("sync_commit"),
+                synchronous_commit_source: row.get("sync_commit_source"),
+                overrides: overrides(&session).await?,
+            },
+            WalletCluster::SameDsn,
+        ),
+        Some(wallet) => lightningd_session(wallet, policy, system_identifier.as_deref()).await?,
+    };
+    let lightningd_sessions = if targets.expect_lightningd_session {
+        Some(lightningd_sessions(&session, &session_facts).await?)
+    } else {
+        None
     };
 
     let (commit_probe, wait_for) = match mode {
@@ -89,7 +102,7 @@ pub(crate) async fn observe(
         server_version_num,
         server_version: row.get("version"),
         in_recovery,
-        system_identifier: system_identifier(&session).await?,
+        system_identifier,
         timeline: row
             .get::<_, Option<String>>("walfile")
             .as_deref()
@@ -111,7 +124,70 @@ pub(crate) async fn observe(
         },
         archive_mode: row.get("archive_mode"),
         syncrep_waiters: syncrep_waiters(&session).await?,
+        wallet_cluster,
+        lightningd_sessions,
     })
+}
+
+const SESSION_SQL: &str = "\
+SELECT current_user::text, current_database()::text, current_setting('synchronous_commit'),
+       (SELECT source FROM pg_settings WHERE name = 'synchronous_commit')";
+
+/// lightningd's session settings, read through the wallet DSN when the checks use another
+/// one, and whether that DSN reaches the same cluster.
+async fn lightningd_session(
+    wallet: &PgTarget,
+    policy: &Policy,
+    monitor_id: Option<&str>,
+) -> Result<(SessionFacts, WalletCluster), ProbeFailure> {
+    let session = Session::open(
+        &wallet.session_config(MONITOR_APPLICATION_NAME, policy.query_timeout),
+        wallet.tls(),
+        policy.query_timeout,
+    )
+    .await
+    .map_err(|f| ProbeFailure {
+        stage: format!("wallet DSN {}", f.stage),
+        ..f
+    })?;
+    let row = session
+        .query_one("wallet session", SESSION_SQL, &[])
+        .await?;
+    let facts = SessionFacts {
+        role: row.get(0),
+        database: row.get(1),
+        synchronous_commit: row.get(2),
+        synchronous_commit_source: row.get(3),
+        overrides: overrides(&session).await?,
+    };
+    let cluster = match (monitor_id, system_identifier(&session).await?) {
+        (Some(m), Some(w)) if m == w => WalletCluster::Verified,
+        (Some(m), Some(w)) => WalletCluster::Different {
+            wallet: w,
+            monitor: m.to_string(),
+        },
+        _ => WalletCluster::Unverifiable {
+            why: "a role may not read pg_control_system(): GRANT pg_monitor to the roles of \
+                  both DSNs"
+                .into(),
+        },
+    };
+    Ok((facts, cluster))
+}
+
+/// Client sessions of lightningd's role on its database, our own excepted.
+async fn lightningd_sessions(session: &Session, s: &SessionFacts) -> Result<i64, ProbeFailure> {
+    let row = session
+        .query_one(
+            "lightningd sessions",
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE backend_type = 'client backend' AND usename = $1 AND datname = $2
+                AND coalesce(application_name, '') NOT LIKE 'cln-replguard%'
+                AND pid <> pg_backend_pid()",
+            &[&s.role, &s.database],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// A single slow acknowledgement is often a scheduling hiccup (measured: the first commit on

@@ -95,6 +95,10 @@ pub enum Code {
     StandbyTimelineMismatch,
     StandbyReplayPaused,
     StandbyIdentityUnverified,
+    RestartRequired,
+    WalletClusterDifferent,
+    WalletClusterUnverified,
+    LightningdSessionNotFound,
 }
 
 impl Code {
@@ -132,6 +136,10 @@ impl Code {
             Code::StandbyTimelineMismatch => "standby-timeline-mismatch",
             Code::StandbyReplayPaused => "standby-replay-paused",
             Code::StandbyIdentityUnverified => "standby-identity-unverified",
+            Code::RestartRequired => "restart-required",
+            Code::WalletClusterDifferent => "wallet-cluster-different",
+            Code::WalletClusterUnverified => "wallet-cluster-unverified",
+            Code::LightningdSessionNotFound => "lightningd-session-not-found",
         }
     }
 }

@@ -2,7 +2,8 @@
 //! verdict is the worst severity among them. Thresholds come from `Policy`.
 
 use crate::facts::{
-    CommitProbe, FailureKind, Observation, PrimaryFacts, StandbyFacts, WalletObservation,
+    CommitProbe, FailureKind, Observation, PrimaryFacts, StandbyFacts, WalletCluster,
+    WalletObservation,
 };
 use crate::policy::Policy;
 use crate::syncnames::{SyncMethod, SyncNames};
@@ -52,7 +53,9 @@ pub(super) const RULES: &[Rule] = &[
     stats_privileges,
     sync_names,
     sync_standbys,
+    wallet_cluster,
     synchronous_commit,
+    restart_required,
     commit_probe,
     waiting_commits,
     slots,
@@ -238,11 +241,102 @@ fn sync_standbys(ctx: &Context) -> Vec<Finding> {
     )]
 }
 
+fn wallet_cluster(ctx: &Context) -> Vec<Finding> {
+    let Some(p) = ctx.primary else { return vec![] };
+    let mut out = match &p.wallet_cluster {
+        WalletCluster::SameDsn | WalletCluster::Verified => vec![],
+        WalletCluster::Different { wallet, monitor } => vec![Finding::new(
+            Code::WalletClusterDifferent,
+            Level::Unsafe,
+            format!(
+                "the wallet DSN reaches cluster {wallet}, but replguard-dsn reaches {monitor}: \
+                 the checks look at a server lightningd does not write to"
+            ),
+            "point replguard-dsn at the wallet's primary (or remove it to check through the \
+             wallet DSN)",
+        )],
+        WalletCluster::Unverifiable { why } => vec![Finding::new(
+            Code::WalletClusterUnverified,
+            Level::Unknown,
+            format!("cannot prove that replguard-dsn reaches the wallet's cluster: {why}"),
+            "GRANT pg_monitor to the roles of both DSNs, or remove replguard-dsn",
+        )],
+    };
+    if p.lightningd_sessions == Some(0) {
+        out.push(Finding::new(
+            Code::LightningdSessionNotFound,
+            Level::Unknown,
+            format!(
+                "no session of role {} on database {} on this server: lightningd's wallet may be \
+                 on another server",
+                p.session.role, p.session.database
+            ),
+            "check that wallet= and replguard-dsn name the same server",
+        ));
+    }
+    out
+}
+
+/// Where a `synchronous_commit` came from, by `pg_settings.source`: these apply when a
+/// session starts; the others (default, configuration file) follow reloads.
+const SESSION_START_SOURCES: &[&str] = &["user", "database", "database user", "client"];
+
+/// How much a value waits for: ordered from weakest to strongest.
+fn strength(value: &str) -> Option<u8> {
+    ["off", "local", "remote_write", "on", "remote_apply"]
+        .iter()
+        .position(|v| *v == value)
+        .map(|p| p as u8)
+}
+
+/// lightningd's running session's value: the pinned one, unless it came from the server
+/// configuration, which a reload changes for running sessions too.
+fn lightningd_commit<'a>(ctx: &'a Context, p: &'a PrimaryFacts) -> (&'a str, String) {
+    let fresh = &p.session;
+    match &ctx.obs.pinned_commit {
+        None => (fresh.synchronous_commit.as_str(), setting_origin(p)),
+        Some(pin)
+            if !SESSION_START_SOURCES.contains(&pin.source.as_str())
+                && !SESSION_START_SOURCES.contains(&fresh.synchronous_commit_source.as_str()) =>
+        {
+            (
+                fresh.synchronous_commit.as_str(),
+                "server configuration, applied on reload".to_string(),
+            )
+        }
+        Some(pin) => (
+            pin.value.as_str(),
+            format!("pinned at init, source: {}", pin.source),
+        ),
+    }
+}
+
+fn restart_required(ctx: &Context) -> Vec<Finding> {
+    let Some(p) = ctx.primary else { return vec![] };
+    if ctx.obs.pinned_commit.is_none() {
+        return vec![];
+    }
+    let (running, _) = lightningd_commit(ctx, p);
+    let next = p.session.synchronous_commit.as_str();
+    match (strength(next), strength(running)) {
+        (Some(n), Some(r)) if n < r => vec![Finding::new(
+            Code::RestartRequired,
+            Level::Degraded,
+            format!(
+                "lightningd runs with synchronous_commit = {running}, but its next start would get \
+                 {next} ({}): the node becomes unsafe when it restarts",
+                setting_origin(p)
+            ),
+            format!("{} before lightningd restarts", reset_hint(p)),
+        )],
+        _ => vec![],
+    }
+}
+
 fn synchronous_commit(ctx: &Context) -> Vec<Finding> {
     let Some(p) = ctx.primary else { return vec![] };
-    let s = &p.session;
-    let origin = setting_origin(p);
-    let (code, level, effect) = match s.synchronous_commit.as_str() {
+    let (value, origin) = lightningd_commit(ctx, p);
+    let (code, level, effect) = match value {
         "on" | "remote_apply" => return vec![],
         "remote_write" => (
             Code::SynchronousCommitRemoteWrite,
@@ -264,10 +358,7 @@ fn synchronous_commit(ctx: &Context) -> Vec<Finding> {
     vec![Finding::new(
         code,
         level,
-        format!(
-            "a session opened with the wallet DSN runs with synchronous_commit = {} ({origin}): {effect}",
-            s.synchronous_commit
-        ),
+        format!("lightningd's session runs with synchronous_commit = {value} ({origin}): {effect}"),
         format!(
             "{}, then restart lightningd (it reads the setting when its session starts)",
             reset_hint(p)

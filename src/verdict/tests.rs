@@ -72,6 +72,8 @@ fn primary() -> PrimaryFacts {
             failing_now: false,
         }),
         syncrep_waiters: SyncRepWaiters::default(),
+        wallet_cluster: WalletCluster::SameDsn,
+        lightningd_sessions: None,
     }
 }
 
@@ -105,6 +107,7 @@ fn observe(p: PrimaryFacts) -> Observation {
             primary: Ok(p),
         },
         standbys: vec![],
+        pinned_commit: None,
     }
 }
 
@@ -498,4 +501,78 @@ fn exit_codes_follow_monitoring_plugins() {
         [Level::Safe, Level::Degraded, Level::Unsafe, Level::Unknown].map(Level::exit_code),
         [0, 1, 2, 3]
     );
+}
+
+fn pinned(value: &str, source: &str) -> Option<PinnedCommit> {
+    Some(PinnedCommit {
+        value: value.into(),
+        source: source.into(),
+    })
+}
+
+#[test]
+fn a_role_setting_weakened_after_init_requires_a_restart_but_does_not_reach_lightningd() {
+    let mut p = primary();
+    p.session.synchronous_commit = "local".into();
+    p.session.synchronous_commit_source = "user".into();
+    let mut obs = observe(p);
+    obs.pinned_commit = pinned("on", "default");
+    let v = judge(&obs);
+    assert_eq!(v.level, Level::Degraded, "{:?}", codes(&v));
+    assert!(v.has(Code::RestartRequired));
+    assert!(
+        !v.has(Code::SynchronousCommitWeak),
+        "lightningd still runs with on"
+    );
+}
+
+#[test]
+fn a_server_setting_weakened_by_reload_reaches_the_running_lightningd() {
+    let mut p = primary();
+    p.session.synchronous_commit = "local".into();
+    p.session.synchronous_commit_source = "configuration file".into();
+    let mut obs = observe(p);
+    obs.pinned_commit = pinned("on", "default");
+    assert_verdict(&obs, Level::Unsafe, Code::SynchronousCommitWeak);
+}
+
+#[test]
+fn a_weak_value_pinned_at_init_stays_unsafe_after_the_role_is_fixed() {
+    let mut obs = observe(primary());
+    obs.pinned_commit = pinned("local", "user");
+    let v = judge(&obs);
+    assert_verdict(&obs, Level::Unsafe, Code::SynchronousCommitWeak);
+    assert!(
+        !v.has(Code::RestartRequired),
+        "the next start is stronger, not weaker"
+    );
+}
+
+#[test]
+fn the_monitoring_dsn_must_reach_the_wallets_cluster() {
+    let mut p = primary();
+    p.wallet_cluster = WalletCluster::Different {
+        wallet: "1".into(),
+        monitor: "2".into(),
+    };
+    assert_verdict(&observe(p), Level::Unsafe, Code::WalletClusterDifferent);
+    let mut p = primary();
+    p.wallet_cluster = WalletCluster::Unverifiable { why: "x".into() };
+    assert_verdict(&observe(p), Level::Unknown, Code::WalletClusterUnverified);
+    let mut p = primary();
+    p.wallet_cluster = WalletCluster::Verified;
+    assert_eq!(judge(&observe(p)).level, Level::Safe);
+}
+
+#[test]
+fn no_lightningd_session_on_the_server_is_unknown() {
+    let mut p = primary();
+    p.lightningd_sessions = Some(0);
+    assert_verdict(
+        &observe(p.clone()),
+        Level::Unknown,
+        Code::LightningdSessionNotFound,
+    );
+    p.lightningd_sessions = Some(1);
+    assert_eq!(judge(&observe(p)).level, Level::Safe);
 }

@@ -18,13 +18,13 @@ pub fn start(spec: &ClusterSpec) -> Cluster {
 }
 
 pub fn targets(wallet_dsn: &str, standby_dsns: &[String]) -> Targets {
-    Targets {
-        wallet: WalletDsn::parse(wallet_dsn).expect("wallet DSN"),
-        standbys: standby_dsns
+    Targets::new(
+        WalletDsn::parse(wallet_dsn).expect("wallet DSN"),
+        standby_dsns
             .iter()
             .map(|d| PgTarget::parse(d).expect("standby DSN"))
             .collect(),
-    }
+    )
 }
 
 pub async fn check(wallet_dsn: &str, standby_dsns: &[String]) -> (Observation, Verdict) {
