@@ -71,6 +71,11 @@ pub fn status_json(obs: &Observation, verdict: &Verdict, policy: &Policy) -> Val
         "slots": primary.map(|p| &p.slots),
         "archiver": primary.and_then(|p| p.archiver.as_ref()),
         "syncrep_waiters": primary.map(|p| &p.syncrep_waiters),
+        "lightningd": obs.pinned_commit.as_ref().map(|pin| json!({
+            "synchronous_commit": pin.value,
+            "synchronous_commit_source": pin.source,
+            "pinned": "at init",
+        })),
         "policy": policy,
     })
 }

@@ -1,0 +1,88 @@
+//! `replication-status` and `failover-check`. Both evaluate live; `failover-check` fails
+//! with a JSON-RPC error when a failover right now could lose data, so that
+//! `lightning-cli failover-check && lightning-cli fundchannel …` goes on only when safe.
+
+use cln_plugin::Plugin;
+use serde_json::{Value, json};
+
+use super::params;
+use super::startup::State;
+use crate::failover::{self, Readiness};
+use crate::{probe, report, verdict};
+
+/// Not ready: a failover now could lose an acknowledged commit.
+pub const ERR_FAILOVER_NOT_READY: i64 = 2300;
+/// Cannot tell (primary unreachable, privileges…): never a go.
+pub const ERR_FAILOVER_UNKNOWN: i64 = 2301;
+/// JSON-RPC "invalid params".
+const ERR_INVALID_PARAMS: i64 = -32602;
+
+/// An error cln-plugin passes to the client as is: its text must be the JSON object.
+fn rpc_error(code: i64, message: String, data: Value) -> anyhow::Error {
+    anyhow::anyhow!(json!({ "code": code, "message": message, "data": data }).to_string())
+}
+
+pub async fn replication_status(
+    plugin: Plugin<State>,
+    params: Value,
+) -> Result<Value, anyhow::Error> {
+    params::no_params(&params).map_err(|e| rpc_error(ERR_INVALID_PARAMS, e, Value::Null))?;
+    let st = &plugin.state().0;
+    let targets = checkable(&st.targets)?;
+    let mut obs = probe::observe(targets, &st.policy).await;
+    obs.pinned_commit = st.pinned.clone();
+    let v = verdict::evaluate(&obs, &st.policy);
+    let mut out = report::status_json(&obs, &v, &st.policy);
+    out["mode"] = json!(st.mode);
+    Ok(out)
+}
+
+pub async fn failover_check(plugin: Plugin<State>, params: Value) -> Result<Value, anyhow::Error> {
+    let wait = params::failover_wait(&params)
+        .map_err(|e| rpc_error(ERR_INVALID_PARAMS, e, Value::Null))?;
+    let st = &plugin.state().0;
+    let targets = checkable(&st.targets)?;
+    let obs = probe::observe_failover(targets, &st.policy, wait).await;
+    let answer = failover::evaluate(&obs);
+    let data = report::failover_json(&obs, &answer);
+    match answer.readiness {
+        Readiness::Ready => Ok(data),
+        Readiness::NotReady => Err(rpc_error(
+            ERR_FAILOVER_NOT_READY,
+            format!("failover not safe: {}", first_reason(&answer)),
+            data,
+        )),
+        Readiness::Unknown => Err(rpc_error(
+            ERR_FAILOVER_UNKNOWN,
+            format!("failover safety unknown: {}", first_reason(&answer)),
+            data,
+        )),
+    }
+}
+
+/// Error code when the plugin has nothing to check (warn mode without a usable wallet DSN).
+pub const ERR_NOTHING_TO_CHECK: i64 = 2302;
+
+fn checkable(
+    t: &Result<crate::probe::Targets, String>,
+) -> Result<&crate::probe::Targets, anyhow::Error> {
+    t.as_ref().map_err(|why| {
+        rpc_error(
+            ERR_NOTHING_TO_CHECK,
+            format!("nothing to check: {why}"),
+            Value::Null,
+        )
+    })
+}
+
+fn first_reason(a: &failover::FailoverAnswer) -> String {
+    a.blockers
+        .first()
+        .cloned()
+        .or_else(|| {
+            a.standbys
+                .first()
+                .and_then(|s| s.reasons.first().map(|r| format!("{}: {r}", s.name)))
+        })
+        .unwrap_or_else(|| "no standby is connected".into())
+}

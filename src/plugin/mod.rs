@@ -1,0 +1,92 @@
+//! Plugin mode: lightningd starts the binary with `LIGHTNINGD_PLUGIN=1`.
+//!
+//! - `getmanifest`: the `replguard-*` options (all taken as strings and validated by
+//!   `options::settings`, so a bad value is our error naming the option, not a panic), the
+//!   two RPC methods, the notification topic the runtime guard will use.
+//! - `init`: the startup check (`startup`): go → answer `init`; no go in `enforce` → the
+//!   findings reach lightningd's log, then the node is stopped before "Server started".
+//! - `replication-status`, `failover-check` (`methods`).
+
+mod lightningd;
+mod methods;
+pub mod params;
+mod startup;
+
+use anyhow::Result;
+use cln_plugin::options::{ConfigOption, StringArrayConfigOption, StringConfigOption};
+use cln_plugin::{Builder, RpcMethodBuilder};
+
+use crate::options;
+
+pub use lightningd::{MIN_LIGHTNINGD, parse_version};
+pub use methods::{ERR_FAILOVER_NOT_READY, ERR_FAILOVER_UNKNOWN};
+pub use startup::State;
+
+/// Custom notification sent when the verdict changes (runtime guard).
+pub const NOTIFY_STATE_CHANGED: &str = "replguard_state_changed";
+
+pub fn run() -> i32 {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cln-replguard: cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let code = rt.block_on(async {
+        match serve().await {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("cln-replguard: {e:#}");
+                1
+            }
+        }
+    });
+    rt.shutdown_background();
+    code
+}
+
+async fn serve() -> Result<i32> {
+    let mut builder = Builder::new(tokio::io::stdin(), tokio::io::stdout())
+        .notification(cln_plugin::messages::NotificationTopic::new(
+            NOTIFY_STATE_CHANGED,
+        ))
+        .rpcmethod_from_builder(
+            RpcMethodBuilder::new("replication-status", methods::replication_status)
+                .description(
+                    "The wallet's replication: verdict (safe/degraded/unsafe/unknown), findings \
+                     with remedies, standbys, settings",
+                )
+                .usage(""),
+        )
+        .rpcmethod_from_builder(
+            RpcMethodBuilder::new("failover-check", methods::failover_check)
+                .description(
+                    "Go/no-go: fails unless a failover to a standby right now loses no \
+                     acknowledged commit",
+                )
+                .usage("[wait_ms]"),
+        );
+    for (name, description) in options::ALL {
+        builder = if *name == options::STANDBY_DSN {
+            let o: StringArrayConfigOption =
+                ConfigOption::new_str_arr_no_default(name, description);
+            builder.option(o)
+        } else {
+            let o: StringConfigOption = ConfigOption::new_str_no_default(name, description);
+            builder.option(o)
+        };
+    }
+    let Some(configured) = builder.configure().await? else {
+        // lightningd --help: no init comes.
+        return Ok(0);
+    };
+    let state = startup::check(&configured).await;
+    let plugin = configured.start(state).await?;
+    plugin.join().await?;
+    Ok(0)
+}

@@ -1,0 +1,269 @@
+//! The startup check at `init`: lightningd has opened its wallet and waits for our answer
+//! before it talks to any peer (DESIGN §2). We decide by `action::decide`; a no-go in
+//! `enforce` stops the node before "Server started".
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use cln_plugin::ConfiguredPlugin;
+use serde_json::json;
+use tokio::io::{Stdin, Stdout};
+
+use super::lightningd::{self, MIN_LIGHTNINGD};
+use crate::action::{self, Mode};
+use crate::dsn::WalletDsn;
+use crate::facts::{FailureKind, Observation, PinnedCommit, ProbeFailure, WalletObservation};
+use crate::options::{self, Settings};
+use crate::policy::Policy;
+use crate::probe::{self, Targets};
+use crate::verdict::{self, Verdict};
+
+/// What the RPC methods work with once lightningd runs.
+#[derive(Clone)]
+pub struct State(pub Arc<Inner>);
+
+pub struct Inner {
+    /// What to check; the reason when nothing can be (warn mode only).
+    pub targets: Result<Targets, String>,
+    pub policy: Policy,
+    pub mode: Mode,
+    /// lightningd's `synchronous_commit`, pinned at `init`.
+    pub pinned: Option<PinnedCommit>,
+}
+
+/// Pause between two attempts while waiting for a go.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// Returns the state when lightningd may go on; otherwise stops the node and exits.
+pub async fn check(c: &ConfiguredPlugin<State, Stdin, Stdout>) -> State {
+    let started = Instant::now();
+    let conf = c.configuration();
+    let lightning_dir = PathBuf::from(&conf.lightning_dir);
+    let rpc_path = lightning_dir.join(&conf.rpc_file);
+
+    let settings = match read_settings(c) {
+        Ok(s) => s,
+        Err((mode, problem)) => {
+            if mode == Mode::Enforce {
+                refuse(vec![format!("invalid option: {problem}")], None);
+            }
+            log::warn!("invalid option, using the defaults (replguard-mode=warn): {problem}");
+            Settings {
+                mode: Mode::Warn,
+                ..Settings::default()
+            }
+        }
+    };
+    let deadline = started + settings.startup_wait;
+
+    let version = std::env::var("LIGHTNINGD_VERSION").unwrap_or_default();
+    if let Some(v) = lightningd::parse_version(&version)
+        && v < MIN_LIGHTNINGD
+    {
+        let problem = format!(
+            "lightningd {version} is older than v{}.{}: hook filters are missing, which the \
+             guard needs; upgrade lightningd",
+            MIN_LIGHTNINGD.0, MIN_LIGHTNINGD.1
+        );
+        if settings.mode == Mode::Enforce {
+            refuse(vec![problem], None);
+        }
+        log::warn!("{problem}");
+    }
+
+    let ask = |config: &'static str| {
+        lightningd::call(
+            &rpc_path,
+            "listconfigs",
+            json!({ "config": config }),
+            settings.policy.query_timeout,
+        )
+    };
+    let important = match ask("important-plugin").await {
+        Ok(v) => lightningd::names_this_binary(&lightningd::important_plugins(&v), &lightning_dir),
+        Err(e) => {
+            log::debug!("listconfigs important-plugin: {e:#}");
+            false
+        }
+    };
+    let targets = match ask("wallet")
+        .await
+        .map(|v| lightningd::wallet_from_listconfigs(&v))
+    {
+        Ok(Some(w)) => targets(&w, &settings),
+        Ok(None) => Err("lightningd did not tell its wallet DSN".to_string()),
+        Err(e) => Err(format!("cannot ask lightningd for its wallet DSN: {e:#}")),
+    };
+    let targets = match targets {
+        Ok(t) => t,
+        Err(problem) if settings.mode == Mode::Enforce => refuse(vec![problem], Some(important)),
+        Err(problem) => {
+            // warn: lightningd runs; the methods say why nothing can be checked.
+            log::warn!("{problem}; nothing to check (replguard-mode=warn)");
+            return State(Arc::new(Inner {
+                targets: Err(problem),
+                policy: settings.policy,
+                mode: settings.mode,
+                pinned: None,
+            }));
+        }
+    };
+    for w in targets.warnings() {
+        log::warn!("{w}");
+    }
+
+    let (obs, verdict, decision) = loop {
+        let obs = observe_until(&targets, &settings.policy, deadline).await;
+        let v = verdict::evaluate(&obs, &settings.policy);
+        let d = action::decide(v.level, settings.mode);
+        if d.go || Instant::now() >= deadline {
+            break (obs, v, d);
+        }
+        tokio::time::sleep(RETRY_EVERY.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
+    };
+    let took = started.elapsed();
+    if !decision.go {
+        let mut lines = vec![format!(
+            "refusing to run lightningd: the wallet's storage is {} (replguard-mode=enforce, \
+             checked for {:.1} s)",
+            verdict.level,
+            took.as_secs_f64()
+        )];
+        lines.extend(finding_lines(&verdict));
+        refuse(lines, Some(important));
+    }
+    if decision.report_findings {
+        for l in finding_lines(&verdict) {
+            log::warn!("{l}");
+        }
+    }
+    log::info!(
+        "startup check: {} in {} ms (replguard-mode={})",
+        verdict.level,
+        took.as_millis(),
+        settings.mode
+    );
+    let pinned = obs.primary().map(|p| PinnedCommit {
+        value: p.session.synchronous_commit.clone(),
+        source: p.session.synchronous_commit_source.clone(),
+    });
+    State(Arc::new(Inner {
+        targets: Ok(targets),
+        policy: settings.policy,
+        mode: settings.mode,
+        pinned,
+    }))
+}
+
+/// The options as lightningd passed them, validated. On error: the mode to act in (enforce
+/// unless warn was given plainly) and the problem.
+fn read_settings(c: &ConfiguredPlugin<State, Stdin, Stdout>) -> Result<Settings, (Mode, String)> {
+    use cln_plugin::options::Value;
+    let mut given: Vec<(&str, String)> = Vec::new();
+    for (name, _) in options::ALL {
+        match c.option_str(name) {
+            Ok(Some(Value::String(s))) => given.push((name, s)),
+            Ok(Some(Value::StringArray(a))) => given.extend(a.into_iter().map(|s| (*name, s))),
+            Ok(Some(Value::Integer(i))) => given.push((name, i.to_string())),
+            Ok(Some(Value::Boolean(b))) => given.push((name, b.to_string())),
+            _ => {}
+        }
+    }
+    options::settings(given.iter().map(|(name, value)| options::Given {
+        name,
+        value: Some(value.as_str()),
+        origin: "lightningd option",
+    }))
+    .map_err(|problem| {
+        let warn = given
+            .iter()
+            .any(|(n, v)| *n == options::MODE && v == "warn");
+        (if warn { Mode::Warn } else { Mode::Enforce }, problem)
+    })
+}
+
+fn targets(wallet: &str, settings: &Settings) -> Result<Targets, String> {
+    let wallet = WalletDsn::parse(wallet).map_err(|e| format!("lightningd's wallet DSN: {e}"))?;
+    let mut targets = match (&settings.dsn, &wallet) {
+        (Some(monitor), WalletDsn::Postgres(w)) => {
+            let monitor =
+                WalletDsn::parse(monitor).map_err(|e| format!("{}: {e}", options::DSN))?;
+            let mut t = Targets::new(monitor, vec![]);
+            t.lightningd_dsn = Some(w.as_ref().clone());
+            t
+        }
+        _ => Targets::new(wallet, vec![]),
+    };
+    for d in &settings.standby_dsns {
+        targets.standbys.push(
+            crate::dsn::PgTarget::parse(d).map_err(|e| format!("{}: {e}", options::STANDBY_DSN))?,
+        );
+    }
+    targets.expect_lightningd_session = true;
+    Ok(targets)
+}
+
+/// One observation, cut off at the startup deadline (but given at least a query timeout):
+/// lightningd kills a plugin that has not answered `init` within 120 s.
+async fn observe_until(targets: &Targets, policy: &Policy, deadline: Instant) -> Observation {
+    let budget = deadline
+        .saturating_duration_since(Instant::now())
+        .max(policy.query_timeout * 2);
+    match tokio::time::timeout(budget, probe::observe(targets, policy)).await {
+        Ok(obs) => obs,
+        Err(_) => Observation {
+            checked_at: SystemTime::now(),
+            took_ms: budget.as_secs_f64() * 1000.0,
+            wallet: WalletObservation::Postgres {
+                target: "the wallet's server".into(),
+                primary: Err(ProbeFailure {
+                    kind: FailureKind::Timeout,
+                    stage: "startup check".into(),
+                    detail: format!("no verdict within {} ms", budget.as_millis()),
+                }),
+            },
+            standbys: vec![],
+            pinned_commit: None,
+        },
+    }
+}
+
+fn finding_lines(v: &Verdict) -> Vec<String> {
+    v.findings
+        .iter()
+        .map(|f| {
+            format!(
+                "[{}] {}: {} — fix: {}",
+                f.severity, f.code, f.message, f.remedy
+            )
+        })
+        .collect()
+}
+
+/// Stops the node: the lines reach lightningd's log, then we exit. As `important-plugin`
+/// that makes lightningd shut down before "Server started". Loaded as a plain `plugin`,
+/// lightningd would go on without us, so its process is ended first (SIGTERM before `init`
+/// is answered: it never serves; `stop` during init would deadlock, DESIGN §2).
+fn refuse(mut lines: Vec<String>, important: Option<bool>) -> ! {
+    let parent = lightningd::parent_lightningd();
+    if important == Some(false) {
+        lines.push(
+            "cln-replguard is loaded as a plain plugin: configure it as \
+             important-plugin=/path/to/cln-replguard so lightningd stops by itself"
+                .into(),
+        );
+        if parent.is_some() {
+            lines.push("stopping lightningd (SIGTERM) before it starts serving".into());
+        }
+    }
+    lightningd::log_now("broken", &lines);
+    if important == Some(false)
+        && let Some(pid) = parent
+    {
+        // SAFETY: signalling our parent, which /proc says is lightningd.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+    }
+    std::process::exit(1)
+}

@@ -1,0 +1,266 @@
+//! A fake lightningd: spawns the built plugin under a process named `lightningd`, speaks the
+//! plugin protocol over its stdin/stdout, and serves `lightning-rpc` on a Unix socket with
+//! the `listconfigs` answers a real lightningd gives (verified on v26.06).
+
+#![allow(dead_code)]
+
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+pub const PLUGIN: &str = env!("CARGO_BIN_EXE_cln-replguard");
+
+pub struct Setup {
+    pub wallet: String,
+    pub important: bool,
+    pub version: String,
+    pub options: Value,
+}
+
+impl Setup {
+    pub fn new(wallet: &str) -> Setup {
+        Setup {
+            wallet: wallet.into(),
+            important: true,
+            version: "v26.06.6".into(),
+            options: json!({}),
+        }
+    }
+
+    pub fn option(mut self, name: &str, value: Value) -> Setup {
+        self.options[name] = value;
+        self
+    }
+}
+
+/// What came of `init`.
+#[derive(Debug)]
+pub enum InitOutcome {
+    Answered(Value),
+    /// The wrapper (our "lightningd") ended: by the plugin's exit code, or by a signal.
+    Ended(ExitStatus),
+}
+
+pub struct Fake {
+    pub dir: tempfile::TempDir,
+    child: Child,
+    stdin: ChildStdin,
+    rx: Receiver<Value>,
+    /// `log` notifications received so far: (level, message).
+    pub logs: Vec<(String, String)>,
+    /// Other notifications.
+    pub notifications: Vec<Value>,
+    next_id: u64,
+    setup_options: Option<Value>,
+}
+
+impl Fake {
+    pub fn start(setup: Setup) -> Fake {
+        let dir = tempfile::tempdir().unwrap();
+        serve_rpc(dir.path().join("lightning-rpc"), &setup);
+        // Our "lightningd": a shell named lightningd that runs the plugin as its child, so
+        // the plugin's parent is a process called lightningd, as in real life.
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::os::unix::fs::symlink("/bin/sh", bin.join("lightningd")).unwrap();
+        let mut child = Command::new(bin.join("lightningd"))
+            .args(["-c", "\"$0\"; exit $?", PLUGIN])
+            .current_dir(dir.path())
+            .env("LIGHTNINGD_PLUGIN", "1")
+            .env("LIGHTNINGD_VERSION", &setup.version)
+            .env_remove("REPLGUARD_DSN")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn the plugin");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = channel();
+        std::thread::spawn(move || {
+            let stream =
+                serde_json::Deserializer::from_reader(BufReader::new(stdout)).into_iter::<Value>();
+            for v in stream {
+                match v {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        let mut fake = Fake {
+            dir,
+            child,
+            stdin,
+            rx,
+            logs: Vec::new(),
+            notifications: Vec::new(),
+            next_id: 0,
+            setup_options: None,
+        };
+        fake.setup_options = Some(setup.options.clone());
+        fake
+    }
+
+    fn send(&mut self, method: &str, params: Value) -> String {
+        self.next_id += 1;
+        let id = format!("fake/{method}#{}", self.next_id);
+        let msg = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
+        write!(self.stdin, "{msg}\n\n").unwrap();
+        self.stdin.flush().unwrap();
+        id
+    }
+
+    /// Waits for the response to `id`, collecting notifications on the way.
+    fn response(&mut self, id: &str, timeout: Duration) -> Option<Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(left) {
+                Ok(v) if v.get("id").and_then(Value::as_str) == Some(id) => return Some(v),
+                Ok(v) => self.note(v),
+                Err(RecvTimeoutError::Timeout) | Err(RecvTimeoutError::Disconnected) => {
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn note(&mut self, v: Value) {
+        if v.get("method").and_then(Value::as_str) == Some("log") {
+            let p = &v["params"];
+            self.logs.push((
+                p["level"].as_str().unwrap_or("").to_string(),
+                p["message"].as_str().unwrap_or("").to_string(),
+            ));
+        } else {
+            self.notifications.push(v);
+        }
+    }
+
+    pub fn getmanifest(&mut self) -> Value {
+        let id = self.send("getmanifest", json!({"allow-deprecated-apis": false}));
+        let r = self
+            .response(&id, Duration::from_secs(10))
+            .expect("getmanifest answered");
+        r["result"].clone()
+    }
+
+    /// Sends `init` and waits up to `timeout` for the answer or the end of the process.
+    pub fn init(&mut self, timeout: Duration) -> InitOutcome {
+        let params = json!({
+            "options": self.setup_options.clone().unwrap_or(json!({})),
+            "configuration": {
+                "lightning-dir": self.dir.path(),
+                "rpc-file": "lightning-rpc",
+                "startup": true,
+                "network": "regtest",
+                "feature_set": {},
+            },
+        });
+        let id = self.send("init", params);
+        match self.response(&id, timeout) {
+            Some(r) => InitOutcome::Answered(r),
+            None => InitOutcome::Ended(
+                self.wait_end(Duration::from_secs(5))
+                    .expect("no answer and no exit"),
+            ),
+        }
+    }
+
+    /// A JSON-RPC call as lightningd forwards it: returns the whole response.
+    pub fn call(&mut self, method: &str, params: Value) -> Value {
+        let id = self.send(method, params);
+        self.response(&id, Duration::from_secs(30))
+            .expect("method answered")
+    }
+
+    pub fn wait_end(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                // Drain what the plugin wrote before it went.
+                while let Ok(v) = self.rx.recv_timeout(Duration::from_millis(200)) {
+                    self.note(v);
+                }
+                return Some(s);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn logs_at(&self, level: &str) -> Vec<&str> {
+        self.logs
+            .iter()
+            .filter(|(l, _)| l == level)
+            .map(|(_, m)| m.as_str())
+            .collect()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        // The plugin is the shell's child: end it first, then the shell.
+        let _ = Command::new("pkill")
+            .args(["-9", "-P", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Serves `listconfigs` on the lightning-rpc socket.
+fn serve_rpc(path: PathBuf, setup: &Setup) {
+    let listener = UnixListener::bind(&path).unwrap();
+    let wallet = setup.wallet.clone();
+    let important = setup.important;
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { return };
+            let wallet = wallet.clone();
+            std::thread::spawn(move || {
+                let mut out = stream.try_clone().unwrap();
+                let reqs = serde_json::Deserializer::from_reader(BufReader::new(stream))
+                    .into_iter::<Value>();
+                for req in reqs.flatten() {
+                    let result = match (req["method"].as_str(), req["params"]["config"].as_str()) {
+                        (Some("listconfigs"), Some("wallet")) => {
+                            json!({"configs": {"wallet": {"source": "cmdline", "value_str": wallet}}})
+                        }
+                        (Some("listconfigs"), Some("important-plugin")) if important => json!({
+                            "configs": {"important-plugin": {"values_str": [PLUGIN], "sources": ["cmdline"]}}
+                        }),
+                        (Some("listconfigs"), Some(_)) => json!({"configs": {}}),
+                        _ => {
+                            let e = json!({"jsonrpc": "2.0", "id": req["id"], "error": {"code": -32601, "message": "Unknown command"}});
+                            let _ = write!(out, "{e}\n\n");
+                            continue;
+                        }
+                    };
+                    let r = json!({"jsonrpc": "2.0", "id": req["id"], "result": result});
+                    let _ = write!(out, "{r}\n\n");
+                }
+            });
+        }
+    });
+}
+
+pub fn ended_by_sigterm(s: &ExitStatus) -> bool {
+    s.signal() == Some(libc_sigterm())
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}

@@ -1,0 +1,345 @@
+//! The plugin under a fake lightningd, against real clusters: the manifest, the startup
+//! check in each mode and case, and the two RPC methods.
+
+mod common;
+mod fake_lightningd;
+
+use std::time::{Duration, Instant};
+
+use cln_replguard::cluster::{Cluster, ClusterSpec, Daemon};
+use serde_json::{Value, json};
+
+use common::*;
+use fake_lightningd::{Fake, InitOutcome, Setup, ended_by_sigterm};
+
+/// lightningd keeps one session open on its wallet database; the plugin looks for it.
+fn lightningd_session(c: &Cluster) -> Daemon {
+    let dsn = c.primary.conninfo("lightningd", "lightningd");
+    c.spawn_tool(
+        "psql",
+        ["-X", "-q", "-d", &dsn, "-c", "SELECT pg_sleep(3600)"],
+    )
+    .unwrap()
+}
+
+fn healthy() -> (Cluster, Daemon) {
+    let c = start(&ClusterSpec::pair());
+    let s = lightningd_session(&c);
+    cln_replguard::cluster::wait_for("lightningd's session", Duration::from_secs(10), || {
+        Ok(c.primary.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'lightningd' AND query LIKE '%pg_sleep%'",
+        )? == "1")
+    })
+    .unwrap();
+    (c, s)
+}
+
+fn answered(o: &InitOutcome) -> bool {
+    matches!(o, InitOutcome::Answered(r) if r["result"].is_object())
+}
+
+#[test]
+fn manifest_declares_options_methods_and_the_notification() {
+    let mut f = Fake::start(Setup::new("postgres://host=/nonexistent"));
+    let m = f.getmanifest();
+    let names: Vec<&str> = m["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    for (name, _) in cln_replguard::options::ALL {
+        assert!(names.contains(name), "{name} missing from {names:?}");
+    }
+    let methods: Vec<(&str, &str)> = m["rpcmethods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["name"].as_str().unwrap(), r["usage"].as_str().unwrap()))
+        .collect();
+    assert!(methods.contains(&("replication-status", "")), "{methods:?}");
+    assert!(
+        methods.contains(&("failover-check", "[wait_ms]")),
+        "{methods:?}"
+    );
+    assert_eq!(m["notifications"][0]["method"], "replguard_state_changed");
+}
+
+#[test]
+fn safe_pair_starts_and_both_methods_answer() {
+    let (c, _s) = healthy();
+    let mut f = Fake::start(Setup::new(&c.primary.wallet_dsn()));
+    f.getmanifest();
+    let t = Instant::now();
+    let o = f.init(Duration::from_secs(30));
+    let took = elapsed_ms(t);
+    assert!(answered(&o), "{o:?} logs: {:?}", f.logs);
+    eprintln!("startup check on a healthy loopback pair: init answered in {took:.1} ms");
+
+    let r = f.call("replication-status", json!({}));
+    let s = &r["result"];
+    assert_eq!(s["verdict"], "safe", "{r:#}");
+    assert_eq!(s["lightningd"]["synchronous_commit"], "on");
+    assert_eq!(s["mode"], "enforce");
+    assert!(!r.to_string().contains("password"), "{r}");
+
+    for params in [json!([]), json!([500]), json!({"wait_ms": 500})] {
+        let r = f.call("failover-check", params.clone());
+        assert_eq!(r["result"]["ready"], true, "{params}: {r:#}");
+        assert_eq!(r["result"]["target"], "s1");
+    }
+    let r = f.call("failover-check", json!({"wait": 1}));
+    assert_eq!(r["error"]["code"], -32602, "{r:#}");
+
+    // The standby stops listening to synchronous commits: failover-check must fail.
+    c.set_sync_names("").unwrap();
+    let r = f.call("failover-check", json!([]));
+    let e = &r["error"];
+    assert_eq!(
+        e["code"],
+        cln_replguard::plugin::ERR_FAILOVER_NOT_READY,
+        "{r:#}"
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("failover not safe: "),
+        "{e}"
+    );
+    assert_eq!(e["data"]["ready"], false);
+    assert!(
+        e["data"]["blockers"][0].as_str().unwrap().contains("empty"),
+        "{e}"
+    );
+    let r = f.call("replication-status", json!([]));
+    assert_eq!(r["result"]["verdict"], "unsafe");
+}
+
+#[test]
+fn enforce_with_unsafe_storage_exits_before_answering_init_with_the_findings_logged() {
+    let (c, _s) = healthy();
+    c.standby("s1").stop().unwrap();
+    let setup = Setup::new(&c.primary.wallet_dsn()).option("replguard-startup-wait", json!("2"));
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    let t = Instant::now();
+    let o = f.init(Duration::from_secs(30));
+    let took = elapsed_ms(t);
+    let InitOutcome::Ended(status) = o else {
+        panic!("init answered: {o:?}")
+    };
+    assert_eq!(status.code(), Some(1), "the important plugin exits");
+    let broken = f.logs_at("broken").join("\n");
+    assert!(
+        broken.contains("refusing to run lightningd: the wallet's storage is unsafe"),
+        "{broken}"
+    );
+    assert!(
+        broken.contains("sync-standbys-short") && broken.contains("fix: "),
+        "{broken}"
+    );
+    assert!(took < 8000.0, "took {took:.0} ms with a 2 s startup wait");
+}
+
+#[test]
+fn enforce_as_a_plain_plugin_stops_lightningd_itself() {
+    let (c, _s) = healthy();
+    c.set_sync_names("").unwrap();
+    let mut setup =
+        Setup::new(&c.primary.wallet_dsn()).option("replguard-startup-wait", json!("1"));
+    setup.important = false;
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    let o = f.init(Duration::from_secs(30));
+    let InitOutcome::Ended(status) = o else {
+        panic!("init answered: {o:?}")
+    };
+    assert!(
+        ended_by_sigterm(&status),
+        "lightningd must be stopped, got {status:?}"
+    );
+    let broken = f.logs_at("broken").join("\n");
+    assert!(
+        broken.contains("important-plugin=/path/to/cln-replguard"),
+        "{broken}"
+    );
+    assert!(broken.contains("sync-names-empty"), "{broken}");
+}
+
+#[test]
+fn warn_mode_starts_on_unsafe_storage_and_logs_the_findings() {
+    let (c, _s) = healthy();
+    c.set_sync_names("").unwrap();
+    let setup = Setup::new(&c.primary.wallet_dsn())
+        .option("replguard-mode", json!("warn"))
+        .option("replguard-startup-wait", json!("1"));
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    let o = f.init(Duration::from_secs(30));
+    assert!(answered(&o), "{o:?}");
+    let r = f.call("replication-status", json!({}));
+    assert_eq!(r["result"]["verdict"], "unsafe");
+    assert_eq!(r["result"]["mode"], "warn");
+    let warned = f.logs_at("warn").join("\n");
+    assert!(warned.contains("sync-names-empty"), "logs: {:?}", f.logs);
+}
+
+#[test]
+fn invalid_options_refuse_in_enforce_and_are_reported_in_warn() {
+    let (c, _s) = healthy();
+    let setup =
+        Setup::new(&c.primary.wallet_dsn()).option("replguard-probe-deadline-ms", json!("soon"));
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    let InitOutcome::Ended(status) = f.init(Duration::from_secs(30)) else {
+        panic!()
+    };
+    assert_eq!(status.code(), Some(1));
+    let broken = f.logs_at("broken").join("\n");
+    assert!(
+        broken.contains("replguard-probe-deadline-ms=soon"),
+        "{broken}"
+    );
+
+    for (name, value) in [
+        ("replguard-startup-wait", "500"),
+        ("replguard-mode", "strict"),
+    ] {
+        let mut f = Fake::start(Setup::new(&c.primary.wallet_dsn()).option(name, json!(value)));
+        f.getmanifest();
+        let InitOutcome::Ended(_) = f.init(Duration::from_secs(30)) else {
+            panic!("{name}")
+        };
+        assert!(
+            f.logs_at("broken").join("\n").contains(name),
+            "{:?}",
+            f.logs
+        );
+    }
+
+    let setup = Setup::new(&c.primary.wallet_dsn())
+        .option("replguard-mode", json!("warn"))
+        .option("replguard-probe-deadline-ms", json!("soon"));
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    assert!(answered(&f.init(Duration::from_secs(30))), "{:?}", f.logs);
+    assert!(
+        f.logs_at("warn")
+            .join("\n")
+            .contains("replguard-probe-deadline-ms=soon")
+    );
+}
+
+#[test]
+fn a_sqlite_wallet_is_refused() {
+    let mut f = Fake::start(
+        Setup::new("sqlite3:///tmp/x/lightningd.sqlite3")
+            .option("replguard-startup-wait", json!("0")),
+    );
+    f.getmanifest();
+    let InitOutcome::Ended(status) = f.init(Duration::from_secs(30)) else {
+        panic!()
+    };
+    assert_eq!(status.code(), Some(1));
+    assert!(
+        f.logs_at("broken").join("\n").contains("not-postgres"),
+        "{:?}",
+        f.logs
+    );
+}
+
+#[test]
+fn an_old_lightningd_is_refused_in_enforce_and_reported_in_warn() {
+    let (c, _s) = healthy();
+    let mut setup = Setup::new(&c.primary.wallet_dsn());
+    setup.version = "v25.09.1".into();
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    let InitOutcome::Ended(_) = f.init(Duration::from_secs(30)) else {
+        panic!()
+    };
+    assert!(
+        f.logs_at("broken")
+            .join("\n")
+            .contains("v25.09.1 is older than v25.12"),
+        "{:?}",
+        f.logs
+    );
+
+    let mut setup = Setup::new(&c.primary.wallet_dsn()).option("replguard-mode", json!("warn"));
+    setup.version = "v25.09.1".into();
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    assert!(answered(&f.init(Duration::from_secs(30))));
+    assert!(
+        f.logs_at("warn").join("\n").contains("older than v25.12"),
+        "{:?}",
+        f.logs
+    );
+}
+
+#[test]
+fn a_hung_primary_gets_an_answer_within_the_configured_wait() {
+    let (c, _s) = healthy();
+    c.primary.hang_postmaster().unwrap();
+    let setup = Setup::new(&c.primary.wallet_dsn()).option("replguard-startup-wait", json!("3"));
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    let t = Instant::now();
+    let o = f.init(Duration::from_secs(60));
+    let took = elapsed_ms(t);
+    assert!(matches!(o, InitOutcome::Ended(_)), "{o:?}");
+    assert!(
+        f.logs_at("broken").join("\n").contains("primary-timeout"),
+        "{:?}",
+        f.logs
+    );
+    assert!(took < 3000.0 + 2.0 * 2000.0 + 1000.0, "took {took:.0} ms");
+    c.primary.resume();
+}
+
+#[test]
+fn a_role_setting_weakened_while_running_is_restart_required() {
+    let (c, _s) = healthy();
+    let mut f = Fake::start(Setup::new(&c.primary.wallet_dsn()));
+    f.getmanifest();
+    assert!(answered(&f.init(Duration::from_secs(30))));
+    c.primary
+        .psql("ALTER ROLE lightningd SET synchronous_commit = local")
+        .unwrap();
+    let r = f.call("replication-status", json!({}));
+    let s = &r["result"];
+    assert_eq!(s["verdict"], "degraded", "{s:#}");
+    let codes: Vec<&str> = s["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, ["restart-required"]);
+    assert_eq!(s["lightningd"]["synchronous_commit"], "on");
+}
+
+#[test]
+fn a_monitoring_dsn_on_another_cluster_is_unsafe() {
+    let (c, _s) = healthy();
+    let other = start(&ClusterSpec::pair());
+    let setup = Setup::new(&c.primary.wallet_dsn())
+        .option("replguard-dsn", json!(other.primary.wallet_dsn()))
+        .option("replguard-mode", json!("warn"));
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    assert!(answered(&f.init(Duration::from_secs(30))));
+    let r = f.call("replication-status", json!({}));
+    let codes: Vec<Value> = r["result"]["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].clone())
+        .collect();
+    assert!(
+        codes.contains(&json!("wallet-cluster-different")),
+        "{codes:?}"
+    );
+}
