@@ -32,6 +32,9 @@ pub struct Inner {
     pub pinned: Option<PinnedCommit>,
 }
 
+/// Time lightningd gets to log our last lines before it is ended (plain-plugin case).
+const LOG_GRACE: Duration = Duration::from_millis(1000);
+
 /// Pause between two attempts while waiting for a go.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
@@ -259,9 +262,15 @@ fn refuse(mut lines: Vec<String>, important: Option<bool>) -> ! {
         }
     }
     lightningd::log_now("broken", &lines);
+    for l in &lines {
+        eprintln!("cln-replguard: {l}");
+    }
     if important == Some(false)
         && let Some(pid) = parent
     {
+        // SIGTERM ends lightningd at once (its default action): give it a moment to read
+        // and log our lines first, or they die with it.
+        std::thread::sleep(LOG_GRACE);
         // SAFETY: signalling our parent, which /proc says is lightningd.
         unsafe { libc::kill(pid, libc::SIGTERM) };
     }
