@@ -257,8 +257,10 @@ fn real_lightningd_with_the_plugin_on_a_real_pair() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("\"verdict\": \"safe\""), "{out}");
     assert!(!out.contains("password"), "{out}");
+    eprintln!("lightning-cli replication-status:\n{out}");
     let (code, out) = node.cli(&["failover-check"]);
     assert_eq!(code, 0, "{out}");
+    eprintln!("lightning-cli failover-check:\n{out}");
 
     // 5. Weakening the role's synchronous_commit while running: restart-required.
     c.primary
@@ -275,7 +277,7 @@ fn real_lightningd_with_the_plugin_on_a_real_pair() {
     let (code, out) = node.cli(&["failover-check"]);
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("failover not safe"), "{out}");
-    eprintln!("failover-check while async: exit {code}");
+    eprintln!("failover-check while async: exit {code}\n{out}");
     node.stop(run);
 
     // 2. Standby attached but async, important-plugin + enforce: no start.
