@@ -201,29 +201,7 @@ impl TargetArgs {
 
 /// Runs the CLI; returns the process exit status.
 pub fn run(cli: Cli) -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cln-replguard: cannot start the async runtime: {e}");
-            return EXIT_USAGE;
-        }
-    };
-    let code = rt.block_on(async {
-        match execute(cli.command).await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("cln-replguard: {e:#}");
-                EXIT_USAGE
-            }
-        }
-    });
-    // A commit probe left waiting on a blocked standby must not keep the process alive.
-    rt.shutdown_background();
-    code
+    crate::runtime::run_to_exit_code(execute(cli.command), EXIT_USAGE)
 }
 
 async fn execute(command: Command) -> Result<i32> {

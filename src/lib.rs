@@ -22,6 +22,7 @@ pub mod policy;
 pub mod preflight;
 pub mod probe;
 pub mod report;
+pub mod runtime;
 pub mod syncnames;
 pub mod tls;
 pub mod verdict;

@@ -142,11 +142,7 @@ async fn standby_attached_under_another_name_is_unsafe() {
     c.set_sync_names("FIRST 1 (other)").unwrap();
     let (_, v) = check(&c.primary.wallet_dsn(), &[]).await;
     assert_verdict(&v, Level::Unsafe, Code::SyncStandbysShort);
-    let f = v
-        .findings
-        .iter()
-        .find(|f| f.code == Code::SyncStandbysShort)
-        .unwrap();
+    let f = v.finding(Code::SyncStandbysShort).unwrap();
     assert!(f.message.contains("s1: not named"), "{}", f.message);
 }
 
@@ -274,11 +270,7 @@ async fn unprivileged_role_is_unknown_with_the_grant_to_run() {
     let dsn = format!("postgres://{}", c.primary.conninfo("plain", "lightningd"));
     let (obs, v) = check(&dsn, &[]).await;
     assert_verdict(&v, Level::Unknown, Code::PrivilegesInsufficient);
-    let f = v
-        .findings
-        .iter()
-        .find(|f| f.code == Code::PrivilegesInsufficient)
-        .unwrap();
+    let f = v.finding(Code::PrivilegesInsufficient).unwrap();
     assert!(
         f.remedy.contains("GRANT pg_monitor TO plain"),
         "{}",

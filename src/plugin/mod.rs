@@ -26,28 +26,7 @@ pub use startup::State;
 pub const NOTIFY_STATE_CHANGED: &str = "replguard_state_changed";
 
 pub fn run() -> i32 {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("cln-replguard: cannot start the async runtime: {e}");
-            return 1;
-        }
-    };
-    let code = rt.block_on(async {
-        match serve().await {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("cln-replguard: {e:#}");
-                1
-            }
-        }
-    });
-    rt.shutdown_background();
-    code
+    crate::runtime::run_to_exit_code(serve(), 1)
 }
 
 async fn serve() -> Result<i32> {

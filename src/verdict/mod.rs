@@ -186,7 +186,11 @@ pub struct Verdict {
 
 impl Verdict {
     pub fn has(&self, code: Code) -> bool {
-        self.findings.iter().any(|f| f.code == code)
+        self.finding(code).is_some()
+    }
+
+    pub fn finding(&self, code: Code) -> Option<&Finding> {
+        self.findings.iter().find(|f| f.code == code)
     }
 }
 

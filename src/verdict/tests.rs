@@ -212,11 +212,7 @@ fn unknown_not_unsafe_when_privileges_hide_the_replication_columns() {
         !v.has(Code::SyncStandbysShort),
         "hidden columns must not read as no standby"
     );
-    let f = v
-        .findings
-        .iter()
-        .find(|f| f.code == Code::PrivilegesInsufficient)
-        .unwrap();
+    let f = v.finding(Code::PrivilegesInsufficient).unwrap();
     assert!(
         f.remedy.contains("GRANT pg_monitor TO lightningd"),
         "{}",
@@ -265,11 +261,7 @@ fn unsafe_when_the_standby_is_attached_but_asynchronous() {
     p.sync_names = SyncNames::parse("other");
     let v = judge(&observe(p));
     assert_eq!(v.level, Level::Unsafe);
-    let f = v
-        .findings
-        .iter()
-        .find(|f| f.code == Code::SyncStandbysShort)
-        .unwrap();
+    let f = v.finding(Code::SyncStandbysShort).unwrap();
     assert!(f.message.contains("s1: not named"), "{}", f.message);
 }
 
