@@ -42,6 +42,10 @@ pub enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+        /// Read the plugin's status file instead of checking (works while lightningd is
+        /// frozen); a file older than 3 check intervals reads as unknown.
+        #[arg(long, value_name = "PATH")]
+        from_file: Option<PathBuf>,
     },
     /// One line and an exit status, for monitoring systems and scripts. With
     /// --lightning-dir, the pre-flight before lightningd starts (systemd ExecStartPre): it
@@ -207,9 +211,27 @@ pub fn run(cli: Cli) -> i32 {
 async fn execute(command: Command) -> Result<i32> {
     match command {
         Command::Status {
+            from_file: Some(path),
+            json,
+            ..
+        } => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading the status file {}", path.display()))?;
+            let doc: serde_json::Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not a status file", path.display()))?;
+            let (doc, level) = crate::statusfile::judge(doc, std::time::SystemTime::now());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&doc)?);
+            } else {
+                print!("{}", crate::statusfile::text(&doc));
+            }
+            Ok(level.exit_code())
+        }
+        Command::Status {
             target,
             policy,
             json,
+            from_file: None,
         } => {
             let r = target.resolve(&policy)?;
             let obs = probe::observe(&r.targets, &r.policy).await;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use crate::action::Mode;
+use crate::guard::GatePolicy;
 use crate::policy::Policy;
 
 pub const MODE: &str = "replguard-mode";
@@ -14,6 +15,13 @@ pub const QUERY_TIMEOUT_MS: &str = "replguard-query-timeout-ms";
 pub const PROBE_DEADLINE_MS: &str = "replguard-probe-deadline-ms";
 pub const PROBE_SLOW_MS: &str = "replguard-probe-slow-ms";
 pub const STARTUP_WAIT: &str = "replguard-startup-wait";
+pub const INTERVAL: &str = "replguard-interval";
+pub const ON_UNSAFE: &str = "replguard-on-unsafe";
+pub const ON_UNKNOWN: &str = "replguard-on-unknown";
+pub const UNSAFE_GRACE: &str = "replguard-unsafe-grace";
+pub const GATE_PAYMENTS: &str = "replguard-gate-payments";
+pub const GATED_COMMANDS: &str = "replguard-gated-commands";
+pub const STATUS_FILE: &str = "replguard-status-file";
 
 /// Every option: (name, description). The plugin's manifest is built from this list.
 pub const ALL: &[(&str, &str)] = &[
@@ -45,7 +53,35 @@ pub const ALL: &[(&str, &str)] = &[
         STARTUP_WAIT,
         "seconds to wait for a go at startup (default 10, at most 100)",
     ),
+    (INTERVAL, "seconds between two runtime checks (default 1)"),
+    (
+        ON_UNSAFE,
+        "at runtime, when not safe: gate (default: refuse channel opens), stop (lightningd, after the grace), log",
+    ),
+    (
+        ON_UNKNOWN,
+        "reject (default: unknown counts as unsafe) or allow",
+    ),
+    (
+        UNSAFE_GRACE,
+        "stop mode: seconds not-safe must last before lightningd is stopped (default 30)",
+    ),
+    (
+        GATE_PAYMENTS,
+        "true: also refuse payments and fail incoming HTLCs while not safe (default false)",
+    ),
+    (
+        GATED_COMMANDS,
+        "comma-separated commands refused while not safe (default: the channel-opening ones)",
+    ),
+    (
+        STATUS_FILE,
+        "status file written every check, readable while lightningd is frozen (default: replguard-status.json in the lightning-dir; 'off' for none)",
+    ),
 ];
+
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+pub const DEFAULT_UNSAFE_GRACE: Duration = Duration::from_secs(30);
 
 pub const DEFAULT_STARTUP_WAIT: Duration = Duration::from_secs(10);
 pub const MAX_STARTUP_WAIT: Duration = Duration::from_secs(100);
@@ -57,6 +93,11 @@ pub struct Settings {
     pub standby_dsns: Vec<String>,
     pub policy: Policy,
     pub startup_wait: Duration,
+    pub interval: Duration,
+    pub gate: GatePolicy,
+    pub unsafe_grace: Duration,
+    /// `None`: the default place; `Some(None)`: off.
+    pub status_file: Option<Option<String>>,
 }
 
 impl Default for Settings {
@@ -67,6 +108,10 @@ impl Default for Settings {
             standby_dsns: Vec::new(),
             policy: Policy::default(),
             startup_wait: DEFAULT_STARTUP_WAIT,
+            interval: DEFAULT_INTERVAL,
+            gate: GatePolicy::default(),
+            unsafe_grace: DEFAULT_UNSAFE_GRACE,
+            status_file: None,
         }
     }
 }
@@ -121,6 +166,49 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
                 }
                 s.startup_wait = Duration::from_secs(secs);
             }
+            INTERVAL => s.interval = seconds(&g, 1, 3600)?,
+            UNSAFE_GRACE => s.unsafe_grace = seconds(&g, 0, 86400)?,
+            ON_UNSAFE => {
+                s.gate.on_unsafe = required(&g)?
+                    .parse()
+                    .map_err(|e| format!("{} ({}): {e}", g.name, g.origin))?
+            }
+            ON_UNKNOWN => {
+                s.gate.on_unknown = required(&g)?
+                    .parse()
+                    .map_err(|e| format!("{} ({}): {e}", g.name, g.origin))?
+            }
+            GATE_PAYMENTS => {
+                let v = required(&g)?;
+                s.gate.gate_payments = match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad(&g, v, "true or false")),
+                };
+            }
+            GATED_COMMANDS => {
+                let v = required(&g)?;
+                let commands: Vec<String> = v
+                    .split(',')
+                    .map(|c| c.trim().to_string())
+                    .filter(|c| !c.is_empty())
+                    .collect();
+                // The hook's filters are fixed in the manifest, before options arrive: only
+                // commands it listens to can be gated.
+                let known = crate::guard::gateable_commands();
+                if let Some(c) = commands.iter().find(|c| !known.contains(&c.as_str())) {
+                    return Err(bad(
+                        &g,
+                        v,
+                        &format!("a list of {} ({c} cannot be gated)", known.join(", ")),
+                    ));
+                }
+                s.gate.gated_commands = commands;
+            }
+            STATUS_FILE => {
+                let v = required(&g)?;
+                s.status_file = Some((v != "off").then(|| v.to_string()));
+            }
             other if other.starts_with("replguard-") => {
                 let known: Vec<&str> = ALL.iter().map(|(n, _)| *n).collect();
                 return Err(format!(
@@ -134,6 +222,18 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
     }
     s.policy.validate().map_err(|e| format!("replguard-{e}"))?;
     Ok(s)
+}
+
+fn seconds(g: &Given, min: u64, max: u64) -> Result<Duration, String> {
+    let v = required(g)?;
+    let n: u64 = v
+        .trim()
+        .parse()
+        .map_err(|_| bad(g, v, "a whole number of seconds"))?;
+    if !(min..=max).contains(&n) {
+        return Err(bad(g, v, &format!("between {min} and {max} seconds")));
+    }
+    Ok(Duration::from_secs(n))
 }
 
 fn required<'a>(g: &Given<'a>) -> Result<&'a str, String> {
@@ -199,6 +299,16 @@ mod tests {
                 vec![(PROBE_SLOW_MS, Some("1500"))],
                 "replguard-probe-slow-ms",
             ),
+            (
+                vec![(ON_UNSAFE, Some("panic"))],
+                "expected gate, stop or log",
+            ),
+            (
+                vec![(ON_UNKNOWN, Some("maybe"))],
+                "expected reject or allow",
+            ),
+            (vec![(GATE_PAYMENTS, Some("yes"))], "true or false"),
+            (vec![(INTERVAL, Some("0"))], "between 1 and 3600"),
         ] {
             let e = parse(&pairs).unwrap_err();
             assert!(e.contains(expected), "{pairs:?}: {e}");

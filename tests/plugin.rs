@@ -12,25 +12,9 @@ use serde_json::{Value, json};
 use common::*;
 use fake_lightningd::{Fake, InitOutcome, Setup, ended_by_sigterm};
 
-/// lightningd keeps one session open on its wallet database; the plugin looks for it.
-fn lightningd_session(c: &Cluster) -> Daemon {
-    let dsn = c.primary.conninfo("lightningd", "lightningd");
-    c.spawn_tool(
-        "psql",
-        ["-X", "-q", "-d", &dsn, "-c", "SELECT pg_sleep(3600)"],
-    )
-    .unwrap()
-}
-
 fn healthy() -> (Cluster, Daemon) {
     let c = start(&ClusterSpec::pair());
-    let s = lightningd_session(&c);
-    cln_replguard::cluster::wait_for("lightningd's session", Duration::from_secs(10), || {
-        Ok(c.primary.psql(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = 'lightningd' AND query LIKE '%pg_sleep%'",
-        )? == "1")
-    })
-    .unwrap();
+    let s = fake_lightningd::lightningd_session(&c);
     (c, s)
 }
 
@@ -112,8 +96,17 @@ fn safe_pair_starts_and_both_methods_answer() {
         e["data"]["blockers"][0].as_str().unwrap().contains("empty"),
         "{e}"
     );
-    let r = f.call("replication-status", json!([]));
-    assert_eq!(r["result"]["verdict"], "unsafe");
+    // replication-status reports the runtime guard's latest check, with its age.
+    let r = f.poll(
+        "replication-status",
+        json!([]),
+        Duration::from_secs(10),
+        |r| r["result"]["verdict"] == "unsafe",
+    );
+    assert!(
+        r["result"]["report_age_ms"].as_u64().unwrap() < 5000,
+        "{r:#}"
+    );
 }
 
 #[test]
@@ -308,7 +301,13 @@ fn a_role_setting_weakened_while_running_is_restart_required() {
     c.primary
         .psql("ALTER ROLE lightningd SET synchronous_commit = local")
         .unwrap();
-    let r = f.call("replication-status", json!({}));
+    // The runtime guard's next check sees it.
+    let r = f.poll(
+        "replication-status",
+        json!({}),
+        Duration::from_secs(10),
+        |r| r["result"]["verdict"] != "safe",
+    );
     let s = &r["result"];
     assert_eq!(s["verdict"], "degraded", "{s:#}");
     let codes: Vec<&str> = s["findings"]

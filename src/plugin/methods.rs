@@ -29,11 +29,23 @@ pub async fn replication_status(
     params::no_params(&params).map_err(|e| rpc_error(ERR_INVALID_PARAMS, e, Value::Null))?;
     let st = &plugin.state().0;
     let targets = checkable(&st.targets)?;
+    // The runtime guard's latest report, with its age; a live check before its first one.
+    let latest = st
+        .guard
+        .latest
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    if let Some((at, mut report)) = latest {
+        report["report_age_ms"] = json!(at.elapsed().as_millis() as u64);
+        return Ok(report);
+    }
     let mut obs = probe::observe(targets, &st.policy).await;
     obs.pinned_commit = st.pinned.clone();
     let v = verdict::evaluate(&obs, &st.policy);
     let mut out = report::status_json(&obs, &v, &st.policy);
     out["mode"] = json!(st.mode);
+    out["report_age_ms"] = json!(0);
     Ok(out)
 }
 

@@ -7,14 +7,16 @@
 //!   findings reach lightningd's log, then the node is stopped before "Server started".
 //! - `replication-status`, `failover-check` (`methods`).
 
+mod hooks;
 mod lightningd;
 mod methods;
+mod monitor;
 pub mod params;
 mod startup;
 
 use anyhow::Result;
 use cln_plugin::options::{ConfigOption, StringArrayConfigOption, StringConfigOption};
-use cln_plugin::{Builder, RpcMethodBuilder};
+use cln_plugin::{Builder, HookBuilder, HookFilter, RpcMethodBuilder};
 
 use crate::options;
 
@@ -60,12 +62,29 @@ async fn serve() -> Result<i32> {
             builder.option(o)
         };
     }
+    builder = builder
+        .hook_from_builder(HookBuilder::new("openchannel", hooks::openchannel))
+        .hook_from_builder(HookBuilder::new("openchannel2", hooks::openchannel))
+        .hook_from_builder(HookBuilder::new("htlc_accepted", hooks::htlc_accepted));
+    // Without filters (lightningd before 25.12) an rpc_command hook would see every call,
+    // our own listconfigs during init included, which nobody answers yet: a deadlock.
+    let version = std::env::var("LIGHTNINGD_VERSION").unwrap_or_default();
+    if parse_version(&version).is_some_and(|v| v >= MIN_LIGHTNINGD) {
+        let filters = crate::guard::gateable_commands()
+            .into_iter()
+            .map(|c| HookFilter::Str(c.to_string()))
+            .collect();
+        builder = builder.hook_from_builder(
+            HookBuilder::new("rpc_command", hooks::rpc_command).filters(filters),
+        );
+    }
     let Some(configured) = builder.configure().await? else {
         // lightningd --help: no init comes.
         return Ok(0);
     };
     let state = startup::check(&configured).await;
     let plugin = configured.start(state).await?;
+    tokio::spawn(monitor::run(plugin.clone()));
     plugin.join().await?;
     Ok(0)
 }

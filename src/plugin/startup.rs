@@ -17,7 +17,7 @@ use crate::facts::{FailureKind, Observation, PinnedCommit, ProbeFailure, WalletO
 use crate::options::{self, Settings};
 use crate::policy::Policy;
 use crate::probe::{self, Targets};
-use crate::verdict::{self, Verdict};
+use crate::verdict::{self, Level, Verdict};
 
 /// What the RPC methods work with once lightningd runs.
 #[derive(Clone)]
@@ -30,6 +30,35 @@ pub struct Inner {
     pub mode: Mode,
     /// lightningd's `synchronous_commit`, pinned at `init`.
     pub pinned: Option<PinnedCommit>,
+    pub settings: Settings,
+    /// lightningd's JSON-RPC socket.
+    pub rpc_path: PathBuf,
+    /// Where the status file goes (`None`: off).
+    pub status_file: Option<PathBuf>,
+    /// What the runtime guard last concluded; read by the hooks and the methods.
+    pub guard: GuardShared,
+}
+
+pub struct GuardShared {
+    /// The reported (debounced) level the hooks act on.
+    pub level: std::sync::Mutex<Level>,
+    /// The last report and when it was taken.
+    pub latest: std::sync::Mutex<Option<(Instant, serde_json::Value)>>,
+}
+
+impl GuardShared {
+    pub fn new(level: Level) -> GuardShared {
+        GuardShared {
+            level: std::sync::Mutex::new(level),
+            latest: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Inner {
+    pub fn level(&self) -> Level {
+        *self.guard.level.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// Time lightningd gets to log our last lines before it is ended (plain-plugin case).
@@ -109,6 +138,10 @@ pub async fn check(c: &ConfiguredPlugin<State, Stdin, Stdout>) -> State {
                 policy: settings.policy,
                 mode: settings.mode,
                 pinned: None,
+                status_file: status_file(&settings, &lightning_dir),
+                settings,
+                rpc_path,
+                guard: GuardShared::new(Level::Unknown),
             }));
         }
     };
@@ -157,8 +190,24 @@ pub async fn check(c: &ConfiguredPlugin<State, Stdin, Stdout>) -> State {
         policy: settings.policy,
         mode: settings.mode,
         pinned,
+        status_file: status_file(&settings, &lightning_dir),
+        settings,
+        rpc_path,
+        guard: GuardShared::new(verdict.level),
     }))
 }
+
+/// `replguard-status-file`, relative paths under the lightning-dir.
+fn status_file(settings: &Settings, lightning_dir: &std::path::Path) -> Option<PathBuf> {
+    match &settings.status_file {
+        None => Some(lightning_dir.join(DEFAULT_STATUS_FILE)),
+        Some(None) => None,
+        Some(Some(p)) => Some(lightning_dir.join(p)),
+    }
+}
+
+/// The status file's name in the lightning-dir.
+pub const DEFAULT_STATUS_FILE: &str = "replguard-status.json";
 
 /// The options as lightningd passed them, validated. On error: the mode to act in (enforce
 /// unless warn was given plainly) and the problem.

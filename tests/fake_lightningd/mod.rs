@@ -9,7 +9,9 @@ use std::os::unix::net::UnixListener;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -58,12 +60,17 @@ pub struct Fake {
     pub notifications: Vec<Value>,
     next_id: u64,
     setup_options: Option<Value>,
+    /// Methods the plugin called on lightning-rpc, in order.
+    pub rpc_calls: Arc<Mutex<Vec<String>>>,
+    /// While set, nothing is read from the plugin's stdout (lightningd frozen on a commit).
+    pub stop_reading: Arc<AtomicBool>,
 }
 
 impl Fake {
     pub fn start(setup: Setup) -> Fake {
         let dir = tempfile::tempdir().unwrap();
-        serve_rpc(dir.path().join("lightning-rpc"), &setup);
+        let rpc_calls = Arc::new(Mutex::new(Vec::new()));
+        serve_rpc(dir.path().join("lightning-rpc"), &setup, rpc_calls.clone());
         // Our "lightningd": a shell named lightningd that runs the plugin as its child, so
         // the plugin's parent is a process called lightningd, as in real life.
         let bin = dir.path().join("bin");
@@ -82,11 +89,25 @@ impl Fake {
             .expect("spawn the plugin");
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
+        // A small pipe, as a frozen lightningd's would soon be full.
+        // SAFETY: F_SETPIPE_SZ on a pipe fd we own.
+        unsafe {
+            libc::fcntl(
+                std::os::fd::AsRawFd::as_raw_fd(&stdout),
+                libc::F_SETPIPE_SZ,
+                4096,
+            );
+        }
         let (tx, rx) = channel();
+        let stop_reading = Arc::new(AtomicBool::new(false));
+        let paused = stop_reading.clone();
         std::thread::spawn(move || {
             let stream =
                 serde_json::Deserializer::from_reader(BufReader::new(stdout)).into_iter::<Value>();
             for v in stream {
+                while paused.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
                 match v {
                     Ok(v) => {
                         if tx.send(v).is_err() {
@@ -106,6 +127,8 @@ impl Fake {
             notifications: Vec::new(),
             next_id: 0,
             setup_options: None,
+            rpc_calls,
+            stop_reading,
         };
         fake.setup_options = Some(setup.options.clone());
         fake
@@ -222,7 +245,7 @@ impl Drop for Fake {
 }
 
 /// Serves `listconfigs` on the lightning-rpc socket.
-fn serve_rpc(path: PathBuf, setup: &Setup) {
+fn serve_rpc(path: PathBuf, setup: &Setup, calls: Arc<Mutex<Vec<String>>>) {
     let listener = UnixListener::bind(&path).unwrap();
     let wallet = setup.wallet.clone();
     let important = setup.important;
@@ -230,12 +253,18 @@ fn serve_rpc(path: PathBuf, setup: &Setup) {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
             let wallet = wallet.clone();
+            let calls = calls.clone();
             std::thread::spawn(move || {
                 let mut out = stream.try_clone().unwrap();
                 let reqs = serde_json::Deserializer::from_reader(BufReader::new(stream))
                     .into_iter::<Value>();
                 for req in reqs.flatten() {
+                    calls
+                        .lock()
+                        .unwrap()
+                        .push(req["method"].as_str().unwrap_or("").to_string());
                     let result = match (req["method"].as_str(), req["params"]["config"].as_str()) {
+                        (Some("stop"), _) => json!("Shutdown complete"),
                         (Some("listconfigs"), Some("wallet")) => {
                             json!({"configs": {"wallet": {"source": "cmdline", "value_str": wallet}}})
                         }
@@ -255,6 +284,70 @@ fn serve_rpc(path: PathBuf, setup: &Setup) {
             });
         }
     });
+}
+
+impl Fake {
+    /// Calls a hook as lightningd does and returns its result.
+    pub fn hook(&mut self, name: &str, payload: Value) -> Value {
+        let r = self.call(name, payload);
+        assert!(
+            r.get("error").is_none(),
+            "a hook must never answer with an error: {r}"
+        );
+        r["result"].clone()
+    }
+
+    /// Polls `method` until `pred` holds on its response, or panics after `timeout`.
+    pub fn poll(
+        &mut self,
+        method: &str,
+        params: Value,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let r = self.call(method, params.clone());
+            if pred(&r) {
+                return r;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{method} never matched; last: {r:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Takes in what the plugin sent so far (logs and notifications).
+    pub fn drain(&mut self) {
+        while let Ok(v) = self.rx.recv_timeout(Duration::from_millis(50)) {
+            self.note(v);
+        }
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.rpc_calls.lock().unwrap().iter().any(|m| m == "stop")
+    }
+}
+
+/// lightningd keeps one session open on its wallet database; the plugin looks for it.
+pub fn lightningd_session(c: &cln_replguard::cluster::Cluster) -> cln_replguard::cluster::Daemon {
+    let dsn = c.primary.conninfo("lightningd", "lightningd");
+    let d = c
+        .spawn_tool(
+            "psql",
+            ["-X", "-q", "-d", &dsn, "-c", "SELECT pg_sleep(3600)"],
+        )
+        .unwrap();
+    cln_replguard::cluster::wait_for("lightningd's session", Duration::from_secs(10), || {
+        Ok(c.primary.psql(
+            "SELECT count(*) FROM pg_stat_activity \
+              WHERE usename = 'lightningd' AND query LIKE '%pg_sleep%'",
+        )? == "1")
+    })
+    .unwrap();
+    d
 }
 
 pub fn ended_by_sigterm(s: &ExitStatus) -> bool {

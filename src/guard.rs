@@ -1,0 +1,328 @@
+//! The runtime guard's decisions, pure: how a stream of verdicts becomes the reported state
+//! (alarm fast, clear slow), and what a hook answers in that state.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::verdict::{Code, Level, Verdict};
+
+/// Commands that open or grow channels: refused while the storage is not safe (`gate`).
+pub const DEFAULT_GATED_COMMANDS: &[&str] = &[
+    "fundchannel",
+    "fundchannel_start",
+    "multifundchannel",
+    "openchannel_init",
+    "openchannel_bump",
+    "splice_init",
+];
+
+/// Payment commands, gated too with `replguard-gate-payments=true`.
+pub const PAYMENT_COMMANDS: &[&str] =
+    &["pay", "xpay", "keysend", "sendpay", "sendonion", "renepay"];
+
+/// Every command the `rpc_command` hook listens to (its filters, fixed at `getmanifest`).
+pub fn gateable_commands() -> Vec<&'static str> {
+    DEFAULT_GATED_COMMANDS
+        .iter()
+        .chain(PAYMENT_COMMANDS)
+        .copied()
+        .collect()
+}
+
+/// JSON-RPC error code of a refused command.
+pub const ERR_GATED: i64 = 2310;
+
+/// What to do while the storage is not safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnsafe {
+    /// Refuse what adds risk: channel opens (and payments, if asked).
+    Gate,
+    /// Stop lightningd once not-safe has lasted the grace period.
+    Stop,
+    /// Only log.
+    Log,
+}
+
+impl std::str::FromStr for OnUnsafe {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "gate" => Ok(OnUnsafe::Gate),
+            "stop" => Ok(OnUnsafe::Stop),
+            "log" => Ok(OnUnsafe::Log),
+            other => Err(format!(
+                "\"{other}\" is not an action: expected gate, stop or log"
+            )),
+        }
+    }
+}
+
+/// Whether `unknown` counts as not safe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnUnknown {
+    Reject,
+    Allow,
+}
+
+impl std::str::FromStr for OnUnknown {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "reject" => Ok(OnUnknown::Reject),
+            "allow" => Ok(OnUnknown::Allow),
+            other => Err(format!(
+                "\"{other}\" is not a choice: expected reject or allow"
+            )),
+        }
+    }
+}
+
+/// The reported state: changes to not-safe on one tick whose findings say commits are blocked
+/// (the probe missed its deadline) or on two bad ticks in a row; back on two good ticks.
+#[derive(Clone, Debug)]
+pub struct Debouncer {
+    pub reported: Level,
+    pub since: Instant,
+    bad_streak: u32,
+    good_streak: u32,
+}
+
+/// A change of the reported level.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transition {
+    pub from: Level,
+    pub to: Level,
+}
+
+/// Findings that need no second opinion: the test commit is not being acknowledged.
+const ALARM_AT_ONCE: &[Code] = &[
+    Code::CommitProbeTimeout,
+    Code::CommitProbeAlreadyWaiting,
+    Code::CommitsBlocked,
+    Code::StandbyPromoted,
+];
+
+pub fn is_good(l: Level) -> bool {
+    matches!(l, Level::Safe | Level::Degraded)
+}
+
+impl Debouncer {
+    pub fn new(initial: Level, now: Instant) -> Debouncer {
+        Debouncer {
+            reported: initial,
+            since: now,
+            bad_streak: 0,
+            good_streak: 0,
+        }
+    }
+
+    /// Feeds one tick's verdict; returns the transition, if the reported level changed.
+    pub fn observe(&mut self, v: &Verdict, now: Instant) -> Option<Transition> {
+        let observed = v.level;
+        let next = if is_good(observed) {
+            self.bad_streak = 0;
+            self.good_streak += 1;
+            if is_good(self.reported) || self.good_streak >= 2 {
+                observed
+            } else {
+                self.reported
+            }
+        } else {
+            self.good_streak = 0;
+            self.bad_streak += 1;
+            let at_once = ALARM_AT_ONCE.iter().any(|c| v.has(*c));
+            if !is_good(self.reported) || at_once || self.bad_streak >= 2 {
+                observed
+            } else {
+                self.reported
+            }
+        };
+        if next == self.reported {
+            return None;
+        }
+        let t = Transition {
+            from: self.reported,
+            to: next,
+        };
+        self.reported = next;
+        self.since = now;
+        Some(t)
+    }
+
+    /// How long the reported level has held.
+    pub fn held_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(self.since)
+    }
+}
+
+/// Whether the reported level counts as not safe for acting on it.
+pub fn not_safe(level: Level, on_unknown: OnUnknown) -> bool {
+    match level {
+        Level::Safe | Level::Degraded => false,
+        Level::Unsafe => true,
+        Level::Unknown => on_unknown == OnUnknown::Reject,
+    }
+}
+
+/// How the guard is set up.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GatePolicy {
+    pub on_unsafe: OnUnsafe,
+    pub on_unknown: OnUnknown,
+    pub gated_commands: Vec<String>,
+    pub gate_payments: bool,
+}
+
+impl Default for GatePolicy {
+    fn default() -> Self {
+        GatePolicy {
+            on_unsafe: OnUnsafe::Gate,
+            on_unknown: OnUnknown::Reject,
+            gated_commands: DEFAULT_GATED_COMMANDS
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            gate_payments: false,
+        }
+    }
+}
+
+impl GatePolicy {
+    /// The RPC commands the `rpc_command` hook must see (its filters).
+    pub fn hooked_commands(&self) -> Vec<String> {
+        let mut c = self.gated_commands.clone();
+        if self.gate_payments {
+            c.extend(PAYMENT_COMMANDS.iter().map(|s| s.to_string()));
+        }
+        c
+    }
+
+    /// Whether `command` is refused now. `None` when it may go on.
+    pub fn refuse_command(&self, command: &str, level: Level) -> Option<String> {
+        let gated = self.on_unsafe == OnUnsafe::Gate
+            && not_safe(level, self.on_unknown)
+            && self.hooked_commands().iter().any(|c| c == command);
+        gated.then(|| {
+            format!(
+                "cln-replguard refuses {command}: the wallet's storage is {level} (see \
+                 lightning-cli replication-status)"
+            )
+        })
+    }
+
+    /// Whether a peer's channel open is rejected now.
+    pub fn refuse_peer_open(&self, level: Level) -> bool {
+        self.on_unsafe == OnUnsafe::Gate && not_safe(level, self.on_unknown)
+    }
+
+    /// Whether an incoming HTLC is failed now.
+    pub fn refuse_htlc(&self, level: Level) -> bool {
+        self.gate_payments && self.refuse_peer_open(level)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::verdict::Finding;
+
+    fn verdict(level: Level, codes: &[Code]) -> Verdict {
+        Verdict {
+            level,
+            findings: codes
+                .iter()
+                .map(|c| Finding::new(*c, level, "m", "r"))
+                .collect(),
+            sync: None,
+        }
+    }
+
+    #[test]
+    fn one_bad_tick_is_not_yet_an_alarm_two_are() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::new(Level::Safe, t0);
+        let bad = verdict(Level::Unsafe, &[Code::SyncNamesEmpty]);
+        assert_eq!(d.observe(&bad, t0), None);
+        assert_eq!(
+            d.observe(&bad, t0),
+            Some(Transition {
+                from: Level::Safe,
+                to: Level::Unsafe
+            })
+        );
+    }
+
+    #[test]
+    fn a_missed_probe_deadline_alarms_at_once() {
+        let t0 = Instant::now();
+        for code in [
+            Code::CommitProbeTimeout,
+            Code::CommitProbeAlreadyWaiting,
+            Code::CommitsBlocked,
+            Code::StandbyPromoted,
+        ] {
+            let mut d = Debouncer::new(Level::Safe, t0);
+            assert!(
+                d.observe(&verdict(Level::Unsafe, &[code]), t0).is_some(),
+                "{code}"
+            );
+        }
+    }
+
+    #[test]
+    fn clearing_takes_two_good_ticks_and_a_bad_one_resets_the_count() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::new(Level::Unsafe, t0);
+        let good = verdict(Level::Safe, &[]);
+        let bad = verdict(Level::Unsafe, &[Code::SyncNamesEmpty]);
+        assert_eq!(d.observe(&good, t0), None);
+        assert_eq!(d.observe(&bad, t0), None);
+        assert_eq!(d.observe(&good, t0), None);
+        assert!(d.observe(&good, t0).is_some());
+        assert_eq!(d.reported, Level::Safe);
+    }
+
+    #[test]
+    fn moves_within_good_or_within_bad_follow_at_once() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::new(Level::Safe, t0);
+        assert!(d.observe(&verdict(Level::Degraded, &[]), t0).is_some());
+        let mut d = Debouncer::new(Level::Unsafe, t0);
+        assert!(d.observe(&verdict(Level::Unknown, &[]), t0).is_some());
+    }
+
+    #[test]
+    fn the_gate_refuses_only_listed_commands_and_only_when_not_safe() {
+        let g = GatePolicy::default();
+        assert!(g.refuse_command("fundchannel", Level::Unsafe).is_some());
+        assert!(g.refuse_command("fundchannel", Level::Unknown).is_some());
+        assert!(g.refuse_command("fundchannel", Level::Degraded).is_none());
+        assert!(g.refuse_command("getinfo", Level::Unsafe).is_none());
+        assert!(g.refuse_command("pay", Level::Unsafe).is_none());
+        assert!(!g.refuse_htlc(Level::Unsafe));
+        let p = GatePolicy {
+            gate_payments: true,
+            ..GatePolicy::default()
+        };
+        assert!(p.refuse_command("pay", Level::Unsafe).is_some());
+        assert!(p.refuse_htlc(Level::Unsafe));
+        let allow = GatePolicy {
+            on_unknown: OnUnknown::Allow,
+            ..GatePolicy::default()
+        };
+        assert!(
+            allow
+                .refuse_command("fundchannel", Level::Unknown)
+                .is_none()
+        );
+        assert!(!allow.refuse_peer_open(Level::Unknown));
+        let log = GatePolicy {
+            on_unsafe: OnUnsafe::Log,
+            ..GatePolicy::default()
+        };
+        assert!(log.refuse_command("fundchannel", Level::Unsafe).is_none());
+    }
+}

@@ -1,0 +1,149 @@
+//! The runtime guard's loop: every `replguard-interval` a check (one at a time), the verdict
+//! debounced (`guard::Debouncer`), the latest report kept for the methods and written to the
+//! status file, each change logged once and notified, and the configured action taken.
+//!
+//! Nothing here waits on lightningd reading our stdout: while a commit waits for an absent
+//! standby, lightningd is frozen, and so is its end of our pipe (DESIGN §2). Logging never
+//! blocks; the notification is sent from its own task with a deadline; the status file is
+//! ours.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use cln_plugin::Plugin;
+use serde_json::{Value, json};
+
+use super::NOTIFY_STATE_CHANGED;
+use super::lightningd;
+use super::startup::State;
+use crate::guard::{self, Debouncer, OnUnsafe, Transition};
+use crate::verdict::{Code, Verdict};
+use crate::{probe, report, verdict};
+
+/// A notification not taken by then is dropped: lightningd is frozen or gone.
+const NOTIFY_DEADLINE: Duration = Duration::from_secs(2);
+/// `stop` not answered by then (lightningd frozen on a commit): end it with SIGTERM.
+const STOP_DEADLINE: Duration = Duration::from_secs(5);
+
+pub async fn run(plugin: Plugin<State>) {
+    let st = plugin.state().0.clone();
+    let Ok(targets) = &st.targets else { return };
+    let mut debounce = Debouncer::new(st.level(), Instant::now());
+    let mut ticker = tokio::time::interval(st.settings.interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stopping = false;
+    loop {
+        ticker.tick().await;
+        let mut obs = probe::observe(targets, &st.policy).await;
+        obs.pinned_commit = st.pinned.clone();
+        let v = verdict::evaluate(&obs, &st.policy);
+        let now = Instant::now();
+        let change = debounce.observe(&v, now);
+        *st.guard.level.lock().unwrap_or_else(|e| e.into_inner()) = debounce.reported;
+
+        let mut rep = report::status_json(&obs, &v, &st.policy);
+        rep["mode"] = json!(st.mode);
+        rep["reported"] = json!(debounce.reported);
+        rep["reported_for_ms"] = json!(debounce.held_for(now).as_millis() as u64);
+        rep["interval_ms"] = json!(st.settings.interval.as_millis() as u64);
+        if let Some(path) = &st.status_file
+            && let Err(e) = write_atomically(path, &rep)
+        {
+            log::warn!("cannot write the status file {}: {e}", path.display());
+        }
+        *st.guard.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, rep));
+
+        if let Some(t) = change {
+            announce(&plugin, t, &v);
+        }
+        if stopping || st.settings.gate.on_unsafe == OnUnsafe::Log {
+            continue;
+        }
+        // Self-fence: our standby took over; two primaries must not both run a node.
+        if v.has(Code::StandbyPromoted) {
+            stopping = true;
+            stop_lightningd(
+                &st.rpc_path,
+                "a configured standby answers as a primary (promoted)",
+                &v,
+            )
+            .await;
+            continue;
+        }
+        if st.settings.gate.on_unsafe == OnUnsafe::Stop
+            && guard::not_safe(debounce.reported, st.settings.gate.on_unknown)
+            && debounce.held_for(now) >= st.settings.unsafe_grace
+        {
+            stopping = true;
+            let why = format!(
+                "storage {} for {} s (replguard-unsafe-grace {} s)",
+                debounce.reported,
+                debounce.held_for(now).as_secs(),
+                st.settings.unsafe_grace.as_secs()
+            );
+            stop_lightningd(&st.rpc_path, &why, &v).await;
+        }
+    }
+}
+
+fn announce(plugin: &Plugin<State>, t: Transition, v: &Verdict) {
+    let codes: Vec<&str> = v.findings.iter().map(|f| f.code.as_str()).collect();
+    if guard::is_good(t.to) {
+        log::info!("replication {} → {}", t.from, t.to);
+    } else {
+        log::warn!("replication {} → {}: {}", t.from, t.to, codes.join(", "));
+        for f in &v.findings {
+            log::warn!(
+                "[{}] {}: {} — fix: {}",
+                f.severity,
+                f.code,
+                f.message,
+                f.remedy
+            );
+        }
+    }
+    let payload = json!({
+        "previous": t.from,
+        "current": t.to,
+        "findings": v.findings,
+    });
+    let plugin = plugin.clone();
+    tokio::spawn(async move {
+        let send = plugin.send_custom_notification(NOTIFY_STATE_CHANGED.to_string(), payload);
+        if tokio::time::timeout(NOTIFY_DEADLINE, send).await.is_err() {
+            log::debug!("{NOTIFY_STATE_CHANGED} not delivered within {NOTIFY_DEADLINE:?}");
+        }
+    });
+}
+
+/// Asks lightningd to stop; if it does not answer (frozen on a commit), ends it.
+async fn stop_lightningd(rpc_path: &Path, why: &str, v: &Verdict) {
+    let mut lines = vec![format!("stopping lightningd: {why}")];
+    lines.extend(
+        v.findings
+            .iter()
+            .map(|f| format!("[{}] {}: {}", f.severity, f.code, f.message)),
+    );
+    for l in &lines {
+        log::error!("{l}");
+    }
+    match lightningd::call(rpc_path, "stop", json!({}), STOP_DEADLINE).await {
+        Ok(_) => log::error!("lightningd accepted stop"),
+        Err(e) => {
+            log::error!("stop was not answered ({e:#}); ending lightningd");
+            if let Some(pid) = lightningd::parent_lightningd() {
+                // SAFETY: signalling our parent, which /proc says is lightningd.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+        }
+    }
+}
+
+/// Replaces the file at once: readers see the old report or the new one, never half.
+pub fn write_atomically(path: &Path, report: &Value) -> std::io::Result<()> {
+    let mut doc = report.clone();
+    doc["written_at"] = json!(report::rfc3339(SystemTime::now()));
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)?;
+    std::fs::rename(&tmp, path)
+}
