@@ -1,0 +1,309 @@
+//! The runtime guard under a fake lightningd, against real clusters: the gate flips on a
+//! silent downgrade and back, hooks answer whatever the payload, stop mode and the
+//! self-fence stop the node, the status file tells the truth while lightningd reads nothing.
+
+mod common;
+mod fake_lightningd;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use cln_replguard::cluster::{Cluster, ClusterSpec, Daemon, wait_for};
+use serde_json::{Value, json};
+
+use common::*;
+use fake_lightningd::{Fake, InitOutcome, Setup};
+
+fn healthy() -> (Cluster, Daemon) {
+    let c = start(&ClusterSpec::pair());
+    let s = fake_lightningd::lightningd_session(&c);
+    (c, s)
+}
+
+fn started(setup: Setup) -> Fake {
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    let o = f.init(Duration::from_secs(30));
+    assert!(
+        matches!(&o, InitOutcome::Answered(r) if r["result"].is_object()),
+        "{o:?} {:?}",
+        f.logs
+    );
+    f
+}
+
+fn fundchannel() -> Value {
+    json!({"rpc_command": {"id": "cli:fundchannel#1", "method": "fundchannel", "params": ["02ab", 100000]}})
+}
+
+/// An `openchannel` payload as lightningd sends it, with a field this plugin never heard of.
+fn openchannel(hook: &str) -> Value {
+    json!({hook: {
+        "id": "03864ef025fde8fb587d989186ce6a4a186895ee44a926bfc370e2c366597a3f8f",
+        "funding_msat": 100000000, "push_msat": 0, "dust_limit_msat": 546000,
+        "max_htlc_value_in_flight_msat": 18446744073709551615u64, "channel_reserve_msat": 1000000,
+        "htlc_minimum_msat": 0, "feerate_per_kw": 7500, "to_self_delay": 5, "max_accepted_htlcs": 483,
+        "channel_flags": 1, "channel_type": {"bits": [12, 22], "names": ["static_remotekey/even", "anchors/even"]},
+        "a_field_from_the_future": {"nested": true}
+    }})
+}
+
+fn htlc() -> Value {
+    json!({"onion": {"payload": "", "type": "tlv", "forward_msat": 1000, "outgoing_cltv_value": 500,
+           "shared_secret": "00", "next_onion": "00"},
+           "htlc": {"short_channel_id": "1x1x1", "id": 0, "amount_msat": 1001, "cltv_expiry": 510,
+           "cltv_expiry_relative": 10, "payment_hash": "00"}, "forward_to": "00", "extra": 1})
+}
+
+fn gated(answer: &Value) -> bool {
+    answer.pointer("/return/error/code").is_some()
+}
+
+#[test]
+fn a_silent_downgrade_flips_the_gate_within_two_intervals_and_back_after_repair() {
+    let (c, _s) = healthy();
+    let mut f = started(Setup::new(&c.primary.wallet_dsn()));
+    assert_eq!(
+        f.hook("rpc_command", fundchannel()),
+        json!({"result": "continue"})
+    );
+
+    c.primary
+        .psql("ALTER SYSTEM SET synchronous_standby_names = ''")
+        .unwrap();
+    c.primary.reload().unwrap();
+    let t = Instant::now();
+    let mut answer = f.hook("rpc_command", fundchannel());
+    while !gated(&answer) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the gate never closed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        answer = f.hook("rpc_command", fundchannel());
+    }
+    let flip = elapsed_ms(t);
+    let e = &answer["return"]["error"];
+    assert_eq!(e["code"], cln_replguard::guard::ERR_GATED);
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("refuses fundchannel"),
+        "{e}"
+    );
+    assert_eq!(e["data"]["verdict"], "unsafe");
+    assert!(
+        e["data"]["findings"]
+            .to_string()
+            .contains("sync-names-empty"),
+        "{e}"
+    );
+
+    c.set_sync_names("FIRST 1 (s1)").unwrap();
+    let t = Instant::now();
+    while gated(&f.hook("rpc_command", fundchannel())) {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the gate never opened again"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let back = elapsed_ms(t);
+    eprintln!(
+        "gate closed {flip:.0} ms after the downgrade, opened {back:.0} ms after the repair (interval 1 s)"
+    );
+    assert!(
+        flip < 2500.0,
+        "closing took {flip:.0} ms: more than two intervals"
+    );
+
+    f.drain();
+    let changes: Vec<&Value> = f
+        .notifications
+        .iter()
+        .filter(|n| n["method"] == "replguard_state_changed")
+        .collect();
+    assert!(changes.len() >= 2, "{:?}", f.notifications);
+    assert_eq!(changes[0]["params"]["previous"], "safe");
+    assert_eq!(changes[0]["params"]["current"], "unsafe");
+}
+
+#[test]
+fn hooks_gate_what_adds_risk_and_answer_any_payload() {
+    let (c, _s) = healthy();
+    let setup =
+        Setup::new(&c.primary.wallet_dsn()).option("replguard-gate-payments", json!("true"));
+    let mut f = started(setup);
+    let pay = json!({"rpc_command": {"id": 1, "method": "pay", "params": {"bolt11": "lnbcrt1"}}});
+    let getinfo = json!({"rpc_command": {"id": 2, "method": "getinfo", "params": []}});
+    // Safe: everything goes on, malformed payloads too.
+    for (hook, payload) in [
+        ("rpc_command", fundchannel()),
+        ("rpc_command", pay.clone()),
+        ("openchannel", openchannel("openchannel")),
+        ("openchannel2", openchannel("openchannel2")),
+        ("htlc_accepted", htlc()),
+        ("rpc_command", json!("garbage")),
+        ("openchannel", json!(null)),
+        ("htlc_accepted", json!([1, 2, 3])),
+    ] {
+        assert_eq!(
+            f.hook(hook, payload.clone())["result"],
+            "continue",
+            "{hook} {payload}"
+        );
+    }
+    c.set_sync_names("").unwrap();
+    f.poll(
+        "replication-status",
+        json!({}),
+        Duration::from_secs(10),
+        |r| r["result"]["reported"] == "unsafe",
+    );
+    assert!(gated(&f.hook("rpc_command", fundchannel())));
+    assert!(gated(&f.hook("rpc_command", pay)));
+    assert_eq!(
+        f.hook("rpc_command", getinfo),
+        json!({"result": "continue"}),
+        "ungated command"
+    );
+    for hook in ["openchannel", "openchannel2"] {
+        let a = f.hook(hook, openchannel(hook));
+        assert_eq!(a["result"], "reject", "{hook}: {a}");
+        assert!(
+            a["error_message"].as_str().unwrap().contains("unsafe"),
+            "{a}"
+        );
+    }
+    assert_eq!(
+        f.hook("htlc_accepted", htlc()),
+        json!({"result": "fail", "failure_message": "2002"})
+    );
+    // Malformed while unsafe: still an answer, and not a go.
+    assert!(gated(&f.hook("rpc_command", json!({"rpc_command": 7}))));
+    assert_eq!(f.hook("openchannel", json!("x"))["result"], "reject");
+}
+
+#[test]
+fn stop_mode_stops_lightningd_after_the_grace() {
+    let (c, _s) = healthy();
+    let setup = Setup::new(&c.primary.wallet_dsn())
+        .option("replguard-on-unsafe", json!("stop"))
+        .option("replguard-unsafe-grace", json!("2"));
+    let f = started(setup);
+    c.set_sync_names("").unwrap();
+    let t = Instant::now();
+    wait_for("lightningd to be stopped", Duration::from_secs(20), || {
+        Ok(f.stopped())
+    })
+    .unwrap();
+    let took = elapsed_ms(t);
+    eprintln!("stop mode: lightningd stopped {took:.0} ms after the downgrade (grace 2 s)");
+    assert!(took >= 2000.0, "stopped before the grace: {took:.0} ms");
+}
+
+#[test]
+fn a_promoted_standby_stops_lightningd_at_once() {
+    let (c, _s) = healthy();
+    let standby = c.standby("s1").conninfo("postgres", "postgres");
+    let setup =
+        Setup::new(&c.primary.wallet_dsn()).option("replguard-standby-dsn", json!([standby]));
+    let f = started(setup);
+    assert!(!f.stopped());
+    run_pg_ctl_promote(&c);
+    let t = Instant::now();
+    wait_for(
+        "the self-fence",
+        Duration::from_secs(20),
+        || Ok(f.stopped()),
+    )
+    .unwrap();
+    eprintln!(
+        "self-fence: lightningd stopped {:.0} ms after the promotion",
+        elapsed_ms(t)
+    );
+}
+
+fn run_pg_ctl_promote(c: &Cluster) {
+    c.standby("s1").psql("SELECT pg_promote(true, 30)").unwrap();
+}
+
+#[test]
+fn the_status_file_shows_blocked_commits_while_lightningd_reads_nothing() {
+    let (c, _s) = healthy();
+    c.primary.psql("CREATE TABLE public.t (x int)").unwrap();
+    let f = started(Setup::new(&c.primary.wallet_dsn()));
+    let status = f.dir.path().join("replguard-status.json");
+    wait_for("the first status file", Duration::from_secs(10), || {
+        Ok(status.exists())
+    })
+    .unwrap();
+
+    // lightningd freezes: its commit waits for the hung standby, it reads no more stdout.
+    f.stop_reading.store(true, Ordering::SeqCst);
+    c.standby("s1").hang_walreceiver().unwrap();
+    let t = Instant::now();
+    let _writer = c
+        .spawn_tool(
+            "psql",
+            [
+                "-X",
+                "-q",
+                "-d",
+                &c.primary.conninfo("postgres", "postgres"),
+                "-c",
+                "INSERT INTO public.t VALUES (1)",
+            ],
+        )
+        .unwrap();
+    let mut seen = Value::Null;
+    wait_for(
+        "the status file to show the blocked commit",
+        Duration::from_secs(10),
+        || {
+            let doc: Value = serde_json::from_str(&std::fs::read_to_string(&status)?)?;
+            let ok =
+                doc["reported"] == "unsafe" && doc["syncrep_waiters"]["count"].as_i64() > Some(0);
+            seen = doc;
+            Ok(ok)
+        },
+    )
+    .unwrap();
+    let took = elapsed_ms(t);
+    eprintln!(
+        "status file: unsafe with {} waiting commit(s) {took:.0} ms after the hang, stdout unread",
+        seen["syncrep_waiters"]["count"]
+    );
+    assert!(took < 3000.0, "took {took:.0} ms");
+    let (code, out, _) = cli(&["status", "--from-file", status.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("commit(s) wait for the standby"), "{out}");
+    c.standby("s1").resume();
+}
+
+#[test]
+fn a_healthy_idle_pair_never_flips_for_a_minute() {
+    let (c, _s) = healthy();
+    let mut f = started(Setup::new(&c.primary.wallet_dsn()));
+    let status = f.dir.path().join("replguard-status.json");
+    let t = Instant::now();
+    let mut reads = 0;
+    while t.elapsed() < Duration::from_secs(60) {
+        if let Ok(text) = std::fs::read_to_string(&status) {
+            let doc: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(doc["reported"], "safe", "after {:?}: {doc:#}", t.elapsed());
+            reads += 1;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    f.drain();
+    assert!(reads > 100, "{reads}");
+    assert!(
+        !f.notifications
+            .iter()
+            .any(|n| n["method"] == "replguard_state_changed"),
+        "{:?}",
+        f.notifications
+    );
+}
