@@ -6,6 +6,7 @@
 mod common;
 
 use std::fs;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -216,6 +217,18 @@ impl<'a> Node<'a> {
         )
     }
 
+    /// Repeats a command until its output satisfies `pred` (10 s at most); the last output.
+    fn cli_until(&self, args: &[&str], pred: impl Fn(&str) -> bool) -> String {
+        let t = Instant::now();
+        loop {
+            let (_, out) = self.cli(args);
+            if pred(&out) || t.elapsed() > Duration::from_secs(10) {
+                return out;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     fn stop(&self, run: Run) {
         if run.proc.is_some() {
             let _ = self.cli(&["stop"]);
@@ -231,7 +244,9 @@ fn lines_with<'a>(log: &'a str, needle: &str) -> Vec<&'a str> {
 #[test]
 fn real_lightningd_with_the_plugin_on_a_real_pair() {
     let Some(b) = bins() else {
-        eprintln!(
+        // Straight to stderr: the test harness would swallow eprintln! of a passing test.
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED real_lightningd_with_the_plugin_on_a_real_pair: set LIGHTNINGD and BITCOIND \
              to the binaries (lightningd built with PostgreSQL support) to run it"
         );
@@ -266,7 +281,8 @@ fn real_lightningd_with_the_plugin_on_a_real_pair() {
     c.primary
         .psql("ALTER ROLE lightningd SET synchronous_commit = local")
         .unwrap();
-    let (_, out) = node.cli(&["replication-status"]);
+    // replication-status reports the runtime guard's latest check (one per second).
+    let out = node.cli_until(&["replication-status"], |o| o.contains("restart-required"));
     assert!(out.contains("restart-required"), "{out}");
     c.primary
         .psql("ALTER ROLE lightningd RESET synchronous_commit")
@@ -278,6 +294,29 @@ fn real_lightningd_with_the_plugin_on_a_real_pair() {
     assert_ne!(code, 0, "{out}");
     assert!(out.contains("failover not safe"), "{out}");
     eprintln!("failover-check while async: exit {code}\n{out}");
+    // The runtime guard's gate: fundchannel is refused by the plugin, and says why.
+    let t = Instant::now();
+    let peer = "02".to_string() + &"ab".repeat(32);
+    let refused = loop {
+        let (code, out) = node.cli(&["fundchannel", &peer, "100000"]);
+        if out.contains("cln-replguard refuses fundchannel") {
+            break (code, out);
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "fundchannel was never gated: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eprintln!(
+        "fundchannel gated {:.0} ms after the downgrade was seen by failover-check: exit {}\n{}",
+        elapsed_ms(t),
+        refused.0,
+        refused.1
+    );
+    assert_ne!(refused.0, 0);
+    let out = node.cli_until(&["replication-status"], |o| o.contains("sync-names-empty"));
+    assert!(out.contains("sync-names-empty"), "{out}");
     node.stop(run);
 
     // 2. Standby attached but async, important-plugin + enforce: no start.
