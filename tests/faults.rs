@@ -444,3 +444,22 @@ async fn failover_check_names_the_synchronous_standby_with_the_position() {
     assert!(!a.ready, "{a:#?}");
     c.standby("s1").resume();
 }
+
+/// A probe merely in flight (another check, a monitoring run of the CLI) is not a blocked
+/// commit: concurrent checks of a healthy pair must all be safe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_checks_do_not_mistake_each_other_for_a_blocked_commit() {
+    let c = start(&ClusterSpec::pair());
+    let dsn = c.primary.wallet_dsn();
+    for round in 0..5 {
+        let (a, b, c2, d) = tokio::join!(
+            check(&dsn, &[]),
+            check(&dsn, &[]),
+            check(&dsn, &[]),
+            check(&dsn, &[])
+        );
+        for (_, v) in [a, b, c2, d] {
+            assert_eq!(v.level, Level::Safe, "round {round}: {:#?}", v.findings);
+        }
+    }
+}

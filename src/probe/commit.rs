@@ -40,6 +40,7 @@ enum Step {
 pub(crate) async fn run(target: &PgTarget, policy: &Policy) -> CommitProbe {
     let config = target.session_config(PROBE_APPLICATION_NAME, policy.query_timeout);
     let query_timeout = policy.query_timeout;
+    let probe_deadline = policy.probe_deadline;
     let tls = target.tls();
     let (tx, mut rx) = mpsc::channel(2);
     tokio::spawn(async move {
@@ -50,7 +51,7 @@ pub(crate) async fn run(target: &PgTarget, policy: &Policy) -> CommitProbe {
                 return;
             }
         };
-        match prepare(&session).await {
+        match prepare(&session, probe_deadline, query_timeout / 2).await {
             Ok(Ok(lsn)) => {
                 let started = Instant::now();
                 let _ = tx.send(Step::Committing { lsn, started }).await;
@@ -99,6 +100,8 @@ pub(crate) async fn run(target: &PgTarget, policy: &Policy) -> CommitProbe {
 /// BEGIN, take the probe lock, write the WAL record. `Ok(Err(..))`: no commit to wait for.
 async fn prepare(
     session: &Session,
+    probe_deadline: Duration,
+    lock_budget: Duration,
 ) -> Result<Result<Lsn, CommitProbe>, crate::facts::ProbeFailure> {
     session
         .batch(
@@ -106,26 +109,37 @@ async fn prepare(
             "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL statement_timeout = 0",
         )
         .await?;
-    let locked: bool = session
-        .query_one(
-            "commit probe",
-            "SELECT pg_try_advisory_xact_lock($1)",
-            &[&PROBE_LOCK_KEY],
-        )
-        .await?
-        .get(0);
-    if !locked {
-        let row = session
+    // Another probe holds the lock. If it waits for the standby past our deadline, that
+    // wait is the answer; if it is merely in flight (another check of this process, or a
+    // monitoring run of the CLI), it ends within milliseconds: try again.
+    let give_up = Instant::now() + lock_budget;
+    loop {
+        let locked: bool = session
+            .query_one(
+                "commit probe",
+                "SELECT pg_try_advisory_xact_lock($1)",
+                &[&PROBE_LOCK_KEY],
+            )
+            .await?
+            .get(0);
+        if locked {
+            break;
+        }
+        let waiting_ms: Option<f64> = session
             .query_one(
                 "commit probe",
                 "SELECT max(extract(epoch FROM clock_timestamp() - query_start) * 1000)::float8 \
                  FROM pg_stat_activity WHERE application_name = $1 AND wait_event = 'SyncRep'",
                 &[&PROBE_APPLICATION_NAME],
             )
-            .await?;
-        return Ok(Err(CommitProbe::AlreadyWaiting {
-            waiting_ms: row.get(0),
-        }));
+            .await?
+            .get(0);
+        let past_deadline =
+            waiting_ms.is_some_and(|ms| ms >= probe_deadline.as_secs_f64() * 1000.0);
+        if past_deadline || Instant::now() >= give_up {
+            return Ok(Err(CommitProbe::AlreadyWaiting { waiting_ms }));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let lsn: String = session
         .query_one(
