@@ -396,6 +396,8 @@ pub struct ClusterSpec {
     pub archive: bool,
     /// Extra `postgresql.conf` lines for the primary.
     pub primary_conf: Vec<String>,
+    /// Extra configuration lines for every standby.
+    pub standby_conf: Vec<String>,
 }
 
 impl ClusterSpec {
@@ -411,6 +413,7 @@ impl ClusterSpec {
             slots: true,
             archive: true,
             primary_conf: vec![],
+            standby_conf: vec![],
         }
     }
 }
@@ -499,7 +502,7 @@ impl Cluster {
             dir,
         };
         for name in &spec.standbys {
-            cluster.add_standby(name, spec.slots, spec.archive)?;
+            cluster.add_standby(name, spec.slots, spec.archive, &spec.standby_conf)?;
         }
         if !spec.sync_names.is_empty() {
             cluster.set_sync_names(&spec.sync_names)?;
@@ -524,7 +527,13 @@ impl Cluster {
     }
 
     /// Clones a standby from the primary and waits until it streams.
-    pub fn add_standby(&mut self, name: &str, slot: bool, archive: bool) -> Result<()> {
+    pub fn add_standby(
+        &mut self,
+        name: &str,
+        slot: bool,
+        archive: bool,
+        extra_conf: &[String],
+    ) -> Result<()> {
         let standby = Self::server(&self.install, self.dir.path(), name)?;
         let mut cmd = self.install.tool("pg_basebackup");
         cmd.arg("-D")
@@ -557,6 +566,7 @@ impl Cluster {
                 self.archive_dir.display()
             ));
         }
+        conf.extend(extra_conf.iter().cloned());
         standby.append_conf("postgresql.auto.conf", &conf)?;
         standby.append_conf("standby.signal", &[])?;
         standby.start()?;

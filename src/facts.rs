@@ -156,6 +156,12 @@ pub enum CommitProbe {
         waited_ms: f64,
         lsn: Lsn,
     },
+    /// Not needed: every synchronous standby that counts replied within `within_ms`, and no
+    /// commit waits (write-free liveness evidence).
+    Skipped {
+        oldest_reply_ms: f64,
+        within_ms: f64,
+    },
     /// An earlier probe (from any process) is still waiting; that wait is the answer.
     AlreadyWaiting {
         waiting_ms: Option<f64>,

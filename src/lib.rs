@@ -16,6 +16,7 @@ pub mod failover;
 pub mod guard;
 pub mod lnconfig;
 pub mod lsn;
+pub mod metrics;
 pub mod options;
 pub mod pgpass;
 pub mod plugin;

@@ -22,6 +22,10 @@ pub const UNSAFE_GRACE: &str = "replguard-unsafe-grace";
 pub const GATE_PAYMENTS: &str = "replguard-gate-payments";
 pub const GATED_COMMANDS: &str = "replguard-gated-commands";
 pub const STATUS_FILE: &str = "replguard-status-file";
+pub const REPLY_FRESH_MS: &str = "replguard-reply-fresh-ms";
+pub const METRICS: &str = "replguard-metrics";
+pub const METRICS_REMOTE: &str = "replguard-metrics-remote";
+pub const ALERT_COMMAND: &str = "replguard-alert-command";
 
 /// Every option: (name, description). The plugin's manifest is built from this list.
 pub const ALL: &[(&str, &str)] = &[
@@ -78,8 +82,25 @@ pub const ALL: &[(&str, &str)] = &[
         STATUS_FILE,
         "status file written every check, readable while lightningd is frozen (default: replguard-status.json in the lightning-dir; 'off' for none)",
     ),
+    (
+        REPLY_FRESH_MS,
+        "skip the test commit (which writes WAL) while every synchronous standby replied within this, ms (default 1250; 0: always probe)",
+    ),
+    (
+        METRICS,
+        "serve Prometheus metrics at this address, e.g. 127.0.0.1:9750 (default: off)",
+    ),
+    (
+        METRICS_REMOTE,
+        "true: allow a replguard-metrics address that is not loopback (default false)",
+    ),
+    (
+        ALERT_COMMAND,
+        "run this command (sh -c) on each state change, the report on its stdin (default: none)",
+    ),
 ];
 
+pub const DEFAULT_REPLY_FRESH: Duration = Duration::from_millis(1250);
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 pub const DEFAULT_UNSAFE_GRACE: Duration = Duration::from_secs(30);
 
@@ -98,6 +119,10 @@ pub struct Settings {
     pub unsafe_grace: Duration,
     /// `None`: the default place; `Some(None)`: off.
     pub status_file: Option<Option<String>>,
+    pub metrics: Option<std::net::SocketAddr>,
+    pub alert_command: Option<String>,
+    /// The runtime guard's write-free liveness window (one-shot checks always probe).
+    pub reply_fresh: Option<Duration>,
 }
 
 impl Default for Settings {
@@ -107,11 +132,14 @@ impl Default for Settings {
             dsn: None,
             standby_dsns: Vec::new(),
             policy: Policy::default(),
+            reply_fresh: Some(DEFAULT_REPLY_FRESH),
             startup_wait: DEFAULT_STARTUP_WAIT,
             interval: DEFAULT_INTERVAL,
             gate: GatePolicy::default(),
             unsafe_grace: DEFAULT_UNSAFE_GRACE,
             status_file: None,
+            metrics: None,
+            alert_command: None,
         }
     }
 }
@@ -127,6 +155,7 @@ pub struct Given<'a> {
 /// repeatable standby DSN. The error names the option, where it was set, and what is expected.
 pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settings, String> {
     let mut s = Settings::default();
+    let mut metrics_remote = false;
     let ms = |g: &Given, target: &mut Duration| -> Result<(), String> {
         let v = required(g)?;
         let n: u64 = v
@@ -205,6 +234,30 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
                 }
                 s.gate.gated_commands = commands;
             }
+            REPLY_FRESH_MS => {
+                let v = required(&g)?;
+                let ms: u64 = v
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad(&g, v, "a whole number of milliseconds (0: always probe)"))?;
+                s.reply_fresh = (ms > 0).then(|| Duration::from_millis(ms));
+            }
+            METRICS => {
+                let v = required(&g)?;
+                s.metrics = Some(
+                    v.parse()
+                        .map_err(|_| bad(&g, v, "an address and port, e.g. 127.0.0.1:9750"))?,
+                );
+            }
+            METRICS_REMOTE => {
+                let v = required(&g)?;
+                metrics_remote = match v {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(bad(&g, v, "true or false")),
+                };
+            }
+            ALERT_COMMAND => s.alert_command = Some(required(&g)?.to_string()),
             STATUS_FILE => {
                 let v = required(&g)?;
                 s.status_file = Some((v != "off").then(|| v.to_string()));
@@ -219,6 +272,15 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
             }
             _ => {}
         }
+    }
+    if let Some(addr) = s.metrics
+        && !addr.ip().is_loopback()
+        && !metrics_remote
+    {
+        return Err(format!(
+            "{METRICS}={addr}: not a loopback address; set {METRICS_REMOTE}=true to serve \
+             metrics beyond this machine"
+        ));
     }
     s.policy.validate().map_err(|e| format!("replguard-{e}"))?;
     Ok(s)
@@ -309,6 +371,11 @@ mod tests {
             ),
             (vec![(GATE_PAYMENTS, Some("yes"))], "true or false"),
             (vec![(INTERVAL, Some("0"))], "between 1 and 3600"),
+            (
+                vec![(METRICS, Some("0.0.0.0:9750"))],
+                "replguard-metrics-remote=true",
+            ),
+            (vec![(METRICS, Some("localhost"))], "an address and port"),
         ] {
             let e = parse(&pairs).unwrap_err();
             assert!(e.contains(expected), "{pairs:?}: {e}");

@@ -17,6 +17,11 @@ pub struct Policy {
     /// Acknowledged, but later than this: replication works with less margin than asked.
     #[serde(serialize_with = "as_millis")]
     pub probe_slow: Duration,
+    /// Write-free liveness: when every synchronous standby that counts replied within this,
+    /// and no commit waits, the test commit is skipped (it writes WAL; with `archive_timeout`
+    /// each write costs an archived segment). `None`: always probe (the CLI's one-shot).
+    #[serde(serialize_with = "as_optional_millis")]
+    pub skip_probe_within: Option<Duration>,
 }
 
 impl Default for Policy {
@@ -25,6 +30,7 @@ impl Default for Policy {
             query_timeout: Duration::from_millis(2000),
             probe_deadline: Duration::from_millis(1000),
             probe_slow: Duration::from_millis(250),
+            skip_probe_within: None,
         }
     }
 }
@@ -43,6 +49,13 @@ impl Policy {
             ));
         }
         Ok(())
+    }
+}
+
+fn as_optional_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_u64(d.as_millis() as u64),
+        None => s.serialize_none(),
     }
 }
 

@@ -356,6 +356,11 @@ fn probe_text(p: &crate::facts::CommitProbe) -> String {
             waiting_ms.map_or(String::new(), |ms| format!(" ({:.1} s)", ms / 1000.0))
         ),
         Failed { error } => format!("failed: {error}"),
+        Skipped {
+            oldest_reply_ms, ..
+        } => format!(
+            "skipped: every synchronous standby replied within {oldest_reply_ms:.0} ms (no write needed)"
+        ),
     }
 }
 

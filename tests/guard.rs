@@ -307,3 +307,204 @@ fn a_healthy_idle_pair_never_flips_for_a_minute() {
         f.notifications
     );
 }
+
+/// The standby is gone before lightningd starts: lightningd blocks opening its wallet and
+/// never sends `init`. After the startup wait the plugin says so, on stderr and in the
+/// status file, from lightningd's own configuration.
+#[test]
+fn before_init_a_blocked_wallet_is_reported() {
+    let c = start(&ClusterSpec::pair());
+    c.primary.psql("CREATE TABLE public.t (x int)").unwrap();
+    c.standby("s1").stop().unwrap();
+    // lightningd's first commit, blocked.
+    let _writer = c
+        .spawn_tool(
+            "psql",
+            [
+                "-X",
+                "-q",
+                "-d",
+                &c.primary.conninfo("postgres", "postgres"),
+                "-c",
+                "INSERT INTO public.t VALUES (1)",
+            ],
+        )
+        .unwrap();
+    let mut f = Fake::start(Setup::new("unused: the plugin reads the config files"));
+    std::fs::write(
+        f.dir.path().join("config"),
+        format!(
+            "wallet={}\nreplguard-startup-wait=1\n",
+            c.primary.wallet_dsn()
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(f.dir.path().join("regtest")).unwrap();
+    f.getmanifest();
+    // No init: lightningd is stuck.
+    let status = f.dir.path().join("regtest/replguard-status.json");
+    let t = Instant::now();
+    wait_for(
+        "the before-init status file",
+        Duration::from_secs(20),
+        || {
+            let Ok(text) = std::fs::read_to_string(&status) else {
+                return Ok(false);
+            };
+            let doc: Value = serde_json::from_str(&text)?;
+            Ok(doc["phase"] == "before-init" && doc["syncrep_waiters"]["count"].as_i64() > Some(0))
+        },
+    )
+    .unwrap();
+    wait_for("the stderr report", Duration::from_secs(5), || {
+        Ok(f.stderr
+            .lock()
+            .unwrap()
+            .contains("lightningd is blocked on its wallet"))
+    })
+    .unwrap();
+    eprintln!(
+        "before init: reported {:.0} ms after getmanifest (startup wait 1 s)",
+        elapsed_ms(t)
+    );
+    let (code, out, _) = cli(&["status", "--from-file", status.to_str().unwrap()]);
+    assert_eq!(code, 2, "{out}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn metrics_tell_the_blocked_commits_while_lightningd_reads_nothing() {
+    let (c, _s) = healthy();
+    c.primary.psql("CREATE TABLE public.t (x int)").unwrap();
+    let port = free_port();
+    let f = started(
+        Setup::new(&c.primary.wallet_dsn())
+            .option("replguard-metrics", json!(format!("127.0.0.1:{port}"))),
+    );
+    wait_for("the endpoint", Duration::from_secs(10), || {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+    })
+    .unwrap();
+    // Before the first check the endpoint says unknown; then the healthy pair is safe.
+    wait_for("a safe scrape", Duration::from_secs(10), || {
+        Ok(scrape(port).contains("replguard_verdict{level=\"safe\"} 1"))
+    })
+    .unwrap();
+    f.stop_reading.store(true, Ordering::SeqCst);
+    c.standby("s1").hang_walreceiver().unwrap();
+    let t = Instant::now();
+    let _writer = c
+        .spawn_tool(
+            "psql",
+            [
+                "-X",
+                "-q",
+                "-d",
+                &c.primary.conninfo("postgres", "postgres"),
+                "-c",
+                "INSERT INTO public.t VALUES (1)",
+            ],
+        )
+        .unwrap();
+    let mut text = String::new();
+    wait_for(
+        "the scrape to show the blocked commit",
+        Duration::from_secs(10),
+        || {
+            text = scrape(port);
+            Ok(text.contains("replguard_verdict{level=\"unsafe\"} 1")
+                && text.contains("replguard_syncrep_waiting_backends 1"))
+        },
+    )
+    .unwrap();
+    eprintln!(
+        "metrics scrape {:.0} ms after the hang, stdout unread:\n{text}",
+        elapsed_ms(t)
+    );
+    assert!(scrape(port).starts_with("HTTP/1.0 200 OK"));
+    c.standby("s1").resume();
+}
+
+#[test]
+fn the_alert_command_gets_each_change_with_the_report() {
+    let (c, _s) = healthy();
+    let out = tempfile::tempdir().unwrap();
+    let cmd = format!(
+        "cat > {}/alert-$REPLGUARD_PREVIOUS-$REPLGUARD_CURRENT.json",
+        out.path().display()
+    );
+    let _f =
+        started(Setup::new(&c.primary.wallet_dsn()).option("replguard-alert-command", json!(cmd)));
+    c.set_sync_names("").unwrap();
+    let file = out.path().join("alert-safe-unsafe.json");
+    wait_for("the alert", Duration::from_secs(10), || {
+        Ok(file.exists() && std::fs::metadata(&file)?.len() > 0)
+    })
+    .unwrap();
+    let report: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(report["verdict"], "unsafe");
+    assert!(report["findings"].to_string().contains("sync-names-empty"));
+}
+
+/// With `wal_receiver_status_interval = 1s` on the standby its replies are proof of life: an
+/// idle node writes no test commit (no WAL, no archived segment), and a hang is still seen.
+#[test]
+fn fresh_standby_replies_spare_the_write_and_a_hang_is_still_seen() {
+    let mut spec = ClusterSpec::pair();
+    spec.standby_conf
+        .push("wal_receiver_status_interval = 1s".into());
+    let c = start(&spec);
+    let _s = fake_lightningd::lightningd_session(&c);
+    let f = started(Setup::new(&c.primary.wallet_dsn()));
+    let status = f.dir.path().join("replguard-status.json");
+    let read =
+        || -> Value { serde_json::from_str(&std::fs::read_to_string(&status).unwrap()).unwrap() };
+    wait_for("a first report", Duration::from_secs(10), || {
+        Ok(status.exists())
+    })
+    .unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let lsn_before = c.primary.psql("SELECT pg_current_wal_lsn()").unwrap();
+    let mut outcomes = Vec::new();
+    for _ in 0..10 {
+        std::thread::sleep(Duration::from_millis(500));
+        let doc = read();
+        assert_eq!(doc["reported"], "safe", "{doc:#}");
+        outcomes.push(doc["commit_probe"]["outcome"].as_str().unwrap().to_string());
+    }
+    let lsn_after = c.primary.psql("SELECT pg_current_wal_lsn()").unwrap();
+    assert!(outcomes.iter().all(|o| o == "skipped"), "{outcomes:?}");
+    assert_eq!(
+        lsn_before, lsn_after,
+        "the monitor wrote WAL on an idle node"
+    );
+
+    c.standby("s1").hang_walreceiver().unwrap();
+    let t = Instant::now();
+    wait_for("the hang to be seen", Duration::from_secs(10), || {
+        Ok(read()["reported"] == "unsafe")
+    })
+    .unwrap();
+    eprintln!(
+        "write-free liveness: 10 idle checks skipped the probe, WAL stayed at {lsn_after}; hang seen in {:.0} ms",
+        elapsed_ms(t)
+    );
+    c.standby("s1").resume();
+}

@@ -10,8 +10,10 @@
 mod hooks;
 mod lightningd;
 mod methods;
+mod metrics_http;
 mod monitor;
 pub mod params;
+mod preinit;
 mod startup;
 
 use anyhow::Result;
@@ -78,7 +80,13 @@ async fn serve() -> Result<i32> {
             HookBuilder::new("rpc_command", hooks::rpc_command).filters(filters),
         );
     }
-    let Some(configured) = builder.configure().await? else {
+    let init_seen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if lightningd::parent_lightningd().is_some() {
+        tokio::spawn(preinit::watch(init_seen.clone()));
+    }
+    let configured = builder.configure().await;
+    init_seen.store(true, std::sync::atomic::Ordering::SeqCst);
+    let Some(configured) = configured? else {
         // lightningd --help: no init comes.
         return Ok(0);
     };

@@ -17,6 +17,7 @@ use super::NOTIFY_STATE_CHANGED;
 use super::lightningd;
 use super::startup::State;
 use crate::guard::{self, Debouncer, OnUnsafe, Transition};
+use crate::policy::Policy;
 use crate::verdict::{Code, Verdict};
 use crate::{probe, report, verdict};
 
@@ -32,16 +33,31 @@ pub async fn run(plugin: Plugin<State>) {
     let mut ticker = tokio::time::interval(st.settings.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
+    // Periodic checks may rely on fresh standby replies instead of writing a test commit.
+    let policy = Policy {
+        skip_probe_within: st.settings.reply_fresh,
+        ..st.policy
+    };
+    if let Some(addr) = st.settings.metrics {
+        tokio::spawn(super::metrics_http::serve(addr, plugin.state().clone()));
+    }
     loop {
         ticker.tick().await;
-        let mut obs = probe::observe(targets, &st.policy).await;
+        let mut obs = probe::observe(targets, &policy).await;
         obs.pinned_commit = st.pinned.clone();
-        let v = verdict::evaluate(&obs, &st.policy);
+        let v = verdict::evaluate(&obs, &policy);
+        {
+            let mut c = st.guard.counters.lock().unwrap_or_else(|e| e.into_inner());
+            c.checks += 1;
+            if obs.primary().is_none() {
+                c.failed += 1;
+            }
+        }
         let now = Instant::now();
         let change = debounce.observe(&v, now);
         *st.guard.level.lock().unwrap_or_else(|e| e.into_inner()) = debounce.reported;
 
-        let mut rep = report::status_json(&obs, &v, &st.policy);
+        let mut rep = report::status_json(&obs, &v, &policy);
         rep["mode"] = json!(st.mode);
         rep["reported"] = json!(debounce.reported);
         rep["reported_for_ms"] = json!(debounce.held_for(now).as_millis() as u64);
@@ -55,6 +71,9 @@ pub async fn run(plugin: Plugin<State>) {
 
         if let Some(t) = change {
             announce(&plugin, t, &v);
+            if let Some(cmd) = &st.settings.alert_command {
+                tokio::spawn(alert(cmd.clone(), t, rep_for_alert(&st)));
+            }
         }
         if stopping || st.settings.gate.on_unsafe == OnUnsafe::Log {
             continue;
@@ -114,6 +133,50 @@ fn announce(plugin: &Plugin<State>, t: Transition, v: &Verdict) {
             log::debug!("{NOTIFY_STATE_CHANGED} not delivered within {NOTIFY_DEADLINE:?}");
         }
     });
+}
+
+/// A command that cannot finish by then is killed: alerts must not pile up.
+const ALERT_DEADLINE: Duration = Duration::from_secs(10);
+
+fn rep_for_alert(st: &super::startup::Inner) -> Value {
+    st.guard
+        .latest
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .map(|(_, r)| r.clone())
+        .unwrap_or(Value::Null)
+}
+
+/// Runs `replguard-alert-command` with the report on stdin and the transition in the
+/// environment, bounded in time.
+async fn alert(cmd: String, t: Transition, report: Value) {
+    use tokio::io::AsyncWriteExt;
+    let child = tokio::process::Command::new("sh")
+        .args(["-c", &cmd])
+        .env("REPLGUARD_PREVIOUS", t.from.as_str())
+        .env("REPLGUARD_CURRENT", t.to.as_str())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match child {
+        Ok(c) => c,
+        Err(e) => {
+            log::warn!("replguard-alert-command could not start: {e}");
+            return;
+        }
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(report.to_string().as_bytes()).await;
+    }
+    match tokio::time::timeout(ALERT_DEADLINE, child.wait()).await {
+        Ok(Ok(s)) if s.success() => {}
+        Ok(Ok(s)) => log::warn!("replguard-alert-command ended with {s}"),
+        Ok(Err(e)) => log::warn!("replguard-alert-command: {e}"),
+        Err(_) => log::warn!("replguard-alert-command killed after {ALERT_DEADLINE:?}"),
+    }
 }
 
 /// Asks lightningd to stop; if it does not answer (frozen on a commit), ends it.

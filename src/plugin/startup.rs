@@ -44,6 +44,7 @@ pub struct GuardShared {
     pub level: std::sync::Mutex<Level>,
     /// The last report and when it was taken.
     pub latest: std::sync::Mutex<Option<(Instant, serde_json::Value)>>,
+    pub counters: std::sync::Mutex<crate::metrics::Counters>,
 }
 
 impl GuardShared {
@@ -51,6 +52,7 @@ impl GuardShared {
         GuardShared {
             level: std::sync::Mutex::new(level),
             latest: std::sync::Mutex::new(None),
+            counters: std::sync::Mutex::new(crate::metrics::Counters::default()),
         }
     }
 }

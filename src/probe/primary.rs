@@ -84,7 +84,10 @@ pub(crate) async fn observe(
     let (commit_probe, wait_for) = match mode {
         _ if in_recovery => (CommitProbe::NotRun, None),
         Mode::Status => {
-            let probe = probe_twice_if_slow(target, policy).await;
+            let probe = match fresh_replies(&session, policy, &sync_names).await? {
+                Some(skipped) => skipped,
+                None => probe_twice_if_slow(target, policy).await,
+            };
             // Standbys get the rest of the deadline to confirm an acknowledged probe; a probe
             // still waiting already says all there is to say.
             let wait = match &probe {
@@ -188,6 +191,41 @@ async fn lightningd_sessions(session: &Session, s: &SessionFacts) -> Result<i64,
         )
         .await?;
     Ok(row.get(0))
+}
+
+/// The write-free alternative to the probe (`Policy::skip_probe_within`): `Some(Skipped)`
+/// when enough synchronous standbys replied recently and no commit waits.
+async fn fresh_replies(
+    session: &Session,
+    policy: &Policy,
+    sync_names: &Result<SyncNames, String>,
+) -> Result<Option<CommitProbe>, ProbeFailure> {
+    let (Some(within), Ok(SyncNames::Required(req))) = (policy.skip_probe_within, sync_names)
+    else {
+        return Ok(None);
+    };
+    if syncrep_waiters(session).await?.count > 0 {
+        return Ok(None);
+    }
+    let senders = walsenders_reaching(session, None, sync_names).await?;
+    let within_ms = within.as_secs_f64() * 1000.0;
+    let counted: Vec<f64> = senders
+        .iter()
+        .filter(|s| {
+            s.is_streaming()
+                && s.is_synchronous()
+                && s.reports_replay()
+                && req.names_standby(&s.application_name)
+        })
+        .filter_map(|s| s.reply_age_ms.filter(|age| *age <= within_ms))
+        .collect();
+    if (counted.len() as u32) < req.num {
+        return Ok(None);
+    }
+    Ok(Some(CommitProbe::Skipped {
+        oldest_reply_ms: counted.iter().cloned().fold(0.0, f64::max),
+        within_ms,
+    }))
 }
 
 /// A single slow acknowledgement is often a scheduling hiccup (measured: the first commit on

@@ -396,7 +396,7 @@ fn commit_probe(ctx: &Context) -> Vec<Finding> {
     let Some(p) = ctx.primary else { return vec![] };
     let deadline = ctx.policy.probe_deadline.as_millis();
     match &p.commit_probe {
-        CommitProbe::NotRun => vec![],
+        CommitProbe::NotRun | CommitProbe::Skipped { .. } => vec![],
         CommitProbe::Acknowledged { ms, .. }
             if *ms > ctx.policy.probe_slow.as_secs_f64() * 1000.0 =>
         {

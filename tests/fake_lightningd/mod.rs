@@ -64,6 +64,8 @@ pub struct Fake {
     pub rpc_calls: Arc<Mutex<Vec<String>>>,
     /// While set, nothing is read from the plugin's stdout (lightningd frozen on a commit).
     pub stop_reading: Arc<AtomicBool>,
+    /// Everything the plugin wrote on stderr.
+    pub stderr: Arc<Mutex<String>>,
 }
 
 impl Fake {
@@ -76,17 +78,36 @@ impl Fake {
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).unwrap();
         std::os::unix::fs::symlink("/bin/sh", bin.join("lightningd")).unwrap();
+        // lightningd's own arguments follow, as the plugin reads them from /proc before init.
+        let lightning_dir = format!("--lightning-dir={}", dir.path().display());
         let mut child = Command::new(bin.join("lightningd"))
-            .args(["-c", "\"$0\"; exit $?", PLUGIN])
+            .args([
+                "-c",
+                "\"$0\"; exit $?",
+                PLUGIN,
+                &lightning_dir,
+                "--network=regtest",
+            ])
             .current_dir(dir.path())
             .env("LIGHTNINGD_PLUGIN", "1")
             .env("LIGHTNINGD_VERSION", &setup.version)
             .env_remove("REPLGUARD_DSN")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("spawn the plugin");
+        // What the plugin writes on stderr (lightningd would log it), also shown as it comes.
+        let stderr_text = Arc::new(Mutex::new(String::new()));
+        let sink = stderr_text.clone();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                eprintln!("{line}");
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
         let stdin = child.stdin.take().unwrap();
         let stdout = child.stdout.take().unwrap();
         // A small pipe, as a frozen lightningd's would soon be full.
@@ -129,6 +150,7 @@ impl Fake {
             setup_options: None,
             rpc_calls,
             stop_reading,
+            stderr: stderr_text,
         };
         fake.setup_options = Some(setup.options.clone());
         fake

@@ -1,0 +1,193 @@
+//! Before `init`: the plugin runs from `getmanifest` on, while lightningd opens its wallet.
+//! If the synchronous standby is gone, lightningd blocks on its first commit and `init`
+//! never comes (DESIGN §2). After `replguard-startup-wait` without `init`, we find the wallet
+//! DSN the way the pre-flight does (lightningd's command line and config files) and say what
+//! we see — on stderr (lightningd's log/journal) and in the status file — until `init`
+//! comes.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde_json::json;
+
+use super::monitor::write_atomically;
+use super::startup::DEFAULT_STATUS_FILE;
+use crate::lnconfig::{self, Location};
+use crate::options::{self, Settings};
+use crate::probe::{self, Targets};
+use crate::{dsn, report, verdict};
+
+pub async fn watch(init_seen: Arc<AtomicBool>) {
+    let args = parent_args();
+    let loc = location(&args);
+    let home = std::env::var_os("HOME").map(PathBuf::from);
+    let Ok(config) = lnconfig::load(&loc, home.as_deref()) else {
+        return;
+    };
+    // Command-line options come after the files, as lightningd applies them.
+    let cmdline = cmdline_options(&args);
+    let given = config
+        .lines
+        .iter()
+        .map(|l| (l.key.clone(), l.value.clone()))
+        .chain(cmdline.iter().cloned());
+    let pairs: Vec<(String, Option<String>)> = given.collect();
+    let settings = options::settings(pairs.iter().map(|(k, v)| options::Given {
+        name: k,
+        value: v.as_deref(),
+        origin: "lightningd's configuration",
+    }))
+    .unwrap_or_else(|_| Settings::default());
+    let wallet = pairs
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "wallet")
+        .and_then(|(_, v)| v.clone())
+        .unwrap_or(config.wallet.clone());
+
+    tokio::time::sleep(settings.startup_wait).await;
+    if init_seen.load(Ordering::SeqCst) {
+        return;
+    }
+    let Ok(wallet) = dsn::WalletDsn::parse(&wallet) else {
+        return;
+    };
+    let targets = Targets::new(wallet, vec![]);
+    let status_file = config
+        .lightning_dir
+        .join(&config.network)
+        .join(DEFAULT_STATUS_FILE);
+    let waited = settings.startup_wait.as_secs();
+    let mut told = false;
+    while !init_seen.load(Ordering::SeqCst) {
+        let obs = probe::observe(&targets, &settings.policy).await;
+        let v = verdict::evaluate(&obs, &settings.policy);
+        let waiting = obs.primary().map_or(0, |p| p.syncrep_waiters.count);
+        let message = format!(
+            "lightningd has not initialised its plugins {waited} s after starting; its wallet's \
+             storage is {}{}",
+            v.level,
+            if waiting > 0 {
+                format!(
+                    ", and {waiting} commit(s) wait for the synchronous standby: lightningd is \
+                     blocked on its wallet"
+                )
+            } else {
+                String::new()
+            }
+        );
+        if !told && (waiting > 0 || v.level != verdict::Level::Safe) {
+            eprintln!("cln-replguard: {message}");
+            for f in &v.findings {
+                eprintln!(
+                    "cln-replguard: [{}] {}: {} — fix: {}",
+                    f.severity, f.code, f.message, f.remedy
+                );
+            }
+            told = true;
+        }
+        let mut rep = report::status_json(&obs, &v, &settings.policy);
+        rep["phase"] = json!("before-init");
+        rep["before_init"] = json!({"waited_s": waited, "message": message});
+        rep["reported"] = json!(v.level);
+        rep["interval_ms"] = json!(settings.interval.as_millis() as u64);
+        let _ = write_atomically(&status_file, &rep);
+        tokio::time::sleep(settings.interval).await;
+    }
+}
+
+/// lightningd's command line, from /proc.
+fn parent_args() -> Vec<String> {
+    // SAFETY: getppid has no preconditions.
+    let ppid = unsafe { libc::getppid() };
+    std::fs::read(format!("/proc/{ppid}/cmdline"))
+        .map(|b| {
+            b.split(|c| *c == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `--key=value` and `--key value` arguments, as (key, value) pairs.
+fn cmdline_options(args: &[String]) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    let mut it = args.iter().skip(1).peekable();
+    while let Some(a) = it.next() {
+        let Some(opt) = a.strip_prefix("--") else {
+            continue;
+        };
+        match opt.split_once('=') {
+            Some((k, v)) => out.push((k.to_string(), Some(v.to_string()))),
+            None => {
+                let value = it.next_if(|n| !n.starts_with('-')).cloned();
+                out.push((opt.to_string(), value));
+            }
+        }
+    }
+    out
+}
+
+fn location(args: &[String]) -> Location {
+    let opts = cmdline_options(args);
+    let get = |k: &str| {
+        opts.iter()
+            .rev()
+            .find(|(key, _)| key == k)
+            .and_then(|(_, v)| v.clone())
+    };
+    let network = get("network").or_else(|| {
+        ["mainnet", "testnet", "testnet4", "signet", "regtest"]
+            .iter()
+            .rev()
+            .find(|n| opts.iter().any(|(k, _)| k == *n))
+            .map(|n| {
+                if *n == "mainnet" {
+                    "bitcoin".to_string()
+                } else {
+                    n.to_string()
+                }
+            })
+    });
+    Location {
+        lightning_dir: get("lightning-dir").map(PathBuf::from),
+        network,
+        conf: get("conf").map(PathBuf::from),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn reads_lightningds_command_line() {
+        let a = args(&[
+            "lightningd",
+            "--lightning-dir=/ln",
+            "--regtest",
+            "--wallet",
+            "postgres://x",
+            "--log-level=debug",
+        ]);
+        let l = location(&a);
+        assert_eq!(l.lightning_dir, Some(PathBuf::from("/ln")));
+        assert_eq!(l.network.as_deref(), Some("regtest"));
+        let o = cmdline_options(&a);
+        assert!(o.contains(&("wallet".into(), Some("postgres://x".into()))));
+        let l = location(&args(&[
+            "lightningd",
+            "--mainnet",
+            "--conf",
+            "/etc/ln.conf",
+        ]));
+        assert_eq!(l.network.as_deref(), Some("bitcoin"));
+        assert_eq!(l.conf, Some(PathBuf::from("/etc/ln.conf")));
+    }
+}
