@@ -663,6 +663,13 @@ impl Cluster {
         Ok(Daemon { child })
     }
 
+    /// Runs SQL on the primary in a background psql session (a commit that will wait for an
+    /// absent standby, a session that stays open…), ended when the handle drops.
+    pub fn spawn_sql(&self, user: &str, dbname: &str, sql: &str) -> Result<Daemon> {
+        let dsn = self.primary.conninfo(user, dbname);
+        self.spawn_tool("psql", ["-X", "-q", "-d", &dsn, "-c", sql])
+    }
+
     /// A directory inside the sandbox that the servers' user may write.
     pub fn scratch_dir(&self, name: &str) -> Result<PathBuf> {
         let d = self.dir.path().join(name);

@@ -55,6 +55,15 @@ fn htlc() -> Value {
            "cltv_expiry_relative": 10, "payment_hash": "00"}, "forward_to": "00", "extra": 1})
 }
 
+/// lightningd freezes: its commit waits for the hung standby, and it reads no more of the
+/// plugin's stdout. Returns the waiting writer.
+fn freeze_lightningd(f: &Fake, c: &Cluster) -> Daemon {
+    f.stop_reading.store(true, Ordering::SeqCst);
+    c.standby("s1").hang_walreceiver().unwrap();
+    c.spawn_sql("postgres", "postgres", "INSERT INTO public.t VALUES (1)")
+        .unwrap()
+}
+
 fn gated(answer: &Value) -> bool {
     answer.pointer("/return/error/code").is_some()
 }
@@ -240,23 +249,8 @@ fn the_status_file_shows_blocked_commits_while_lightningd_reads_nothing() {
     })
     .unwrap();
 
-    // lightningd freezes: its commit waits for the hung standby, it reads no more stdout.
-    f.stop_reading.store(true, Ordering::SeqCst);
-    c.standby("s1").hang_walreceiver().unwrap();
     let t = Instant::now();
-    let _writer = c
-        .spawn_tool(
-            "psql",
-            [
-                "-X",
-                "-q",
-                "-d",
-                &c.primary.conninfo("postgres", "postgres"),
-                "-c",
-                "INSERT INTO public.t VALUES (1)",
-            ],
-        )
-        .unwrap();
+    let _writer = freeze_lightningd(&f, &c);
     let mut seen = Value::Null;
     wait_for(
         "the status file to show the blocked commit",
@@ -318,17 +312,7 @@ fn before_init_a_blocked_wallet_is_reported() {
     c.standby("s1").stop().unwrap();
     // lightningd's first commit, blocked.
     let _writer = c
-        .spawn_tool(
-            "psql",
-            [
-                "-X",
-                "-q",
-                "-d",
-                &c.primary.conninfo("postgres", "postgres"),
-                "-c",
-                "INSERT INTO public.t VALUES (1)",
-            ],
-        )
+        .spawn_sql("postgres", "postgres", "INSERT INTO public.t VALUES (1)")
         .unwrap();
     let mut f = Fake::start(Setup::new("unused: the plugin reads the config files"));
     std::fs::write(
@@ -371,14 +355,6 @@ fn before_init_a_blocked_wallet_is_reported() {
     assert_eq!(code, 2, "{out}");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn scrape(port: u16) -> String {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
@@ -407,22 +383,8 @@ fn metrics_tell_the_blocked_commits_while_lightningd_reads_nothing() {
         Ok(scrape(port).contains("replguard_verdict{level=\"safe\"} 1"))
     })
     .unwrap();
-    f.stop_reading.store(true, Ordering::SeqCst);
-    c.standby("s1").hang_walreceiver().unwrap();
     let t = Instant::now();
-    let _writer = c
-        .spawn_tool(
-            "psql",
-            [
-                "-X",
-                "-q",
-                "-d",
-                &c.primary.conninfo("postgres", "postgres"),
-                "-c",
-                "INSERT INTO public.t VALUES (1)",
-            ],
-        )
-        .unwrap();
+    let _writer = freeze_lightningd(&f, &c);
     let mut text = String::new();
     wait_for(
         "the scrape to show the blocked commit",

@@ -46,10 +46,7 @@ pub fn rpc_command_answer(st: &super::startup::Inner, v: &Value) -> Value {
         Some(message) => {
             let findings = st
                 .guard
-                .latest
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .as_ref()
+                .latest()
                 .map(|(_, r)| r["findings"].clone())
                 .unwrap_or(Value::Null);
             json!({"return": {"error": {

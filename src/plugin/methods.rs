@@ -30,12 +30,7 @@ pub async fn replication_status(
     let st = &plugin.state().0;
     let targets = checkable(&st.targets)?;
     // The runtime guard's latest report, with its age; a live check before its first one.
-    let latest = st
-        .guard
-        .latest
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .clone();
+    let latest = st.guard.latest();
     if let Some((at, mut report)) = latest {
         report["report_age_ms"] = json!(at.elapsed().as_millis() as u64);
         return Ok(report);

@@ -46,13 +46,8 @@ pub async fn serve(addr: SocketAddr, state: State) {
             let response = if buf.starts_with(b"GET /metrics ") || buf.starts_with(b"GET /metrics?")
             {
                 let st = &state.0;
-                let latest = st
-                    .guard
-                    .latest
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                let counters = *st.guard.counters.lock().unwrap_or_else(|e| e.into_inner());
+                let latest = st.guard.latest();
+                let counters = st.guard.counters();
                 let body = metrics::render(latest.as_ref().map(|(_, r)| r), counters);
                 format!(
                     "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\n\r\n{body}",

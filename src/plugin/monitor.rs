@@ -67,14 +67,13 @@ pub async fn run(plugin: Plugin<State>) {
         {
             log::warn!("cannot write the status file {}: {e}", path.display());
         }
-        *st.guard.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, rep));
-
         if let Some(t) = change {
             announce(&plugin, t, &v);
             if let Some(cmd) = &st.settings.alert_command {
-                tokio::spawn(alert(cmd.clone(), t, rep_for_alert(&st)));
+                tokio::spawn(alert(cmd.clone(), t, rep.clone()));
             }
         }
+        *st.guard.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, rep));
         if stopping || st.settings.gate.on_unsafe == OnUnsafe::Log {
             continue;
         }
@@ -137,16 +136,6 @@ fn announce(plugin: &Plugin<State>, t: Transition, v: &Verdict) {
 
 /// A command that cannot finish by then is killed: alerts must not pile up.
 const ALERT_DEADLINE: Duration = Duration::from_secs(10);
-
-fn rep_for_alert(st: &super::startup::Inner) -> Value {
-    st.guard
-        .latest
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .map(|(_, r)| r.clone())
-        .unwrap_or(Value::Null)
-}
 
 /// Runs `replguard-alert-command` with the report on stdin and the transition in the
 /// environment, bounded in time.

@@ -57,6 +57,20 @@ impl GuardShared {
     }
 }
 
+impl GuardShared {
+    /// The last report and when it was taken.
+    pub fn latest(&self) -> Option<(Instant, serde_json::Value)> {
+        self.latest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn counters(&self) -> crate::metrics::Counters {
+        *self.counters.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
 impl Inner {
     pub fn level(&self) -> Level {
         *self.guard.level.lock().unwrap_or_else(|e| e.into_inner())

@@ -355,12 +355,8 @@ impl Fake {
 
 /// lightningd keeps one session open on its wallet database; the plugin looks for it.
 pub fn lightningd_session(c: &cln_replguard::cluster::Cluster) -> cln_replguard::cluster::Daemon {
-    let dsn = c.primary.conninfo("lightningd", "lightningd");
     let d = c
-        .spawn_tool(
-            "psql",
-            ["-X", "-q", "-d", &dsn, "-c", "SELECT pg_sleep(3600)"],
-        )
+        .spawn_sql("lightningd", "lightningd", "SELECT pg_sleep(3600)")
         .unwrap();
     cln_replguard::cluster::wait_for("lightningd's session", Duration::from_secs(10), || {
         Ok(c.primary.psql(
