@@ -195,7 +195,7 @@ impl Fake {
     pub fn getmanifest(&mut self) -> Value {
         let id = self.send("getmanifest", json!({"allow-deprecated-apis": false}));
         let r = self
-            .response(&id, Duration::from_secs(10))
+            .response(&id, Duration::from_secs(30))
             .expect("getmanifest answered");
         r["result"].clone()
     }
