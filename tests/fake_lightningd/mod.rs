@@ -348,6 +348,11 @@ impl Fake {
         }
     }
 
+    /// The pid of our "lightningd" (the plugin's parent).
+    pub fn child_id(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stopped(&self) -> bool {
         self.rpc_calls.lock().unwrap().iter().any(|m| m == "stop")
     }
