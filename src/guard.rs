@@ -97,12 +97,18 @@ pub struct Transition {
     pub to: Level,
 }
 
-/// Findings that need no second opinion: the test commit is not being acknowledged.
+/// Findings that need no second opinion: the test commit is not being acknowledged, or the
+/// configuration itself says commits are not replicated (a setting read back is a fact, not
+/// timing noise, so waiting for a second check only delays the alarm).
 const ALARM_AT_ONCE: &[Code] = &[
     Code::CommitProbeTimeout,
     Code::CommitProbeAlreadyWaiting,
     Code::CommitsBlocked,
     Code::StandbyPromoted,
+    Code::SyncNamesEmpty,
+    Code::SynchronousCommitWeak,
+    Code::WalletOnStandby,
+    Code::NotPostgres,
 ];
 
 pub fn is_good(l: Level) -> bool {
@@ -244,7 +250,7 @@ mod tests {
     fn one_bad_tick_is_not_yet_an_alarm_two_are() {
         let t0 = Instant::now();
         let mut d = Debouncer::new(Level::Safe, t0);
-        let bad = verdict(Level::Unsafe, &[Code::SyncNamesEmpty]);
+        let bad = verdict(Level::Unsafe, &[Code::SyncStandbysShort]);
         assert_eq!(d.observe(&bad, t0), None);
         assert_eq!(
             d.observe(&bad, t0),
@@ -256,13 +262,15 @@ mod tests {
     }
 
     #[test]
-    fn a_missed_probe_deadline_alarms_at_once() {
+    fn a_missed_probe_deadline_or_a_weakened_setting_alarms_at_once() {
         let t0 = Instant::now();
         for code in [
             Code::CommitProbeTimeout,
             Code::CommitProbeAlreadyWaiting,
             Code::CommitsBlocked,
             Code::StandbyPromoted,
+            Code::SyncNamesEmpty,
+            Code::SynchronousCommitWeak,
         ] {
             let mut d = Debouncer::new(Level::Safe, t0);
             assert!(
