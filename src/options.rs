@@ -207,14 +207,7 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
                     .parse()
                     .map_err(|e| format!("{} ({}): {e}", g.name, g.origin))?
             }
-            GATE_PAYMENTS => {
-                let v = required(&g)?;
-                s.gate.gate_payments = match v {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(bad(&g, v, "true or false")),
-                };
-            }
+            GATE_PAYMENTS => s.gate.gate_payments = boolean(&g)?,
             GATED_COMMANDS => {
                 let v = required(&g)?;
                 let commands: Vec<String> = v
@@ -249,14 +242,7 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
                         .map_err(|_| bad(&g, v, "an address and port, e.g. 127.0.0.1:9750"))?,
                 );
             }
-            METRICS_REMOTE => {
-                let v = required(&g)?;
-                metrics_remote = match v {
-                    "true" => true,
-                    "false" => false,
-                    _ => return Err(bad(&g, v, "true or false")),
-                };
-            }
+            METRICS_REMOTE => metrics_remote = boolean(&g)?,
             ALERT_COMMAND => s.alert_command = Some(required(&g)?.to_string()),
             STATUS_FILE => {
                 let v = required(&g)?;
@@ -284,6 +270,14 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
     }
     s.policy.validate().map_err(|e| format!("replguard-{e}"))?;
     Ok(s)
+}
+
+fn boolean(g: &Given) -> Result<bool, String> {
+    match required(g)? {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        v => Err(bad(g, v, "true or false")),
+    }
 }
 
 fn seconds(g: &Given, min: u64, max: u64) -> Result<Duration, String> {
