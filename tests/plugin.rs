@@ -342,3 +342,18 @@ fn a_monitoring_dsn_on_another_cluster_is_unsafe() {
         "{codes:?}"
     );
 }
+
+#[test]
+fn an_invalid_option_as_a_plain_plugin_still_stops_lightningd() {
+    let mut setup =
+        Setup::new("postgres://host=/nonexistent").option("replguard-on-unsafe", json!("panic"));
+    setup.important = false;
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    let InitOutcome::Ended(status) = f.init(Duration::from_secs(30)) else {
+        panic!("init answered: {:?}", f.logs)
+    };
+    assert!(ended_by_sigterm(&status), "{status:?}");
+    let broken = f.logs_at("broken").join("\n");
+    assert!(broken.contains("replguard-on-unsafe"), "{broken}");
+}

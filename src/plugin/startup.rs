@@ -90,11 +90,29 @@ pub async fn check(c: &ConfiguredPlugin<State, Stdin, Stdout>) -> State {
     let lightning_dir = PathBuf::from(&conf.lightning_dir);
     let rpc_path = lightning_dir.join(&conf.rpc_file);
 
+    // Whether lightningd stops by itself when we exit decides how to refuse; ask first, so
+    // every refusal below (bad options included) stops the node.
+    let ask = |config: &'static str, timeout| {
+        lightningd::call(
+            &rpc_path,
+            "listconfigs",
+            json!({ "config": config }),
+            timeout,
+        )
+    };
+    let important = match ask("important-plugin", Policy::default().query_timeout).await {
+        Ok(v) => lightningd::names_this_binary(&lightningd::important_plugins(&v), &lightning_dir),
+        Err(e) => {
+            log::debug!("listconfigs important-plugin: {e:#}");
+            false
+        }
+    };
+
     let settings = match read_settings(c) {
         Ok(s) => s,
         Err((mode, problem)) => {
             if mode == Mode::Enforce {
-                refuse(vec![format!("invalid option: {problem}")], None);
+                refuse(vec![format!("invalid option: {problem}")], important);
             }
             log::warn!("invalid option, using the defaults (replguard-mode=warn): {problem}");
             Settings {
@@ -115,27 +133,12 @@ pub async fn check(c: &ConfiguredPlugin<State, Stdin, Stdout>) -> State {
             MIN_LIGHTNINGD.0, MIN_LIGHTNINGD.1
         );
         if settings.mode == Mode::Enforce {
-            refuse(vec![problem], None);
+            refuse(vec![problem], important);
         }
         log::warn!("{problem}");
     }
 
-    let ask = |config: &'static str| {
-        lightningd::call(
-            &rpc_path,
-            "listconfigs",
-            json!({ "config": config }),
-            settings.policy.query_timeout,
-        )
-    };
-    let important = match ask("important-plugin").await {
-        Ok(v) => lightningd::names_this_binary(&lightningd::important_plugins(&v), &lightning_dir),
-        Err(e) => {
-            log::debug!("listconfigs important-plugin: {e:#}");
-            false
-        }
-    };
-    let targets = match ask("wallet")
+    let targets = match ask("wallet", settings.policy.query_timeout)
         .await
         .map(|v| lightningd::wallet_from_listconfigs(&v))
     {
@@ -145,7 +148,7 @@ pub async fn check(c: &ConfiguredPlugin<State, Stdin, Stdout>) -> State {
     };
     let targets = match targets {
         Ok(t) => t,
-        Err(problem) if settings.mode == Mode::Enforce => refuse(vec![problem], Some(important)),
+        Err(problem) if settings.mode == Mode::Enforce => refuse(vec![problem], important),
         Err(problem) => {
             // warn: lightningd runs; the methods say why nothing can be checked.
             log::warn!("{problem}; nothing to check (replguard-mode=warn)");
@@ -184,7 +187,7 @@ pub async fn check(c: &ConfiguredPlugin<State, Stdin, Stdout>) -> State {
             took.as_secs_f64()
         )];
         lines.extend(finding_lines(&verdict));
-        refuse(lines, Some(important));
+        refuse(lines, important);
     }
     if decision.report_findings {
         for l in finding_lines(&verdict) {
@@ -314,9 +317,9 @@ fn finding_lines(v: &Verdict) -> Vec<String> {
 /// that makes lightningd shut down before "Server started". Loaded as a plain `plugin`,
 /// lightningd would go on without us, so its process is ended first (SIGTERM before `init`
 /// is answered: it never serves; `stop` during init would deadlock, DESIGN §2).
-fn refuse(mut lines: Vec<String>, important: Option<bool>) -> ! {
+fn refuse(mut lines: Vec<String>, important: bool) -> ! {
     let parent = lightningd::parent_lightningd();
-    if important == Some(false) {
+    if !important {
         lines.push(
             "cln-replguard is loaded as a plain plugin: configure it as \
              important-plugin=/path/to/cln-replguard so lightningd stops by itself"
@@ -330,9 +333,7 @@ fn refuse(mut lines: Vec<String>, important: Option<bool>) -> ! {
     for l in &lines {
         eprintln!("cln-replguard: {l}");
     }
-    if important == Some(false)
-        && let Some(pid) = parent
-    {
+    if !important && let Some(pid) = parent {
         // SIGTERM ends lightningd at once (its default action): give it a moment to read
         // and log our lines first, or they die with it.
         std::thread::sleep(LOG_GRACE);
