@@ -170,11 +170,7 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
     };
     for g in given {
         match g.name {
-            MODE => {
-                s.mode = required(&g)?
-                    .parse()
-                    .map_err(|e| format!("{} ({}): {e}", g.name, g.origin))?
-            }
+            MODE => s.mode = choice(&g)?,
             DSN => s.dsn = Some(required(&g)?.to_string()),
             STANDBY_DSN => s.standby_dsns.push(required(&g)?.to_string()),
             QUERY_TIMEOUT_MS => ms(&g, &mut s.policy.query_timeout)?,
@@ -197,16 +193,8 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
             }
             INTERVAL => s.interval = seconds(&g, 1, 3600)?,
             UNSAFE_GRACE => s.unsafe_grace = seconds(&g, 0, 86400)?,
-            ON_UNSAFE => {
-                s.gate.on_unsafe = required(&g)?
-                    .parse()
-                    .map_err(|e| format!("{} ({}): {e}", g.name, g.origin))?
-            }
-            ON_UNKNOWN => {
-                s.gate.on_unknown = required(&g)?
-                    .parse()
-                    .map_err(|e| format!("{} ({}): {e}", g.name, g.origin))?
-            }
+            ON_UNSAFE => s.gate.on_unsafe = choice(&g)?,
+            ON_UNKNOWN => s.gate.on_unknown = choice(&g)?,
             GATE_PAYMENTS => s.gate.gate_payments = boolean(&g)?,
             GATED_COMMANDS => {
                 let v = required(&g)?;
@@ -270,6 +258,13 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
     }
     s.policy.validate().map_err(|e| format!("replguard-{e}"))?;
     Ok(s)
+}
+
+/// One of a fixed set of words (`FromStr` says which ones in its error).
+fn choice<T: std::str::FromStr<Err = String>>(g: &Given) -> Result<T, String> {
+    required(g)?
+        .parse()
+        .map_err(|e| format!("{} ({}): {e}", g.name, g.origin))
 }
 
 fn boolean(g: &Given) -> Result<bool, String> {

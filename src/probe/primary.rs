@@ -81,11 +81,16 @@ pub(crate) async fn observe(
         None
     };
 
+    // The WAL senders as read to decide a skip: nothing waits on them afterwards.
+    let mut senders_read = None;
     let (commit_probe, wait_for) = match mode {
         _ if in_recovery => (CommitProbe::NotRun, None),
         Mode::Status => {
             let probe = match fresh_replies(&session, policy, &sync_names).await? {
-                Some(skipped) => skipped,
+                Some((skipped, senders)) => {
+                    senders_read = Some(senders);
+                    skipped
+                }
                 None => probe_twice_if_slow(target, policy).await,
             };
             // Standbys get the rest of the deadline to confirm an acknowledged probe; a probe
@@ -99,7 +104,10 @@ pub(crate) async fn observe(
         }
         Mode::Failover { wait } => (CommitProbe::NotRun, flush_lsn.map(|l| (l, wait, true))),
     };
-    let walsenders = walsenders_reaching(&session, wait_for, &sync_names).await?;
+    let walsenders = match senders_read {
+        Some(s) => s,
+        None => walsenders_reaching(&session, wait_for, &sync_names).await?,
+    };
 
     Ok(PrimaryFacts {
         server_version_num,
@@ -193,13 +201,14 @@ async fn lightningd_sessions(session: &Session, s: &SessionFacts) -> Result<i64,
     Ok(row.get(0))
 }
 
-/// The write-free alternative to the probe (`Policy::skip_probe_within`): `Some(Skipped)`
-/// when enough synchronous standbys replied recently and no commit waits.
+/// The write-free alternative to the probe (`Policy::skip_probe_within`): `Some(Skipped)`,
+/// with the WAL senders it read, when enough synchronous standbys replied recently and no
+/// commit waits.
 async fn fresh_replies(
     session: &Session,
     policy: &Policy,
     sync_names: &Result<SyncNames, String>,
-) -> Result<Option<CommitProbe>, ProbeFailure> {
+) -> Result<Option<(CommitProbe, Vec<WalSender>)>, ProbeFailure> {
     let (Some(within), Ok(SyncNames::Required(req))) = (policy.skip_probe_within, sync_names)
     else {
         return Ok(None);
@@ -222,10 +231,11 @@ async fn fresh_replies(
     if (counted.len() as u32) < req.num {
         return Ok(None);
     }
-    Ok(Some(CommitProbe::Skipped {
+    let skipped = CommitProbe::Skipped {
         oldest_reply_ms: counted.iter().cloned().fold(0.0, f64::max),
         within_ms,
-    }))
+    };
+    Ok(Some((skipped, senders)))
 }
 
 /// A single slow acknowledgement is often a scheduling hiccup (measured: the first commit on
