@@ -116,6 +116,10 @@ pub struct PolicyArgs {
     /// replguard-probe-slow-ms].
     #[arg(long, value_name = "MS")]
     pub probe_slow_ms: Option<u64>,
+    /// After a failover: an empty synchronous_standby_names is degraded, not unsafe, until
+    /// this RFC 3339 time (at most 7 days ahead) [default: replguard-accept-no-standby-until].
+    #[arg(long, value_name = "TIME")]
+    pub accept_no_standby_until: Option<String>,
 }
 
 /// What the command line and, in pre-flight mode, lightningd's configuration resolve to.
@@ -176,6 +180,17 @@ impl TargetArgs {
         }
         if let Some(ms) = policy_args.probe_slow_ms {
             settings.policy.probe_slow = Duration::from_millis(ms);
+        }
+        if let Some(t) = &policy_args.accept_no_standby_until {
+            let given = options::Given {
+                name: "--accept-no-standby-until",
+                value: Some(t),
+                origin: "command line",
+            };
+            settings.policy.accept_no_standby_until = Some(
+                options::accept_until(&given, std::time::SystemTime::now())
+                    .map_err(anyhow::Error::msg)?,
+            );
         }
         settings.policy.validate().map_err(anyhow::Error::msg)?;
         let wallet = WalletDsn::parse(&wallet_dsn).context(match &preflight_config {

@@ -91,6 +91,9 @@ pub struct PrimaryFacts {
     pub slots: Vec<Slot>,
     /// `max_slot_wal_keep_size` in MB; -1 is unbounded.
     pub max_slot_wal_keep_size_mb: i64,
+    /// `pg_rewind` needs one of these to turn an old primary into a standby of the new one.
+    pub wal_log_hints: bool,
+    pub data_checksums: bool,
     pub archive_mode: String,
     pub archiver: Option<Archiver>,
     pub syncrep_waiters: SyncRepWaiters,

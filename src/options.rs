@@ -2,7 +2,7 @@
 //! `Settings`, for the plugin (lightningd passes them) and the CLI pre-flight (which reads
 //! them from lightningd's config files), so both judge alike.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::action::Mode;
 use crate::guard::GatePolicy;
@@ -26,6 +26,8 @@ pub const REPLY_FRESH_MS: &str = "replguard-reply-fresh-ms";
 pub const METRICS: &str = "replguard-metrics";
 pub const METRICS_REMOTE: &str = "replguard-metrics-remote";
 pub const ALERT_COMMAND: &str = "replguard-alert-command";
+pub const ACCEPT_NO_STANDBY_UNTIL: &str = "replguard-accept-no-standby-until";
+pub const EVIDENCE: &str = "replguard-evidence";
 
 /// Every option: (name, description). The plugin's manifest is built from this list.
 pub const ALL: &[(&str, &str)] = &[
@@ -98,6 +100,14 @@ pub const ALL: &[(&str, &str)] = &[
         ALERT_COMMAND,
         "run this command (sh -c) on each state change, the report on its stdin (default: none)",
     ),
+    (
+        ACCEPT_NO_STANDBY_UNTIL,
+        "after a failover: accept running without a synchronous standby until this RFC 3339 time, at most 7 days ahead (reported degraded: no-replica-accepted); printed by cln-replguard failover --then run-alone",
+    ),
+    (
+        EVIDENCE,
+        "on (default): record each change of verdict in the table replguard.evidence, which replicates to the standby for cln-replguard failover to read; off: record nothing",
+    ),
 ];
 
 pub const DEFAULT_REPLY_FRESH: Duration = Duration::from_millis(1250);
@@ -123,6 +133,8 @@ pub struct Settings {
     pub alert_command: Option<String>,
     /// The runtime guard's write-free liveness window (one-shot checks always probe).
     pub reply_fresh: Option<Duration>,
+    /// Record verdict changes in `replguard.evidence` (`crate::evidence`).
+    pub evidence: bool,
 }
 
 impl Default for Settings {
@@ -140,6 +152,7 @@ impl Default for Settings {
             status_file: None,
             metrics: None,
             alert_command: None,
+            evidence: true,
         }
     }
 }
@@ -232,6 +245,16 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
             }
             METRICS_REMOTE => metrics_remote = boolean(&g)?,
             ALERT_COMMAND => s.alert_command = Some(required(&g)?.to_string()),
+            ACCEPT_NO_STANDBY_UNTIL => {
+                s.policy.accept_no_standby_until = Some(accept_until(&g, SystemTime::now())?)
+            }
+            EVIDENCE => {
+                s.evidence = match required(&g)? {
+                    "on" => true,
+                    "off" => false,
+                    v => return Err(bad(&g, v, "on or off")),
+                }
+            }
             STATUS_FILE => {
                 let v = required(&g)?;
                 s.status_file = Some((v != "off").then(|| v.to_string()));
@@ -258,6 +281,21 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
     }
     s.policy.validate().map_err(|e| format!("replguard-{e}"))?;
     Ok(s)
+}
+
+/// The longest time a node may run without a standby on one acceptance.
+pub const MAX_ACCEPT_NO_STANDBY: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// An RFC 3339 time, at most `MAX_ACCEPT_NO_STANDBY` after `now`: running without a replica
+/// is a bounded, dated decision, never a standing one.
+pub fn accept_until(g: &Given, now: SystemTime) -> Result<SystemTime, String> {
+    let v = required(g)?;
+    let t = humantime::parse_rfc3339_weak(v.trim())
+        .map_err(|_| bad(g, v, "an RFC 3339 time such as 2026-11-26T18:00:00Z"))?;
+    if t > now + MAX_ACCEPT_NO_STANDBY {
+        return Err(bad(g, v, "a time at most 7 days ahead"));
+    }
+    Ok(t)
 }
 
 /// One of a fixed set of words (`FromStr` says which ones in its error).
@@ -326,6 +364,24 @@ mod tests {
         assert_eq!(s.standby_dsns, ["host=a", "host=b"]);
         assert_eq!(s.policy.probe_deadline, Duration::from_millis(1500));
         assert_eq!(s.startup_wait, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn accepting_no_standby_is_dated_and_bounded() {
+        let now = humantime::parse_rfc3339("2026-11-26T12:00:00Z").unwrap();
+        let given = |v: &'static str| Given {
+            name: ACCEPT_NO_STANDBY_UNTIL,
+            value: Some(v),
+            origin: "config:1",
+        };
+        assert_eq!(
+            accept_until(&given("2026-11-27T12:00:00Z"), now),
+            Ok(now + Duration::from_secs(86400))
+        );
+        let far = accept_until(&given("2026-12-24T12:00:00Z"), now).unwrap_err();
+        assert!(far.contains("at most 7 days ahead"), "{far}");
+        let bad = accept_until(&given("tomorrow"), now).unwrap_err();
+        assert!(bad.contains("RFC 3339"), "{bad}");
     }
 
     #[test]

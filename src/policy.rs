@@ -1,7 +1,7 @@
 //! The thresholds the verdict judges by. One struct, shared by the CLI and (later) the plugin's
 //! options, so both judge alike.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -22,6 +22,11 @@ pub struct Policy {
     /// each write costs an archived segment). `None`: always probe (the CLI's one-shot).
     #[serde(serialize_with = "as_optional_millis")]
     pub skip_probe_within: Option<Duration>,
+    /// After a failover, running without a standby is accepted until then
+    /// (`replguard-accept-no-standby-until`): an empty `synchronous_standby_names` reads as
+    /// degraded (`no-replica-accepted`) instead of unsafe. Never open-ended.
+    #[serde(serialize_with = "as_optional_rfc3339")]
+    pub accept_no_standby_until: Option<SystemTime>,
 }
 
 impl Default for Policy {
@@ -31,6 +36,7 @@ impl Default for Policy {
             probe_deadline: Duration::from_millis(1000),
             probe_slow: Duration::from_millis(250),
             skip_probe_within: None,
+            accept_no_standby_until: None,
         }
     }
 }
@@ -55,6 +61,16 @@ impl Policy {
 fn as_optional_millis<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
     match d {
         Some(d) => s.serialize_u64(d.as_millis() as u64),
+        None => s.serialize_none(),
+    }
+}
+
+fn as_optional_rfc3339<S: serde::Serializer>(
+    t: &Option<SystemTime>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match t {
+        Some(t) => s.serialize_str(&crate::report::rfc3339(*t)),
         None => s.serialize_none(),
     }
 }

@@ -67,6 +67,8 @@ pub fn status_json(obs: &Observation, verdict: &Verdict, policy: &Policy) -> Val
             "synchronous_commit_overrides": p.session.overrides,
             "archive_mode": p.archive_mode,
             "max_slot_wal_keep_size_mb": p.max_slot_wal_keep_size_mb,
+            "wal_log_hints": p.wal_log_hints,
+            "data_checksums": p.data_checksums,
         })),
         "slots": primary.map(|p| &p.slots),
         "archiver": primary.and_then(|p| p.archiver.as_ref()),

@@ -128,6 +128,8 @@ pub(crate) async fn observe(
         walsenders,
         slots: slots(&session).await?,
         max_slot_wal_keep_size_mb: row.get("max_slot_keep"),
+        wal_log_hints: row.get("wal_log_hints"),
+        data_checksums: row.get("data_checksums"),
         archiver: if row.get::<_, String>("archive_mode") == "off" {
             None
         } else {
@@ -274,7 +276,9 @@ SELECT current_setting('server_version_num')::int AS version_num,
             ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile,
        current_setting('archive_mode') AS archive_mode,
        (SELECT setting::bigint FROM pg_settings
-         WHERE name = 'max_slot_wal_keep_size') AS max_slot_keep";
+         WHERE name = 'max_slot_wal_keep_size') AS max_slot_keep,
+       current_setting('wal_log_hints')::bool AS wal_log_hints,
+       current_setting('data_checksums')::bool AS data_checksums";
 
 async fn overrides(session: &Session) -> Result<Vec<SettingOverride>, ProbeFailure> {
     // Role and database settings apply when a session starts; these are the ones that apply

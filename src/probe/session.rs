@@ -132,7 +132,11 @@ pub(crate) fn classify(stage: &str, e: &tokio_postgres::Error) -> ProbeFailure {
             } else {
                 FailureKind::Query
             };
-            (kind, format!("{} (SQLSTATE {})", db.message(), code.code()))
+            let detail = db.detail().map(|d| format!(": {d}")).unwrap_or_default();
+            (
+                kind,
+                format!("{}{detail} (SQLSTATE {})", db.message(), code.code()),
+            )
         }
         None => {
             let text = chain(e);

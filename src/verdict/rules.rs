@@ -60,6 +60,7 @@ pub(super) const RULES: &[Rule] = &[
     waiting_commits,
     slots,
     archiver,
+    rewind,
     standbys,
 ];
 
@@ -172,14 +173,7 @@ fn sync_names(ctx: &Context) -> Vec<Finding> {
             ),
             "set it to FIRST n (names…), ANY n (names…) or a list of standby names",
         )],
-        Ok(SyncNames::Empty) => vec![Finding::new(
-            Code::SyncNamesEmpty,
-            Level::Unsafe,
-            "synchronous_standby_names is empty: commits are acknowledged before any standby \
-             has them",
-            "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (<standby>)'; SELECT \
-             pg_reload_conf(); (an HA manager may have emptied it: check its state)",
-        )],
+        Ok(SyncNames::Empty) => vec![sync_names_empty(ctx)],
         Ok(SyncNames::Required(r)) if r.has_wildcard() => vec![Finding::new(
             Code::SyncNamesWildcard,
             Level::Degraded,
@@ -192,6 +186,44 @@ fn sync_names(ctx: &Context) -> Vec<Finding> {
              (<standby>)'; SELECT pg_reload_conf();",
         )],
         Ok(SyncNames::Required(_)) => vec![],
+    }
+}
+
+/// Empty names mean no commit waits for a standby. After a failover the operator may accept
+/// that for a bounded time (`Policy::accept_no_standby_until`); past it, it is unsafe again.
+fn sync_names_empty(ctx: &Context) -> Finding {
+    let restore = "build a standby (cln-replguard setup standby, contrib/README.md), then \
+                   ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (<standby>)'; SELECT \
+                   pg_reload_conf();";
+    match ctx.policy.accept_no_standby_until {
+        Some(until) if ctx.obs.checked_at < until => Finding::new(
+            Code::NoReplicaAccepted,
+            Level::Degraded,
+            format!(
+                "no synchronous standby: accepted until {} (replguard-accept-no-standby-until); \
+                 until a standby is back, a loss of this server loses channel state",
+                crate::report::rfc3339(until)
+            ),
+            restore,
+        ),
+        Some(until) => Finding::new(
+            Code::SyncNamesEmpty,
+            Level::Unsafe,
+            format!(
+                "synchronous_standby_names is empty, and the acceptance of running without a \
+                 standby ended at {}",
+                crate::report::rfc3339(until)
+            ),
+            restore,
+        ),
+        None => Finding::new(
+            Code::SyncNamesEmpty,
+            Level::Unsafe,
+            "synchronous_standby_names is empty: commits are acknowledged before any standby \
+             has them",
+            "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (<standby>)'; SELECT \
+             pg_reload_conf(); (an HA manager may have emptied it: check its state)",
+        ),
     }
 }
 
@@ -528,10 +560,36 @@ fn archiver(ctx: &Context) -> Vec<Finding> {
     }
 }
 
+/// After a failover the old primary comes back as a standby through `pg_rewind`, which needs
+/// hint bits in the WAL; without them the only way back to a pair is a full new clone.
+fn rewind(ctx: &Context) -> Vec<Finding> {
+    match ctx.primary {
+        Some(p) if !p.wal_log_hints && !p.data_checksums => vec![Finding::new(
+            Code::RewindImpossible,
+            Level::Degraded,
+            "wal_log_hints is off and data checksums are off: after a failover, pg_rewind \
+             cannot turn this server into a standby of the new primary (a full clone is needed)",
+            "ALTER SYSTEM SET wal_log_hints = on; then restart the primary",
+        )],
+        _ => vec![],
+    }
+}
+
 fn standbys(ctx: &Context) -> Vec<Finding> {
     let mut out = Vec::new();
     for s in &ctx.obs.standbys {
         match &s.facts {
+            // PostgreSQL 14+ says so when a standby runs with hot_standby = off: it streams,
+            // but nothing can be checked on it (nor read from it in a failover).
+            Err(f) if f.detail.contains("Hot standby mode is disabled") => out.push(Finding::new(
+                Code::HotStandbyOff,
+                Level::Unknown,
+                format!(
+                    "cannot check standby {}: it runs with hot_standby = off",
+                    s.target
+                ),
+                "on the standby: ALTER SYSTEM SET hot_standby = on; then restart it",
+            )),
             Err(f) => out.push(Finding::new(
                 Code::StandbyUnreachable,
                 Level::Unknown,

@@ -62,6 +62,8 @@ fn primary() -> PrimaryFacts {
             restart_lsn: Some(Lsn(0x3000000)),
         }],
         max_slot_wal_keep_size_mb: 1024,
+        wal_log_hints: true,
+        data_checksums: false,
         archive_mode: "on".into(),
         archiver: Some(Archiver {
             archived_count: 3,
@@ -227,6 +229,70 @@ fn unsafe_when_sync_names_are_empty() {
     p.sync_names = Ok(SyncNames::Empty);
     p.walsenders[0].sync_state = Some("async".into());
     assert_verdict(&observe(p), Level::Unsafe, Code::SyncNamesEmpty);
+}
+
+#[test]
+fn no_standby_after_a_failover_is_degraded_only_until_the_accepted_time() {
+    let mut p = primary();
+    p.sync_names_raw = String::new();
+    p.sync_names = Ok(SyncNames::Empty);
+    p.walsenders.clear();
+    let obs = observe(p);
+    let hour = std::time::Duration::from_secs(3600);
+    let accepting = Policy {
+        accept_no_standby_until: Some(obs.checked_at + hour),
+        ..Policy::default()
+    };
+    let v = evaluate(&obs, &accepting);
+    assert_eq!(v.level, Level::Degraded, "{:?}", codes(&v));
+    assert_eq!(codes(&v), ["no-replica-accepted"]);
+    let expired = Policy {
+        accept_no_standby_until: Some(obs.checked_at - hour),
+        ..Policy::default()
+    };
+    let v = evaluate(&obs, &expired);
+    assert_eq!(v.level, Level::Unsafe);
+    assert!(
+        v.finding(Code::SyncNamesEmpty)
+            .unwrap()
+            .message
+            .contains("ended")
+    );
+}
+
+#[test]
+fn an_acceptance_does_not_excuse_a_named_standby_that_is_missing() {
+    let mut p = primary();
+    p.walsenders.clear();
+    let obs = observe(p);
+    let accepting = Policy {
+        accept_no_standby_until: Some(obs.checked_at + std::time::Duration::from_secs(60)),
+        ..Policy::default()
+    };
+    // Names still set: commits wait for a standby that is not there.
+    assert_eq!(evaluate(&obs, &accepting).level, Level::Unsafe);
+}
+
+#[test]
+fn rewind_needs_wal_log_hints_or_checksums() {
+    let mut p = primary();
+    p.wal_log_hints = false;
+    assert_verdict(&observe(p.clone()), Level::Degraded, Code::RewindImpossible);
+    p.data_checksums = true;
+    assert_eq!(judge(&observe(p)).level, Level::Safe);
+}
+
+#[test]
+fn a_standby_without_hot_standby_is_named_as_such() {
+    let failure = ProbeFailure {
+        kind: FailureKind::Unavailable,
+        stage: "connect".into(),
+        detail: "the database system is not accepting connections: Hot standby mode is \
+                 disabled. (SQLSTATE 57P03)"
+            .into(),
+    };
+    let obs = with_standby(observe(primary()), Err(failure));
+    assert_verdict(&obs, Level::Unknown, Code::HotStandbyOff);
 }
 
 #[test]
