@@ -58,6 +58,10 @@ pub enum Command {
         /// Pre-flight: retry until the check says go, for at most this many seconds.
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,
+        /// Do not record the verdict in replguard.evidence (by default a change of verdict is
+        /// recorded there, for `cln-replguard failover` to read on the standby).
+        #[arg(long)]
+        no_evidence: bool,
     },
     /// Go/no-go: would a failover right now lose an acknowledged commit? Exit 0 only if not.
     FailoverCheck {
@@ -72,6 +76,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Promotes the standby after fencing the old node and verifying that the standby holds
+    /// every acknowledged commit (contrib/FAILOVER.md). Exit 0 promoted, 2 refused.
+    Failover(crate::takeover::FailoverArgs),
     /// Starts a throwaway primary+standby pair here, shows safe → standby hung → unsafe →
     /// restored → safe, then removes everything.
     Demo,
@@ -126,6 +133,8 @@ pub struct PolicyArgs {
 pub struct Resolved {
     pub targets: Targets,
     pub policy: Policy,
+    /// Record changes of verdict (`replguard-evidence`).
+    pub evidence: bool,
     /// Set when read from lightningd's configuration: the pre-flight decides by it.
     pub preflight: Option<Preflight>,
 }
@@ -210,11 +219,23 @@ impl TargetArgs {
         Ok(Resolved {
             targets,
             policy: settings.policy,
+            evidence: settings.evidence,
             preflight: preflight_config.map(|config| Preflight {
                 mode: settings.mode,
                 config,
             }),
         })
+    }
+}
+
+/// Records a change of verdict; a failure is a warning on stderr, never the exit status.
+pub(crate) async fn record_evidence(
+    r: &Resolved,
+    obs: &crate::facts::Observation,
+    v: &verdict::Verdict,
+) {
+    if let Err(e) = probe::record_evidence(&r.targets, obs, v, "check", &r.policy).await {
+        eprintln!("cln-replguard: warning: {e} (--no-evidence to skip)");
     }
 }
 
@@ -265,15 +286,12 @@ async fn execute(command: Command) -> Result<i32> {
             target,
             policy,
             wait,
+            no_evidence,
         } => {
-            let r = target.resolve(&policy)?;
+            let mut r = target.resolve(&policy)?;
+            r.evidence &= !no_evidence;
             match &r.preflight {
-                Some(p) => {
-                    Ok(
-                        preflight::run(&r.targets, &r.policy, p, wait.map(Duration::from_secs))
-                            .await,
-                    )
-                }
+                Some(p) => Ok(preflight::run(&r, p, wait.map(Duration::from_secs)).await),
                 None if wait.is_some() => {
                     anyhow::bail!(
                         "--wait belongs to the pre-flight: give --lightning-dir (or --conf)"
@@ -283,6 +301,9 @@ async fn execute(command: Command) -> Result<i32> {
                     let obs = probe::observe(&r.targets, &r.policy).await;
                     let v = verdict::evaluate(&obs, &r.policy);
                     println!("{}", report::check_line(&obs, &v, &r.policy));
+                    if r.evidence {
+                        record_evidence(&r, &obs, &v).await;
+                    }
                     Ok(v.level.exit_code())
                 }
             }
@@ -308,6 +329,7 @@ async fn execute(command: Command) -> Result<i32> {
             }
             Ok(answer.readiness.exit_code())
         }
+        Command::Failover(args) => crate::takeover::run(args).await,
         Command::Demo => crate::demo::run().await,
     }
 }

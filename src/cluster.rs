@@ -34,7 +34,7 @@ pub struct PgInstall {
 
 impl PgInstall {
     pub fn find() -> Result<Arc<PgInstall>> {
-        let bindir = find_bindir().ok_or_else(|| {
+        let bindir = crate::pgbin::server_bindir().ok_or_else(|| {
             anyhow!(
                 "PostgreSQL server binaries not found (initdb, pg_ctl, postgres). Install them, \
                  e.g. `apt-get install postgresql` on Debian/Ubuntu, or point PG_BINDIR at their \
@@ -81,30 +81,6 @@ impl PgInstall {
         fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
         self.own(path)
     }
-}
-
-fn find_bindir() -> Option<PathBuf> {
-    let has_server = |d: &Path| d.join("initdb").is_file() && d.join("pg_ctl").is_file();
-    if let Some(d) = std::env::var_os("PG_BINDIR").map(PathBuf::from) {
-        return has_server(&d).then_some(d);
-    }
-    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
-        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        if out.status.success() && has_server(&d) {
-            return Some(d);
-        }
-    }
-    let mut versions: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
-        .ok()?
-        .flatten()
-        .filter_map(|e| {
-            let v = e.file_name().to_string_lossy().parse::<u32>().ok()?;
-            let d = e.path().join("bin");
-            has_server(&d).then_some((v, d))
-        })
-        .collect();
-    versions.sort();
-    versions.pop().map(|(_, d)| d)
 }
 
 fn unprivileged_user() -> Result<(u32, u32)> {
@@ -245,6 +221,31 @@ impl Server {
         self.resume();
         self.pg_ctl(&["-w", "-t", "60", "-m", "immediate", "stop"])?;
         Ok(())
+    }
+
+    /// The harshest crash: SIGKILL to the postmaster and every child at once. pg_ctl starts
+    /// the postmaster as the leader of its own process group, so one signal reaches them all
+    /// and no backend outlives the postmaster to finish a commit.
+    pub fn kill_tree(&self) -> Result<()> {
+        self.resume();
+        let pid = self.postmaster_pid()?;
+        // SAFETY: getpgid/kill on a pid read from this server's postmaster.pid.
+        unsafe {
+            if libc::getpgid(pid) != pid {
+                bail!("postmaster {pid} does not lead its process group");
+            }
+            if libc::kill(-pid, libc::SIGKILL) != 0 {
+                bail!("SIGKILL -{pid}: {}", std::io::Error::last_os_error());
+            }
+        }
+        wait_for(
+            "the killed postmaster to be gone",
+            Duration::from_secs(10),
+            || {
+                // SAFETY: signal 0 only probes for existence.
+                Ok(unsafe { libc::kill(pid, 0) } != 0)
+            },
+        )
     }
 
     /// Serves TLS on 127.0.0.1 with the given PEM certificate and key (restarts the server).

@@ -101,24 +101,7 @@ pub fn evaluate(obs: &Observation) -> FailoverAnswer {
         Ok(SyncNames::Required(r)) => Some(r),
     };
 
-    let mut blockers = Vec::new();
-    match req {
-        None => blockers.push(
-            "synchronous_standby_names is empty: no commit waited for any standby".to_string(),
-        ),
-        Some(r) if r.has_wildcard() => blockers.push(format!(
-            "synchronous_standby_names = '{}' lets any WAL receiver acknowledge commits",
-            p.sync_names_raw
-        )),
-        Some(_) => {}
-    }
-    if !matches!(p.session.synchronous_commit.as_str(), "on" | "remote_apply") {
-        blockers.push(format!(
-            "lightningd's sessions run with synchronous_commit = {}: commits do not wait for \
-             the standby to flush",
-            p.session.synchronous_commit
-        ));
-    }
+    let blockers = blockers(p, req);
 
     let mut standbys: Vec<StandbyReadiness> = p
         .walsenders
@@ -161,14 +144,51 @@ pub fn evaluate(obs: &Observation) -> FailoverAnswer {
     answer(readiness, Some(l), blockers, standbys)
 }
 
-fn judge_sender(
-    obs: &Observation,
-    p: &PrimaryFacts,
-    w: &WalSender,
-    req: Option<&SyncRequirement>,
-    l: Lsn,
-    blockers: &[String],
-) -> StandbyReadiness {
+/// Reasons that rule out every standby: no acknowledgement waits for a named one.
+fn blockers(p: &PrimaryFacts, req: Option<&SyncRequirement>) -> Vec<String> {
+    let mut blockers = Vec::new();
+    match req {
+        None => blockers.push(
+            "synchronous_standby_names is empty: no commit waited for any standby".to_string(),
+        ),
+        Some(r) if r.has_wildcard() => blockers.push(format!(
+            "synchronous_standby_names = '{}' lets any WAL receiver acknowledge commits",
+            p.sync_names_raw
+        )),
+        Some(_) => {}
+    }
+    if !matches!(p.session.synchronous_commit.as_str(), "on" | "remote_apply") {
+        blockers.push(format!(
+            "lightningd's sessions run with synchronous_commit = {}: commits do not wait for \
+             the standby to flush",
+            p.session.synchronous_commit
+        ));
+    }
+    blockers
+}
+
+/// The standbys that every acknowledged commit includes right now: conditions (1) and (2),
+/// whatever their flush position. This is what the evidence records (`crate::evidence`).
+pub fn covered_standbys(p: &PrimaryFacts) -> Vec<String> {
+    let Ok(names) = &p.sync_names else {
+        return vec![];
+    };
+    let req = match names {
+        SyncNames::Empty => None,
+        SyncNames::Required(r) => Some(r),
+    };
+    if p.in_recovery || !blockers(p, req).is_empty() {
+        return vec![];
+    }
+    p.walsenders
+        .iter()
+        .filter(|w| acknowledgement_reasons(w, req).is_empty())
+        .map(|w| w.application_name.clone())
+        .collect()
+}
+
+/// Why commits can be acknowledged without this WAL sender's standby (empty: they cannot).
+fn acknowledgement_reasons(w: &WalSender, req: Option<&SyncRequirement>) -> Vec<String> {
     let mut reasons = Vec::new();
     match req {
         Some(r) if r.names_standby(&w.application_name) && !r.has_wildcard() => match r.method {
@@ -203,6 +223,18 @@ fn judge_sender(
     if !w.reports_replay() {
         reasons.push("reports no replay position: a WAL receiver, not a standby".into());
     }
+    reasons
+}
+
+fn judge_sender(
+    obs: &Observation,
+    p: &PrimaryFacts,
+    w: &WalSender,
+    req: Option<&SyncRequirement>,
+    l: Lsn,
+    blockers: &[String],
+) -> StandbyReadiness {
+    let mut reasons = acknowledgement_reasons(w, req);
     let missing = w.flush_lsn.map(|f| l.bytes_after(f));
     if w.reached_target != Some(true) {
         reasons.push(format!(

@@ -2,7 +2,8 @@
 //! PostgreSQL wallet.
 //!
 //! Data flows one way: `probe` (the only module with SQL) → `facts` → `verdict` (pure) →
-//! `report` (JSON and text) → `cli`. `failover` is the pure go/no-go of `failover-check`.
+//! `report` (JSON and text) → `cli`. `failover` is the pure go/no-go of `failover-check`;
+//! `evidence` what the monitor records for a failover to read; `takeover` the failover itself.
 //! `cluster` starts real throwaway PostgreSQL servers for the tests and the demo.
 
 pub mod action;
@@ -11,6 +12,7 @@ pub mod cluster;
 pub mod conninfo;
 pub mod demo;
 pub mod dsn;
+pub mod evidence;
 pub mod facts;
 pub mod failover;
 pub mod guard;
@@ -18,6 +20,7 @@ pub mod lnconfig;
 pub mod lsn;
 pub mod metrics;
 pub mod options;
+pub mod pgbin;
 pub mod pgpass;
 pub mod plugin;
 pub mod policy;
@@ -27,5 +30,6 @@ pub mod report;
 pub mod runtime;
 pub mod statusfile;
 pub mod syncnames;
+pub mod takeover;
 pub mod tls;
 pub mod verdict;

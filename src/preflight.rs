@@ -6,9 +6,8 @@
 use std::time::{Duration, Instant};
 
 use crate::action;
-use crate::cli::Preflight;
-use crate::policy::Policy;
-use crate::probe::{self, Targets};
+use crate::cli::{Preflight, Resolved};
+use crate::probe;
 use crate::report;
 use crate::verdict::{self, Verdict};
 
@@ -16,7 +15,8 @@ use crate::verdict::{self, Verdict};
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Returns the exit status: 0 go; otherwise the verdict's (2 unsafe, 3 unknown).
-pub async fn run(targets: &Targets, policy: &Policy, p: &Preflight, wait: Option<Duration>) -> i32 {
+pub async fn run(r: &Resolved, p: &Preflight, wait: Option<Duration>) -> i32 {
+    let (targets, policy) = (&r.targets, &r.policy);
     let started = Instant::now();
     let deadline = wait.map(|w| started + w);
     let mut attempts = 0;
@@ -27,6 +27,9 @@ pub async fn run(targets: &Targets, policy: &Policy, p: &Preflight, wait: Option
         let d = action::decide(v.level, p.mode);
         let out_of_time = deadline.is_none_or(|d| Instant::now() >= d);
         if d.go || out_of_time {
+            if r.evidence {
+                crate::cli::record_evidence(r, &obs, &v).await;
+            }
             println!("{}", report::check_line(&obs, &v, policy));
             if d.report_findings {
                 print_findings(&v);

@@ -8,7 +8,7 @@
 //! - `replication-status`, `failover-check` (`methods`).
 
 mod hooks;
-mod lightningd;
+pub(crate) mod lightningd;
 mod methods;
 mod metrics_http;
 mod monitor;

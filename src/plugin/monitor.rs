@@ -19,7 +19,7 @@ use super::startup::State;
 use crate::guard::{self, Debouncer, OnUnsafe, Transition};
 use crate::policy::Policy;
 use crate::verdict::{Code, Verdict};
-use crate::{probe, report, verdict};
+use crate::{evidence, probe, report, verdict};
 
 /// A notification not taken by then is dropped: lightningd is frozen or gone.
 const NOTIFY_DEADLINE: Duration = Duration::from_secs(2);
@@ -33,6 +33,8 @@ pub async fn run(plugin: Plugin<State>) {
     let mut ticker = tokio::time::interval(st.settings.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut stopping = false;
+    // The last verdict recorded in replguard.evidence: only changes are written.
+    let mut recorded: Option<evidence::Record> = None;
     // Periodic checks may rely on fresh standby replies instead of writing a test commit.
     let policy = Policy {
         skip_probe_within: st.settings.reply_fresh,
@@ -46,6 +48,9 @@ pub async fn run(plugin: Plugin<State>) {
         let mut obs = probe::observe(targets, &policy).await;
         obs.pinned_commit = st.pinned.clone();
         let v = verdict::evaluate(&obs, &policy);
+        if st.settings.evidence {
+            record_change(targets, &obs, &v, &policy, &mut recorded).await;
+        }
         {
             let mut c = st.guard.counters.lock().unwrap_or_else(|e| e.into_inner());
             c.checks += 1;
@@ -102,6 +107,27 @@ pub async fn run(plugin: Plugin<State>) {
             stop_lightningd(&st.rpc_path, &why, &v).await;
         }
     }
+}
+
+/// Writes the verdict to `replguard.evidence` when it changed. A failed write is logged once
+/// and not retried until the verdict changes again (a read-only role would log every second).
+async fn record_change(
+    targets: &probe::Targets,
+    obs: &crate::facts::Observation,
+    v: &Verdict,
+    policy: &Policy,
+    recorded: &mut Option<evidence::Record>,
+) {
+    let Some(now) = evidence::Record::of(obs, v) else {
+        return;
+    };
+    if !evidence::worth_recording(recorded.as_ref(), &now) {
+        return;
+    }
+    if let Err(e) = probe::record_evidence(targets, obs, v, "plugin", policy).await {
+        log::warn!("{e}; cln-replguard failover will not find this verdict on the standby");
+    }
+    *recorded = Some(now);
 }
 
 fn announce(plugin: &Plugin<State>, t: Transition, v: &Verdict) {

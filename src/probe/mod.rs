@@ -2,7 +2,9 @@
 //! what comes out is plain facts (`crate::facts`), judged elsewhere.
 
 mod commit;
+pub mod evidence;
 mod primary;
+pub mod promote;
 mod session;
 mod standby;
 
@@ -53,6 +55,35 @@ impl Targets {
             .flat_map(|t| t.warnings.iter().cloned())
             .collect()
     }
+}
+
+/// One standby's facts, read through its own DSN.
+pub async fn observe_standby(
+    target: &PgTarget,
+    policy: &Policy,
+) -> Result<crate::facts::StandbyFacts, crate::facts::ProbeFailure> {
+    standby::observe(target, policy).await
+}
+
+/// Records the verdict in `replguard.evidence` when it changed (`crate::evidence`). `Ok(None)`:
+/// nothing to record (primary not reached). A failure is for the caller to warn about; it
+/// never changes the verdict.
+pub async fn record_evidence(
+    targets: &Targets,
+    obs: &Observation,
+    v: &crate::verdict::Verdict,
+    source: &str,
+    policy: &Policy,
+) -> Result<Option<bool>, String> {
+    let (WalletDsn::Postgres(t), Some(record)) =
+        (&targets.wallet, crate::evidence::Record::of(obs, v))
+    else {
+        return Ok(None);
+    };
+    evidence::record_if_changed(t, &record, source, policy.query_timeout)
+        .await
+        .map(Some)
+        .map_err(|f| format!("cannot record evidence: {}: {}", f.stage, f.detail))
 }
 
 /// `status`/`check`: the primary's facts with a commit probe, and each standby's.

@@ -1,0 +1,193 @@
+//! Evidence that survives the primary: each change of verdict is recorded in the table
+//! `replguard.evidence` on the primary, in the wallet's database. The row travels with the WAL,
+//! so after the primary host is lost the standby still holds what the monitor last saw and
+//! when — the fact `cln-replguard failover` needs to promote without guessing (issue 6).
+//!
+//! What a row can prove, and what not: a row says "from this moment, every acknowledged commit
+//! also reached these standbys", until a later row says otherwise. A later row written while
+//! the standby no longer received WAL never reaches it; that is why the failover also requires
+//! the standby to be named in the row, and why a standby that was cut off earlier than the
+//! primary was lost cannot be told apart from one that was not (see contrib/FAILOVER.md).
+//!
+//! Pure decisions here; the reads and writes are in `probe::evidence`.
+
+use serde::Serialize;
+
+use crate::facts::Observation;
+use crate::failover;
+use crate::lsn::Lsn;
+use crate::verdict::{Level, Verdict};
+
+/// What the monitor records about one check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Record {
+    pub level: Level,
+    pub codes: Vec<String>,
+    /// The standbys every acknowledged commit included (`failover::covered_standbys`).
+    pub covered: Vec<String>,
+    pub timeline: Option<u32>,
+    pub system_identifier: Option<String>,
+}
+
+impl Record {
+    /// `None` when the primary was not reached: there is nothing to write to.
+    pub fn of(obs: &Observation, v: &Verdict) -> Option<Record> {
+        let p = obs.primary().filter(|p| !p.in_recovery)?;
+        let mut covered = failover::covered_standbys(p);
+        covered.sort();
+        let mut codes: Vec<String> = v.findings.iter().map(|f| f.code.to_string()).collect();
+        codes.sort();
+        Some(Record {
+            level: v.level,
+            codes,
+            covered,
+            timeline: p.timeline,
+            system_identifier: p.system_identifier.clone(),
+        })
+    }
+}
+
+/// A row as read back (on the primary, or on the standby after it replicated).
+#[derive(Clone, Debug, Serialize)]
+pub struct Recorded {
+    pub id: i64,
+    pub recorded_at: String,
+    /// Seconds between the row and the moment it was read.
+    pub age_s: f64,
+    pub record: Record,
+    /// The primary's flush position when the row was written.
+    pub flush_lsn: Option<Lsn>,
+    pub source: String,
+}
+
+/// Whether a change is worth a row: the level, the findings, or the covered standbys moved.
+/// Unchanged checks write nothing (an idle node must not produce WAL: DESIGN §2).
+pub fn worth_recording(last: Option<&Record>, now: &Record) -> bool {
+    last != Some(now)
+}
+
+/// What the newest row on a standby says about promoting it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "answer", rename_all = "kebab-case")]
+pub enum Judgement {
+    /// Every commit acknowledged up to the row's time also reached this standby.
+    Covered,
+    /// The row says the standby was not covered, or the pair was not safe: commits may exist
+    /// only on the old primary.
+    NotCovered { why: String },
+    /// No row, or one from another cluster: nothing can be said.
+    Unverifiable { why: String },
+}
+
+/// Judges the newest row on the standby that is about to be promoted. `standby_name` is the
+/// name it streams under (its `application_name`), `standby_system_id` its cluster.
+pub fn judge(
+    newest: Option<&Recorded>,
+    standby_name: &str,
+    standby_system_id: Option<&str>,
+) -> Judgement {
+    let Some(row) = newest else {
+        return Judgement::Unverifiable {
+            why: "no evidence on the standby: the primary's monitor never recorded a verdict \
+                  (replguard-evidence off, or the plugin/check never ran against this pair)"
+                .into(),
+        };
+    };
+    let r = &row.record;
+    if let (Some(a), Some(b)) = (r.system_identifier.as_deref(), standby_system_id)
+        && a != b
+    {
+        return Judgement::Unverifiable {
+            why: format!("the newest evidence is from another cluster (system identifier {a})"),
+        };
+    }
+    let at = format!("{} ({:.0} s ago)", row.recorded_at, row.age_s);
+    if !matches!(r.level, Level::Safe | Level::Degraded) {
+        return Judgement::NotCovered {
+            why: format!(
+                "the primary's monitor last recorded {} at {at}: {}",
+                r.level,
+                r.codes.join(", ")
+            ),
+        };
+    }
+    if !r
+        .covered
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(standby_name))
+    {
+        return Judgement::NotCovered {
+            why: format!(
+                "at {at} the acknowledged commits included {} but not this standby ({standby_name})",
+                if r.covered.is_empty() {
+                    "no standby".to_string()
+                } else {
+                    r.covered.join(", ")
+                }
+            ),
+        };
+    }
+    Judgement::Covered
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(level: Level, covered: &[&str]) -> Recorded {
+        Recorded {
+            id: 7,
+            recorded_at: "2026-11-26T12:00:00Z".into(),
+            age_s: 30.0,
+            record: Record {
+                level,
+                codes: vec![],
+                covered: covered.iter().map(|c| c.to_string()).collect(),
+                timeline: Some(1),
+                system_identifier: Some("73".into()),
+            },
+            flush_lsn: Some(Lsn(0x3000000)),
+            source: "plugin".into(),
+        }
+    }
+
+    #[test]
+    fn covered_only_when_the_newest_row_is_good_and_names_the_standby() {
+        let r = row(Level::Safe, &["s1"]);
+        assert_eq!(judge(Some(&r), "s1", Some("73")), Judgement::Covered);
+        assert_eq!(judge(Some(&r), "S1", None), Judgement::Covered);
+        assert!(matches!(
+            judge(Some(&r), "s2", Some("73")),
+            Judgement::NotCovered { why } if why.contains("not this standby (s2)")
+        ));
+        let degraded = row(Level::Degraded, &["s1"]);
+        assert_eq!(judge(Some(&degraded), "s1", None), Judgement::Covered);
+    }
+
+    #[test]
+    fn an_unsafe_or_unknown_row_or_none_is_never_covered() {
+        let mut r = row(Level::Unsafe, &[]);
+        r.record.codes = vec!["sync-names-empty".into()];
+        assert!(matches!(
+            judge(Some(&r), "s1", None),
+            Judgement::NotCovered { why } if why.contains("recorded unsafe") && why.contains("sync-names-empty")
+        ));
+        assert!(matches!(
+            judge(None, "s1", None),
+            Judgement::Unverifiable { .. }
+        ));
+        assert!(matches!(
+            judge(Some(&row(Level::Safe, &["s1"])), "s1", Some("99")),
+            Judgement::Unverifiable { why } if why.contains("another cluster")
+        ));
+    }
+
+    #[test]
+    fn only_changes_are_recorded() {
+        let a = row(Level::Safe, &["s1"]).record;
+        assert!(worth_recording(None, &a));
+        assert!(!worth_recording(Some(&a), &a.clone()));
+        let b = row(Level::Safe, &["s1", "s2"]).record;
+        assert!(worth_recording(Some(&a), &b));
+    }
+}

@@ -1,0 +1,164 @@
+//! Fencing by action: the old lightningd stopped and its RPC gone; the old primary stopped and
+//! marked so that it can only ever start again as a standby (`standby.signal`).
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::plugin::lightningd;
+
+/// What one fencing step established.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Fenced {
+    /// Done or checked from here.
+    Verified(String),
+    /// Could not be done or checked from here; proceeding needs `--old-host-unreachable`.
+    Unverified(String),
+    /// Must not proceed, whatever the flags (e.g. the old primary still runs).
+    Refused(String),
+}
+
+/// Stops the old lightningd through its RPC socket and waits until nothing answers there.
+pub async fn lightningd(rpc: Option<&Path>, wait: Duration) -> Fenced {
+    let Some(rpc) = rpc else {
+        return Fenced::Unverified(
+            "the old lightningd was not checked (no --lightning-rpc): make sure it is stopped \
+             and disabled on its host"
+                .into(),
+        );
+    };
+    if !answers(rpc) {
+        return Fenced::Verified(format!("no lightningd answers at {}", rpc.display()));
+    }
+    if let Err(e) = lightningd::call(rpc, "stop", json!({}), Duration::from_secs(10)).await {
+        // A lightningd frozen on a commit does not answer; it must still go.
+        return Fenced::Refused(format!(
+            "lightningd answers at {} but did not take `stop` ({e:#}): stop it (kill it if it \
+             is frozen), then run this again",
+            rpc.display()
+        ));
+    }
+    let start = Instant::now();
+    while answers(rpc) {
+        if start.elapsed() > wait {
+            return Fenced::Refused(format!(
+                "lightningd at {} accepted `stop` but still answers after {} s",
+                rpc.display(),
+                wait.as_secs()
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Fenced::Verified(format!(
+        "lightningd at {} stopped (its RPC socket no longer answers)",
+        rpc.display()
+    ))
+}
+
+fn answers(rpc: &Path) -> bool {
+    std::os::unix::net::UnixStream::connect(rpc).is_ok()
+}
+
+/// Stops the old primary (`pg_ctl stop -m fast`, which first sends its remaining WAL to the
+/// connected standbys) and writes `standby.signal`, so a restart by a unit or a person brings
+/// it back in recovery, never as a second primary.
+pub fn old_primary(data: &Path, bindir: Option<&Path>, wait: Duration) -> Fenced {
+    if !data.join("PG_VERSION").is_file() {
+        return Fenced::Refused(format!(
+            "{} is not a PostgreSQL data directory (no PG_VERSION)",
+            data.display()
+        ));
+    }
+    let was_running = postmaster_alive(data);
+    if let Some(pid) = was_running {
+        let Some(pg_ctl) = bindir
+            .map(Path::to_path_buf)
+            .or_else(crate::pgbin::server_bindir)
+            .map(|d| d.join("pg_ctl"))
+        else {
+            return Fenced::Refused(format!(
+                "the old primary runs (pid {pid}) and pg_ctl was not found to stop it: give \
+                 --pg-bindir"
+            ));
+        };
+        let mut cmd = Command::new(&pg_ctl);
+        cmd.arg("-D")
+            .arg(data)
+            .args(["stop", "-m", "fast", "-w", "-t"])
+            .arg(wait.as_secs().max(1).to_string())
+            .stdin(Stdio::null());
+        as_owner_of(&mut cmd, data);
+        match cmd.output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => {
+                return Fenced::Refused(format!(
+                    "the old primary (pid {pid}) did not stop: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ));
+            }
+            Err(e) => {
+                return Fenced::Refused(format!("cannot run {}: {e}", pg_ctl.display()));
+            }
+        }
+    }
+    if let Some(pid) = postmaster_alive(data) {
+        return Fenced::Refused(format!("the old primary still runs (pid {pid})"));
+    }
+    let signal = data.join("standby.signal");
+    if let Err(e) = write_owned(&signal, data) {
+        return Fenced::Refused(format!("cannot write {}: {e}", signal.display()));
+    }
+    Fenced::Verified(format!(
+        "old primary {}; {} written: it can only start as a standby",
+        if was_running.is_some() {
+            "stopped (pg_ctl stop -m fast)"
+        } else {
+            "not running"
+        },
+        signal.display()
+    ))
+}
+
+/// The postmaster's pid when `postmaster.pid` names a live process.
+fn postmaster_alive(data: &Path) -> Option<i32> {
+    let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    // SAFETY: signal 0 only checks that the process exists.
+    (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+}
+
+/// PostgreSQL refuses to run as root: tools run as the data directory's owner.
+fn as_owner_of(cmd: &mut Command, data: &Path) {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0
+        && let Ok(m) = fs::metadata(data)
+        && m.uid() != 0
+    {
+        cmd.uid(m.uid()).gid(m.gid()).current_dir("/");
+    }
+}
+
+fn write_owned(path: &Path, owner_of: &Path) -> std::io::Result<()> {
+    fs::write(path, "")?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+    let m = fs::metadata(owner_of)?;
+    std::os::unix::fs::chown(path, Some(m.uid()), Some(m.gid()))
+}
+
+/// What the operator runs on the old host when this one cannot reach it.
+pub fn old_host_commands(data: Option<&PathBuf>) -> Vec<String> {
+    let data = data
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|| "<old primary's data directory>".into());
+    vec![
+        "lightning-cli stop; systemctl disable --now lightningd".into(),
+        format!("pg_ctl -D {data} stop -m fast   # as the postgres user"),
+        format!("touch {data}/standby.signal     # it may only come back as a standby"),
+        "systemctl disable postgresql@<version>-<cluster>   # or your unit's name".into(),
+    ]
+}

@@ -1,0 +1,344 @@
+//! `cln-replguard failover`: promote the standby without guessing (contrib/FAILOVER.md).
+//!
+//! 1. **Fence** by action: the old lightningd stopped, the old primary stopped and marked with
+//!    `standby.signal` (`fence`). What cannot be done from here is listed; going on without it
+//!    needs `--old-host-unreachable`.
+//! 2. **Verify** that the standby holds every acknowledged commit: live (`failover-check`
+//!    against the old primary, when it still answers), else from the evidence the primary's
+//!    monitor recorded, which replicated to the standby (`crate::evidence`). Without proof,
+//!    refuse unless `--accept-unverified`; with proof of the contrary, unless `--accept-loss`.
+//! 3. **Promote**, wait for the new timeline, `CHECKPOINT`.
+//! 4. **After**: the new primary inherited `synchronous_standby_names`, so its first commit
+//!    would wait for a standby that is not there. The operator chose with `--then`: wait for a
+//!    new standby, or run alone for a bounded time (`replguard-accept-no-standby-until`).
+
+mod fence;
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, ValueEnum};
+
+use crate::dsn::{PgTarget, WalletDsn};
+use crate::evidence::{self, Judgement};
+use crate::failover;
+use crate::options::{self, MAX_ACCEPT_NO_STANDBY};
+use crate::policy::Policy;
+use crate::probe::{self, Targets};
+
+pub use fence::Fenced;
+
+/// Exit status when the tool refused: nothing was promoted.
+pub const EXIT_REFUSED: i32 = 2;
+
+#[derive(Args, Debug)]
+pub struct FailoverArgs {
+    /// The standby to promote, on the wallet's database (the evidence table is there). Its role
+    /// must be allowed to promote (a superuser, or EXECUTE on pg_promote and pg_checkpoint).
+    #[arg(
+        long,
+        value_name = "DSN",
+        env = "REPLGUARD_STANDBY_DSN",
+        hide_env_values = true
+    )]
+    pub standby_dsn: String,
+    /// The old primary, for a live check while it still answers (a planned switchover).
+    #[arg(long, value_name = "DSN")]
+    pub old_primary_dsn: Option<String>,
+    /// The old primary's data directory, when it is on this host: it is stopped and
+    /// standby.signal is written into it.
+    #[arg(long, value_name = "DIR")]
+    pub old_primary_data: Option<PathBuf>,
+    /// The old lightningd's RPC socket (<lightning-dir>/<network>/lightning-rpc), when on
+    /// this host: it is stopped, and must stop answering.
+    #[arg(long, value_name = "PATH")]
+    pub lightning_rpc: Option<PathBuf>,
+    /// Go on although the old lightningd or primary could not be fenced from here; what went
+    /// unverified is printed, with the commands to run on the old host.
+    #[arg(long)]
+    pub old_host_unreachable: bool,
+    /// Promote although nothing proves that the standby holds every acknowledged commit.
+    #[arg(long)]
+    pub accept_unverified: bool,
+    /// Promote although the evidence says acknowledged commits may exist only on the old
+    /// primary (they will be lost; the node risks a penalty if it broadcasts old state).
+    #[arg(long)]
+    pub accept_loss: bool,
+    /// After promotion: wait for a new standby (commits block until one streams), or run
+    /// alone for --alone-for (synchronous_standby_names emptied; the plugin accepts it until
+    /// the printed time).
+    #[arg(long = "then", value_enum, value_name = "CHOICE")]
+    pub after: After,
+    /// With --then run-alone: how long running without a standby is accepted (at most 7 days).
+    #[arg(long, value_name = "DURATION", default_value = "1h")]
+    pub alone_for: humantime::Duration,
+    /// Where pg_ctl is [default: PG_BINDIR, pg_config --bindir, /usr/lib/postgresql/*/bin].
+    #[arg(long, value_name = "DIR")]
+    pub pg_bindir: Option<PathBuf>,
+    /// Bound of each wait (lightningd stopping, the old primary stopping, promotion).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum After {
+    WaitForStandby,
+    RunAlone,
+}
+
+/// Runs the failover; returns the exit status (0 promoted, 2 refused).
+pub async fn run(a: FailoverArgs) -> Result<i32> {
+    let wait = Duration::from_secs(a.timeout);
+    let policy = Policy::default();
+    let standby = PgTarget::parse(&a.standby_dsn).context("--standby-dsn")?;
+    let alone_until = SystemTime::now() + *a.alone_for;
+    if a.after == After::RunAlone && *a.alone_for > MAX_ACCEPT_NO_STANDBY {
+        anyhow::bail!("--alone-for: at most 7 days");
+    }
+
+    say("standby", &format!("checking {standby}"));
+    let facts = probe::observe_standby(&standby, &policy)
+        .await
+        .map_err(|f| anyhow::anyhow!("the standby: {}: {}", f.stage, f.detail))?;
+    if !facts.in_recovery {
+        say_refused(&format!(
+            "{standby} already answers as a primary (timeline {:?}): nothing to promote; if \
+             that was not this tool, two primaries may exist — stop lightningd everywhere first",
+            facts.timeline
+        ));
+        return Ok(EXIT_REFUSED);
+    }
+    let name = facts.walsender_name();
+
+    // 1. Fence lightningd first: no commit may happen after what is verified next.
+    let lightningd = fence::lightningd(a.lightning_rpc.as_deref(), wait).await;
+    // 2. Verify live while the old primary still answers (before it is stopped).
+    let live = match &a.old_primary_dsn {
+        Some(dsn) => Some(live_check(dsn, &standby, &name, &policy).await?),
+        None => None,
+    };
+    // 3. Fence the old primary.
+    let mut unverified = Vec::new();
+    let mut refused = Vec::new();
+    let primary = match &a.old_primary_data {
+        Some(d) => fence::old_primary(d, a.pg_bindir.as_deref(), wait),
+        None if live.as_ref().is_some_and(|l| l.answered) => Fenced::Refused(
+            "the old primary still answers and its data directory is not on this host \
+             (--old-primary-data): stop it on its host first"
+                .into(),
+        ),
+        None => Fenced::Unverified(
+            "the old primary was not stopped or marked from here (no --old-primary-data)".into(),
+        ),
+    };
+    for (what, f) in [("lightningd", &lightningd), ("old primary", &primary)] {
+        match f {
+            Fenced::Verified(m) => say(what, m),
+            Fenced::Unverified(m) => {
+                say(what, &format!("UNVERIFIED: {m}"));
+                unverified.push(m.clone());
+            }
+            Fenced::Refused(m) => {
+                say(what, &format!("REFUSED: {m}"));
+                refused.push(m.clone());
+            }
+        }
+    }
+    if !refused.is_empty() {
+        say_refused("fencing failed; nothing was promoted");
+        return Ok(EXIT_REFUSED);
+    }
+    if !unverified.is_empty() {
+        if !a.old_host_unreachable {
+            say_refused(
+                "the old node is not fenced from here. On the old host run:\n  \
+                 (or pass --old-host-unreachable if that host is gone for good)",
+            );
+            for c in fence::old_host_commands(a.old_primary_data.as_ref()) {
+                println!("    {c}");
+            }
+            return Ok(EXIT_REFUSED);
+        }
+        say(
+            "fence",
+            "going on with --old-host-unreachable; run these on the old host before it \
+             returns:",
+        );
+        for c in fence::old_host_commands(a.old_primary_data.as_ref()) {
+            println!("    {c}");
+        }
+    }
+
+    // 4. Verify: the live answer, else the evidence on the standby.
+    let verified = match live {
+        Some(l) if l.answered => match l.ready {
+            Ok(()) => Judgement::Covered,
+            Err(why) => Judgement::NotCovered { why },
+        },
+        _ => {
+            let newest = probe::evidence::newest(&standby, policy.query_timeout)
+                .await
+                .map_err(|f| anyhow::anyhow!("reading evidence: {}: {}", f.stage, f.detail))?;
+            if let Some(r) = &newest {
+                say(
+                    "evidence",
+                    &format!(
+                        "newest row {} at {} ({:.0} s ago, by the {}): {}, commits covered by \
+                         [{}]",
+                        r.id,
+                        r.recorded_at,
+                        r.age_s,
+                        r.source,
+                        r.record.level,
+                        r.record.covered.join(", ")
+                    ),
+                );
+            }
+            evidence::judge(newest.as_ref(), &name, facts.system_identifier.as_deref())
+        }
+    };
+    match &verified {
+        Judgement::Covered => say("verify", &format!("{name} holds every acknowledged commit")),
+        Judgement::NotCovered { why } if a.accept_loss => say(
+            "verify",
+            &format!("NOT COVERED, going on (--accept-loss): {why}"),
+        ),
+        Judgement::NotCovered { why } => {
+            say_refused(&format!(
+                "acknowledged commits may exist only on the old primary: {why}. Bring the old \
+                 primary back (as it was) instead, or pass --accept-loss"
+            ));
+            return Ok(EXIT_REFUSED);
+        }
+        Judgement::Unverifiable { why } if a.accept_unverified || a.accept_loss => say(
+            "verify",
+            &format!("UNVERIFIED, going on (--accept-unverified): {why}"),
+        ),
+        Judgement::Unverifiable { why } => {
+            say_refused(&format!(
+                "cannot verify that {name} holds every acknowledged commit: {why}. Pass \
+                 --accept-unverified to promote anyway"
+            ));
+            return Ok(EXIT_REFUSED);
+        }
+    }
+
+    // 5. Promote.
+    let promoted = probe::promote::promote(&standby, facts.timeline, wait)
+        .await
+        .map_err(|f| anyhow::anyhow!("promotion: {}: {}", f.stage, f.detail))?;
+    say(
+        "promote",
+        &format!(
+            "{standby} is the primary on timeline {} at {} ({} ms), CHECKPOINT done",
+            promoted.timeline,
+            promoted
+                .lsn
+                .map_or_else(|| "?".to_string(), |l| l.to_string()),
+            promoted.took.as_millis()
+        ),
+    );
+
+    // 6. The inherited synchronous_standby_names.
+    match a.after {
+        After::WaitForStandby => say(
+            "after",
+            &format!(
+                "synchronous_standby_names = '{}' kept: lightningd's commits wait until such a \
+                 standby streams from this server (cln-replguard setup standby, \
+                 contrib/README.md)",
+                promoted.sync_names
+            ),
+        ),
+        After::RunAlone => {
+            probe::promote::clear_sync_names(&standby, policy.query_timeout)
+                .await
+                .map_err(|f| anyhow::anyhow!("{}: {}", f.stage, f.detail))?;
+            say(
+                "after",
+                &format!(
+                    "synchronous_standby_names emptied: commits no longer wait for a standby. \
+                     Add to lightningd's config, then start it:\n{}={}",
+                    options::ACCEPT_NO_STANDBY_UNTIL,
+                    rfc3339_seconds(alone_until)
+                ),
+            );
+        }
+    }
+    say(
+        "next",
+        "point lightningd's wallet= at this server, start it, and build a new standby",
+    );
+    Ok(0)
+}
+
+/// The live answer of DESIGN §5's failover-check, for this standby.
+struct Live {
+    /// The old primary answered.
+    answered: bool,
+    ready: Result<(), String>,
+}
+
+async fn live_check(dsn: &str, standby: &PgTarget, name: &str, policy: &Policy) -> Result<Live> {
+    let wallet = WalletDsn::parse(dsn).context("--old-primary-dsn")?;
+    let targets = Targets::new(wallet, vec![standby.clone()]);
+    let obs = probe::observe_failover(&targets, policy, Duration::from_secs(2)).await;
+    if obs.primary().is_none() {
+        say(
+            "live check",
+            "the old primary does not answer: the evidence decides",
+        );
+        return Ok(Live {
+            answered: false,
+            ready: Err(String::new()),
+        });
+    }
+    let answer = failover::evaluate(&obs);
+    let this = answer
+        .standbys
+        .iter()
+        .find(|s| s.name.eq_ignore_ascii_case(name));
+    let ready = match this {
+        Some(s) if s.ready => Ok(()),
+        Some(s) => Err(s.reasons.join("; ")),
+        None => Err(format!(
+            "{name} is not connected to the old primary{}",
+            if answer.blockers.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", answer.blockers.join("; "))
+            }
+        )),
+    }
+    .map_err(|why| {
+        if answer.blockers.is_empty() {
+            why
+        } else {
+            format!("{why}; {}", answer.blockers.join("; "))
+        }
+    });
+    say(
+        "live check",
+        &match &ready {
+            Ok(()) => format!("failover-check on the old primary: {name} ready"),
+            Err(why) => format!("failover-check on the old primary: {name} NOT ready: {why}"),
+        },
+    );
+    Ok(Live {
+        answered: true,
+        ready,
+    })
+}
+
+fn rfc3339_seconds(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn say(step: &str, what: &str) {
+    println!("cln-replguard failover: {step}: {what}");
+}
+
+fn say_refused(why: &str) {
+    println!("cln-replguard failover: REFUSED: {why}");
+}

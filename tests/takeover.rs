@@ -1,0 +1,421 @@
+//! `cln-replguard failover` and the evidence it reads, on real pairs: its refusals, a planned
+//! switchover, and the zero-loss crash trials (issue 6): a writer commits increasing numbers,
+//! the whole primary process tree is SIGKILLed at a random moment, the standby is promoted with
+//! the tool, and the last acknowledged number must be on it. Control runs (role
+//! `synchronous_commit = local`, an async standby) must lose commits, so the trial is known
+//! to be able to fail. `REPLGUARD_TRIALS=n` sets the count of safe trials (default 3).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use cln_replguard::cluster::{Cluster, ClusterSpec, Server, wait_for};
+
+use common::*;
+
+/// The standby's DSN as the failover tool takes it: the superuser, on the wallet's database.
+fn admin_dsn(s: &Server) -> String {
+    s.conninfo("postgres", "lightningd")
+}
+
+fn sql_on_wallet_db(s: &Server, sql: &str) -> String {
+    let out = std::process::Command::new(
+        cln_replguard::pgbin::server_bindir()
+            .expect("PostgreSQL binaries")
+            .join("psql"),
+    )
+    .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+    .arg(admin_dsn(s))
+    .arg("-c")
+    .arg(sql)
+    .output()
+    .expect("psql");
+    assert!(
+        out.status.success(),
+        "{sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn in_recovery(s: &Server) -> bool {
+    s.psql("SELECT pg_is_in_recovery()").unwrap() == "t"
+}
+
+/// `cln-replguard check` against the primary: records the verdict as evidence.
+fn check_and_record(c: &Cluster) -> (i32, String) {
+    let (code, out, err) = cli(&["check", "--dsn", &c.primary.wallet_dsn()]);
+    assert!(!err.contains("cannot record evidence"), "{err}");
+    (code, out)
+}
+
+fn failover(c: &Cluster, extra: &[&str]) -> (i32, String) {
+    let rpc = c
+        .scratch_dir("no-lightningd")
+        .unwrap()
+        .join("lightning-rpc");
+    let owned = [
+        admin_dsn(c.standby("s1")),
+        c.primary.datadir.display().to_string(),
+        rpc.display().to_string(),
+    ];
+    let mut args = vec![
+        "failover",
+        "--standby-dsn",
+        &owned[0],
+        "--old-primary-data",
+        &owned[1],
+        "--lightning-rpc",
+        &owned[2],
+        "--timeout",
+        "30",
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = cli(&args);
+    (code, format!("{out}{err}"))
+}
+
+/// The level word of `check`'s line: `REPLGUARD SAFE: …` → `safe`.
+fn level_of(line: &str) -> String {
+    line.trim_start_matches("REPLGUARD ")
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .to_lowercase()
+}
+
+/// Commits 1, 2, 3… as lightningd's role, each in its own transaction; `acked` is the last
+/// number whose COMMIT returned.
+struct Writer {
+    acked: Arc<AtomicI64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<thread::JoinHandle<()>>,
+}
+
+impl Writer {
+    fn start(c: &Cluster, pad: usize) -> Writer {
+        let dsn = c.primary.conninfo("lightningd", "lightningd");
+        let acked = Arc::new(AtomicI64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (a, s) = (acked.clone(), stop.clone());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let thread = thread::spawn(move || {
+            rt.block_on(async move {
+                let (client, conn) = tokio_postgres::connect(&dsn, tokio_postgres::NoTls)
+                    .await
+                    .expect("writer connects");
+                tokio::spawn(conn);
+                client
+                    .batch_execute(
+                        "CREATE TABLE IF NOT EXISTS trial (n bigint PRIMARY KEY, pad text)",
+                    )
+                    .await
+                    .expect("trial table");
+                let pad = "x".repeat(pad);
+                let mut n: i64 = 0;
+                while !s.load(Ordering::Relaxed) {
+                    n += 1;
+                    match client
+                        .execute("INSERT INTO trial VALUES ($1, $2)", &[&n, &pad])
+                        .await
+                    {
+                        Ok(_) => a.store(n, Ordering::SeqCst),
+                        Err(_) => return, // the server is gone
+                    }
+                }
+            })
+        });
+        Writer {
+            acked,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn wait_acked(&self, at_least: i64) {
+        wait_for("acknowledged commits", Duration::from_secs(60), || {
+            Ok(self.acked.load(Ordering::SeqCst) >= at_least)
+        })
+        .unwrap();
+    }
+
+    fn acked(&self) -> i64 {
+        self.acked.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One crash trial; returns (verdict before, acknowledged, present on the promoted standby).
+struct Trial {
+    verdict: String,
+    acked: i64,
+    present: i64,
+    tool_output: String,
+}
+
+fn crash_trial(
+    c: &Cluster,
+    pause_receiver: bool,
+    kill_after: Duration,
+    tool_flags: &[&str],
+) -> Trial {
+    let (_, line) = check_and_record(c);
+    let verdict = level_of(&line);
+    // A large row per commit: with the receiver paused, the WAL outgrows every socket buffer,
+    // so the lost commits cannot hide in one.
+    let writer = Writer::start(c, if pause_receiver { 4000 } else { 100 });
+    writer.wait_acked(20);
+    if pause_receiver {
+        c.standby("s1").hang_walreceiver().unwrap();
+        let before = writer.acked();
+        writer.wait_acked(before + 2000);
+    } else {
+        // The experiment's random kill moment, not a wait for a condition.
+        thread::sleep(kill_after);
+    }
+    c.primary.kill_tree().unwrap();
+    let acked = writer.acked();
+    drop(writer);
+    c.standby("s1").resume();
+    let (code, out) = failover(c, tool_flags);
+    assert_eq!(code, 0, "failover: {out}");
+    assert!(!in_recovery(c.standby("s1")), "{out}");
+    let present: i64 = sql_on_wallet_db(c.standby("s1"), "SELECT coalesce(max(n), 0) FROM trial")
+        .parse()
+        .unwrap();
+    Trial {
+        verdict,
+        acked,
+        present,
+        tool_output: out,
+    }
+}
+
+fn trials() -> usize {
+    std::env::var("REPLGUARD_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+#[test]
+fn safe_pairs_lose_no_acknowledged_commit_when_the_primary_is_killed() {
+    let n = trials();
+    let mut lost_any = 0;
+    for i in 0..n {
+        let c = start(&ClusterSpec::pair());
+        // A pseudo-random moment, different for each trial and run.
+        let nanos = Instant::now().elapsed().subsec_nanos() as u64 ^ (std::process::id() as u64);
+        let kill_after =
+            Duration::from_millis(50 + (nanos.wrapping_mul(2654435761) + i as u64 * 97) % 450);
+        let t = crash_trial(&c, false, kill_after, &["--then", "run-alone"]);
+        eprintln!(
+            "trial {}/{n}: verdict before {}, killed after {:?}: acknowledged {}, on the new \
+             primary {}",
+            i + 1,
+            t.verdict,
+            kill_after,
+            t.acked,
+            t.present
+        );
+        assert_eq!(t.verdict, "safe");
+        assert!(t.acked > 0);
+        assert!(
+            t.tool_output.contains("holds every acknowledged commit"),
+            "{}",
+            t.tool_output
+        );
+        if t.present < t.acked {
+            lost_any += 1;
+        }
+    }
+    assert_eq!(
+        lost_any, 0,
+        "acknowledged commits lost in {lost_any} of {n} safe trials"
+    );
+}
+
+#[test]
+fn control_with_role_synchronous_commit_local_loses_commits_and_the_tool_refuses() {
+    let c = start(&ClusterSpec::pair());
+    c.primary
+        .psql("ALTER ROLE lightningd SET synchronous_commit = local")
+        .unwrap();
+    // The refusal first: evidence says unsafe, so without --accept-loss nothing is promoted.
+    let (_, line) = check_and_record(&c);
+    assert_eq!(level_of(&line), "unsafe", "{line}");
+    let writer = Writer::start(&c, 4000);
+    writer.wait_acked(20);
+    c.standby("s1").hang_walreceiver().unwrap();
+    let before = writer.acked();
+    writer.wait_acked(before + 2000);
+    c.primary.kill_tree().unwrap();
+    let acked = writer.acked();
+    drop(writer);
+    c.standby("s1").resume();
+    let (code, out) = failover(&c, &["--then", "run-alone"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("REFUSED") && out.contains("synchronous-commit-weak"),
+        "{out}"
+    );
+    assert!(
+        in_recovery(c.standby("s1")),
+        "a refusal must promote nothing"
+    );
+    // Forced: the loss the verdict warned about is real.
+    let (code, out) = failover(&c, &["--then", "run-alone", "--accept-loss"]);
+    assert_eq!(code, 0, "{out}");
+    let present: i64 = sql_on_wallet_db(c.standby("s1"), "SELECT coalesce(max(n), 0) FROM trial")
+        .parse()
+        .unwrap();
+    eprintln!(
+        "control (role synchronous_commit = local): acknowledged {acked}, on the new primary {present}"
+    );
+    assert!(
+        present < acked,
+        "the control run must lose commits: {present} ≥ {acked}"
+    );
+}
+
+#[test]
+fn control_with_an_async_standby_loses_commits() {
+    let c = start(&ClusterSpec::pair());
+    c.set_sync_names("").unwrap();
+    let t = crash_trial(
+        &c,
+        true,
+        Duration::ZERO,
+        &["--then", "run-alone", "--accept-loss"],
+    );
+    eprintln!(
+        "control (async standby): verdict before {}, acknowledged {}, on the new primary {}",
+        t.verdict, t.acked, t.present
+    );
+    assert_eq!(t.verdict, "unsafe");
+    assert!(t.tool_output.contains("NOT COVERED"), "{}", t.tool_output);
+    assert!(t.present < t.acked, "the control run must lose commits");
+}
+
+#[test]
+fn refuses_without_fencing_or_without_evidence_and_promotes_nothing() {
+    let c = start(&ClusterSpec::pair());
+    let standby = admin_dsn(c.standby("s1"));
+    // Nothing said about the old node: not fenced.
+    let (code, out, _) = cli(&["failover", "--standby-dsn", &standby, "--then", "run-alone"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("not fenced") && out.contains("standby.signal"),
+        "{out}"
+    );
+    // The old primary answers, and its data directory is not given: it cannot be stopped.
+    let (code, out, _) = cli(&[
+        "failover",
+        "--standby-dsn",
+        &standby,
+        "--old-primary-dsn",
+        &c.primary.wallet_dsn(),
+        "--then",
+        "run-alone",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("still answers"), "{out}");
+    assert!(in_recovery(c.standby("s1")));
+    // Crashed primary, no evidence ever recorded: unverifiable.
+    c.primary.kill_tree().unwrap();
+    let (code, out) = failover(&c, &["--then", "wait-for-standby"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("no evidence") && out.contains("--accept-unverified"),
+        "{out}"
+    );
+    assert!(
+        in_recovery(c.standby("s1")),
+        "a refusal must promote nothing"
+    );
+    // The fence happened anyway, and holds: the old primary can only come back as a standby.
+    assert!(c.primary.datadir.join("standby.signal").is_file());
+}
+
+#[test]
+fn planned_switchover_checks_live_then_runs_alone_within_the_accepted_time() {
+    let c = start(&ClusterSpec::pair());
+    let (code, out) = failover(
+        &c,
+        &[
+            "--old-primary-dsn",
+            &c.primary.wallet_dsn(),
+            "--then",
+            "run-alone",
+            "--alone-for",
+            "2h",
+        ],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("s1 ready"), "{out}");
+    assert!(out.contains("timeline 2"), "{out}");
+    let accept = out
+        .lines()
+        .find_map(|l| l.strip_prefix("replguard-accept-no-standby-until="))
+        .unwrap_or_else(|| panic!("no acceptance line in {out}"))
+        .to_string();
+    // The old primary was stopped cleanly and fenced.
+    assert!(
+        c.primary.postmaster_pid().is_err() || !c.primary.datadir.join("postmaster.pid").exists()
+    );
+    assert!(c.primary.datadir.join("standby.signal").is_file());
+    // The new primary runs alone: degraded while accepted, unsafe without the acceptance.
+    let new_primary = c.standby("s1").wallet_dsn();
+    let (code, line, _) = cli(&[
+        "check",
+        "--dsn",
+        &new_primary,
+        "--accept-no-standby-until",
+        &accept,
+    ]);
+    assert_eq!(code, 1, "{line}");
+    assert!(line.contains("no-replica-accepted"), "{line}");
+    let (code, line, _) = cli(&["check", "--dsn", &new_primary, "--no-evidence"]);
+    assert_eq!(code, 2, "{line}");
+    assert!(line.contains("sync-names-empty"), "{line}");
+}
+
+#[test]
+fn evidence_is_written_on_change_only_and_reaches_the_standby() {
+    let c = start(&ClusterSpec::pair());
+    let count = |s: &Server| sql_on_wallet_db(s, "SELECT count(*) FROM replguard.evidence");
+    check_and_record(&c);
+    check_and_record(&c);
+    assert_eq!(
+        count(&c.primary),
+        "1",
+        "an unchanged verdict writes nothing"
+    );
+    c.wait_commits_flow().unwrap();
+    wait_for("the row on the standby", Duration::from_secs(10), || {
+        Ok(count(c.standby("s1")) == "1")
+    })
+    .unwrap();
+    let row = sql_on_wallet_db(
+        c.standby("s1"),
+        "SELECT level, covered FROM replguard.evidence",
+    );
+    assert_eq!(row, "safe|{s1}");
+    c.set_sync_names("").unwrap();
+    check_and_record(&c);
+    assert_eq!(count(&c.primary), "2");
+}
