@@ -79,6 +79,10 @@ pub enum Command {
     /// Promotes the standby after fencing the old node and verifying that the standby holds
     /// every acknowledged commit (contrib/FAILOVER.md). Exit 0 promoted, 2 refused.
     Failover(crate::takeover::FailoverArgs),
+    /// Builds the primary + synchronous standby pair: here (local), or prints/applies each
+    /// host's steps (primary, standby). See contrib/README.md.
+    #[command(subcommand)]
+    Setup(crate::setup::SetupCommand),
     /// Starts a throwaway primary+standby pair here, shows safe → standby hung → unsafe →
     /// restored → safe, then removes everything.
     Demo,
@@ -330,6 +334,7 @@ async fn execute(command: Command) -> Result<i32> {
             Ok(answer.readiness.exit_code())
         }
         Command::Failover(args) => crate::takeover::run(args).await,
+        Command::Setup(cmd) => crate::setup::run(cmd).await,
         Command::Demo => crate::demo::run().await,
     }
 }

@@ -68,7 +68,7 @@ impl PgInstall {
     }
 
     /// Makes `path` belong to the user the servers run as.
-    fn own(&self, path: &Path) -> Result<()> {
+    pub fn own(&self, path: &Path) -> Result<()> {
         if let Some((uid, gid)) = self.run_as {
             chown(path, Some(uid), Some(gid))
                 .with_context(|| format!("chown {}", path.display()))?;
@@ -76,7 +76,7 @@ impl PgInstall {
         Ok(())
     }
 
-    fn mkdir(&self, path: &Path) -> Result<()> {
+    pub fn mkdir(&self, path: &Path) -> Result<()> {
         fs::create_dir_all(path).with_context(|| format!("mkdir {}", path.display()))?;
         fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
         self.own(path)
@@ -241,10 +241,7 @@ impl Server {
         wait_for(
             "the killed postmaster to be gone",
             Duration::from_secs(10),
-            || {
-                // SAFETY: signal 0 only probes for existence.
-                Ok(unsafe { libc::kill(pid, 0) } != 0)
-            },
+            || Ok(!crate::takeover::process_alive(pid)),
         )
     }
 

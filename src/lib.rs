@@ -28,6 +28,7 @@ pub mod preflight;
 pub mod probe;
 pub mod report;
 pub mod runtime;
+pub mod setup;
 pub mod statusfile;
 pub mod syncnames;
 pub mod takeover;

@@ -419,3 +419,141 @@ fn evidence_is_written_on_change_only_and_reaches_the_standby() {
     check_and_record(&c);
     assert_eq!(count(&c.primary), "2");
 }
+
+/// Stops the servers `setup local` started, even when the test fails.
+struct LocalPair {
+    dir: tempfile::TempDir,
+}
+
+impl LocalPair {
+    fn data(&self, which: &str) -> std::path::PathBuf {
+        self.dir.path().join(which).join("data")
+    }
+
+    fn sock(&self, which: &str) -> String {
+        self.dir
+            .path()
+            .join(which)
+            .join("sock")
+            .display()
+            .to_string()
+    }
+}
+
+impl Drop for LocalPair {
+    fn drop(&mut self) {
+        let pg = cln_replguard::cluster::PgInstall::find().unwrap();
+        for which in ["primary", "standby"] {
+            let _ = pg
+                .tool("pg_ctl")
+                .arg("-D")
+                .arg(self.data(which))
+                .args(["stop", "-m", "immediate", "-w"])
+                .output();
+        }
+    }
+}
+
+#[test]
+fn setup_local_then_failover_then_the_old_primary_rejoins_and_the_pair_is_safe_again() {
+    let pair = LocalPair {
+        dir: tempfile::Builder::new()
+            .prefix("replguard-setup-")
+            .tempdir()
+            .unwrap(),
+    };
+    let dir = pair.dir.path().display().to_string();
+    let (pp, sp) = (free_port().to_string(), free_port().to_string());
+    let setup = [
+        "setup",
+        "local",
+        "--dir",
+        &dir,
+        "--primary-port",
+        &pp,
+        "--standby-port",
+        &sp,
+    ];
+    let (code, out, err) = cli(&setup);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("REPLGUARD SAFE"), "{out}");
+    // Again: nothing rebuilt, still safe.
+    let (code, out, err) = cli(&setup);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!out.contains("initdb") && !out.contains("clone"), "{out}");
+
+    // The primary dies; the standby takes over, alone for a while.
+    let primary_pid: i32 = std::fs::read_to_string(pair.data("primary").join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: SIGKILL to the process group of the postmaster this test started.
+    unsafe { libc::kill(-primary_pid, libc::SIGKILL) };
+    wait_for("the old primary gone", Duration::from_secs(10), || {
+        Ok(!cln_replguard::takeover::process_alive(primary_pid))
+    })
+    .unwrap();
+    let new_admin = format!(
+        "host={} port={sp} user=postgres dbname=postgres",
+        pair.sock("standby")
+    );
+    let (code, out, err) = cli(&[
+        "failover",
+        "--standby-dsn",
+        &format!(
+            "host={} port={sp} user=postgres dbname=lightningd",
+            pair.sock("standby")
+        ),
+        "--old-primary-data",
+        &pair.data("primary").display().to_string(),
+        "--lightning-rpc",
+        &format!("{dir}/no-lightningd-rpc"),
+        "--then",
+        "wait-for-standby",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+
+    // Back to a pair: the new primary names the old one, which is rewound and rejoins.
+    let (code, out, err) = cli(&[
+        "setup",
+        "primary",
+        "--pgdata",
+        &pair.data("standby").display().to_string(),
+        "--admin",
+        &new_admin,
+        "--name",
+        "p1",
+        "--apply",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let (code, out, err) = cli(&[
+        "setup",
+        "standby",
+        "--pgdata",
+        &pair.data("primary").display().to_string(),
+        "--primary-host",
+        &pair.sock("standby"),
+        "--primary-port",
+        &sp,
+        "--name",
+        "p1",
+        "--port",
+        &pp,
+        "--socket-dir",
+        &pair.sock("primary"),
+        "--rewind-from",
+        &new_admin,
+        "--apply",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("pg_rewind"), "{out}");
+    let new_wallet = format!(
+        "postgres://host={} port={sp} user=lightningd dbname=lightningd",
+        pair.sock("standby")
+    );
+    let (code, line, _) = cli(&["check", "--dsn", &new_wallet]);
+    assert_eq!(code, 0, "{line}");
+}

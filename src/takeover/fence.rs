@@ -128,8 +128,20 @@ pub fn old_primary(data: &Path, bindir: Option<&Path>, wait: Duration) -> Fenced
 fn postmaster_alive(data: &Path) -> Option<i32> {
     let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    // SAFETY: signal 0 only checks that the process exists.
-    (unsafe { libc::kill(pid, 0) } == 0).then_some(pid)
+    process_alive(pid).then_some(pid)
+}
+
+/// Running, not a zombie: a killed postmaster whose parent has not reaped it yet still
+/// answers `kill(pid, 0)`.
+pub fn process_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 /// PostgreSQL refuses to run as root: tools run as the data directory's owner.

@@ -27,7 +27,7 @@ use crate::options::{self, MAX_ACCEPT_NO_STANDBY};
 use crate::policy::Policy;
 use crate::probe::{self, Targets};
 
-pub use fence::Fenced;
+pub use fence::{Fenced, process_alive};
 
 /// Exit status when the tool refused: nothing was promoted.
 pub const EXIT_REFUSED: i32 = 2;

@@ -1,0 +1,478 @@
+//! `cln-replguard setup`: the primary + synchronous standby topology as commands (contrib/
+//! README.md). `local` builds and starts both servers here, to try it out; `primary` and
+//! `standby` print each host's steps as a script, or apply them with `--apply`. Every step can
+//! run again; a non-empty standby data directory is refused unless `--force`. The result is
+//! judged by the same check as everything else.
+
+mod plan;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use clap::{Args, Subcommand};
+
+use crate::cluster::PgInstall;
+use crate::dsn::WalletDsn;
+use crate::policy::Policy;
+use crate::probe::{self, Targets};
+use crate::{report, verdict};
+
+use plan::Step;
+
+#[derive(Subcommand, Debug)]
+pub enum SetupCommand {
+    /// Both servers on this machine, under --dir (Unix sockets only), ending with a check.
+    Local(LocalArgs),
+    /// The primary host's steps: settings, pg_hba.conf, roles, wallet database, slot,
+    /// synchronous_standby_names.
+    Primary(PrimaryArgs),
+    /// The standby host's steps: pg_basebackup -R -c fast with the slot, standby settings,
+    /// start, wait until it streams.
+    Standby(StandbyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct Common {
+    /// The standby's name: its application_name, its slot, and the name in
+    /// synchronous_standby_names.
+    #[arg(long, default_value = "s1")]
+    pub name: String,
+    /// A WAL archive directory both servers can reach (the primary copies WAL there, the
+    /// standby's restore_command reads it when streaming falls behind).
+    #[arg(long, value_name = "DIR")]
+    pub archive_dir: Option<PathBuf>,
+    /// Bound of the WAL a slot may hold for an absent standby (max_slot_wal_keep_size).
+    #[arg(long, default_value = "10GB")]
+    pub max_slot_wal_keep_size: String,
+}
+
+#[derive(Args, Debug)]
+pub struct LocalArgs {
+    /// Where both servers live (created; reused when run again).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 5433)]
+    pub primary_port: u16,
+    #[arg(long, default_value_t = 5434)]
+    pub standby_port: u16,
+    /// Replace a standby data directory that is not empty and not already this standby.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+pub struct PrimaryArgs {
+    /// The primary's data directory (for pg_hba.conf and the restart).
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: PathBuf,
+    /// The address the primary listens on for the standby (listen_addresses); leave it out
+    /// when the standby connects over a Unix socket.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// The standby's address, allowed to replicate in pg_hba.conf (scram-sha-256).
+    #[arg(long, value_name = "ADDR")]
+    pub standby_addr: Option<String>,
+    /// How to reach the primary as a superuser from this host.
+    #[arg(long, value_name = "CONNINFO", default_value = "dbname=postgres")]
+    pub admin: String,
+    /// Run the steps here instead of printing them.
+    #[arg(long)]
+    pub apply: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+pub struct StandbyArgs {
+    /// The standby's data directory (must be empty unless --force).
+    #[arg(long, value_name = "DIR")]
+    pub pgdata: PathBuf,
+    #[arg(long, value_name = "HOST")]
+    pub primary_host: String,
+    #[arg(long, default_value_t = 5432)]
+    pub primary_port: u16,
+    /// After a failover: turn the old primary's data directory into a standby of the new
+    /// primary with pg_rewind instead of a new clone. The value is how pg_rewind reaches the
+    /// new primary as a superuser, e.g. "host=10.0.0.2 user=postgres dbname=postgres".
+    #[arg(long, value_name = "CONNINFO")]
+    pub rewind_from: Option<String>,
+    /// The standby's own port, when not the one its files came with (clone and pg_rewind
+    /// copy the primary's configuration).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// The standby's own Unix socket directory, likewise.
+    #[arg(long, value_name = "DIR")]
+    pub socket_dir: Option<PathBuf>,
+    /// Run the steps here instead of printing them.
+    #[arg(long)]
+    pub apply: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+/// The replication role: it may only stream WAL.
+const REPLICATOR: &str = "replicator";
+/// lightningd's role and database; the plugin checks through it (pg_monitor).
+const WALLET: &str = "lightningd";
+
+pub async fn run(cmd: SetupCommand) -> Result<i32> {
+    match cmd {
+        SetupCommand::Local(a) => local(a).await,
+        SetupCommand::Primary(a) => {
+            let steps = primary_steps(
+                &a.common,
+                &a.admin,
+                &a.pgdata,
+                a.listen.as_deref(),
+                a.standby_addr.as_deref(),
+            );
+            emit("the primary host", &steps, a.apply)
+        }
+        SetupCommand::Standby(a) => {
+            let source = format!(
+                "host={} port={} user={REPLICATOR} application_name={}",
+                a.primary_host, a.primary_port, a.common.name
+            );
+            let mut own = Vec::new();
+            if let Some(p) = a.port {
+                own.push(format!("port = {p}"));
+            }
+            if let Some(d) = &a.socket_dir {
+                own.push(format!("unix_socket_directories = '{}'", d.display()));
+            }
+            let mut itself = "dbname=postgres".to_string();
+            if let Some(d) = &a.socket_dir {
+                itself += &format!(" host={}", d.display());
+            }
+            if let Some(p) = a.port {
+                itself += &format!(" port={p}");
+            }
+            let steps = match &a.rewind_from {
+                None => standby_steps(&a.common, &source, &a.pgdata, &own, &itself),
+                Some(admin) => rejoin_steps(&a.common, admin, &source, &a.pgdata, &own, &itself),
+            };
+            emit("the standby host", &steps, a.apply)
+        }
+    }
+}
+
+fn emit(title: &str, steps: &[Step], apply: bool) -> Result<i32> {
+    if apply {
+        plan::apply(&*PgInstall::find()?, steps)?;
+        println!("cln-replguard setup: done on {title}");
+    } else {
+        print!("{}", plan::render(title, steps));
+    }
+    Ok(0)
+}
+
+/// ALTER SYSTEM for everything the pair relies on, then the roles, the wallet database,
+/// the slot, and last the synchronous standby name (from then on, commits wait for it).
+fn primary_steps(
+    c: &Common,
+    admin: &str,
+    pgdata: &Path,
+    listen: Option<&str>,
+    standby_addr: Option<&str>,
+) -> Vec<Step> {
+    let mut settings = vec![
+        "wal_level = 'replica'".to_string(),
+        "max_wal_senders = 10".into(),
+        "max_replication_slots = 10".into(),
+        "wal_keep_size = '1GB'".into(),
+        format!("max_slot_wal_keep_size = '{}'", c.max_slot_wal_keep_size),
+        "wal_log_hints = on".into(),
+        "synchronous_commit = on".into(),
+    ];
+    if let Some(l) = listen {
+        settings.push(format!("listen_addresses = '{l}'"));
+    }
+    if let Some(a) = &c.archive_dir {
+        settings.push("archive_mode = on".into());
+        settings.push(format!(
+            "archive_command = 'test ! -f {0}/%f && cp %p {0}/%f'",
+            a.display()
+        ));
+    }
+    let alter: String = settings
+        .iter()
+        .map(|s| format!("ALTER SYSTEM SET {s};\n"))
+        .collect();
+    let mut steps = vec![Step::Psql {
+        what: "replication settings (ALTER SYSTEM)".into(),
+        conninfo: admin.into(),
+        script: alter,
+    }];
+    if let Some(addr) = standby_addr {
+        let mask = if addr.contains(':') { 128 } else { 32 };
+        steps.push(Step::AppendOnce {
+            path: pgdata.join("pg_hba.conf"),
+            line: format!("host replication {REPLICATOR} {addr}/{mask} scram-sha-256"),
+        });
+    }
+    steps.push(Step::Start {
+        data: pgdata.to_path_buf(),
+        log: pgdata.join("../server.log"),
+        restart_if_pending: Some(admin.to_string()),
+    });
+    let name = &c.name;
+    steps.push(Step::Psql {
+        what: format!("roles {REPLICATOR} and {WALLET}, database {WALLET}, slot {name}"),
+        conninfo: admin.into(),
+        script: format!(
+            "SELECT 'CREATE ROLE {REPLICATOR} REPLICATION LOGIN'
+              WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATOR}') \\gexec
+SELECT 'CREATE ROLE {WALLET} LOGIN'
+  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{WALLET}') \\gexec
+GRANT pg_monitor TO {WALLET};
+SELECT 'CREATE DATABASE {WALLET} OWNER {WALLET}'
+  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{WALLET}') \\gexec
+SELECT pg_create_physical_replication_slot('{name}')
+  WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = '{name}');
+\\set pw `printf %s \"${{REPLGUARD_REPLICATION_PASSWORD:-}}\"`
+SELECT length(:'pw') > 0 AS set_pw \\gset
+\\if :set_pw
+ALTER ROLE {REPLICATOR} PASSWORD :'pw';
+\\endif
+\\set pw `printf %s \"${{REPLGUARD_WALLET_PASSWORD:-}}\"`
+SELECT length(:'pw') > 0 AS set_pw \\gset
+\\if :set_pw
+ALTER ROLE {WALLET} PASSWORD :'pw';
+\\endif
+\\unset pw
+"
+        ),
+    });
+    steps.push(Step::Psql {
+        what: format!("synchronous_standby_names = 'FIRST 1 ({name})'"),
+        conninfo: admin.into(),
+        script: format!(
+            "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 ({name})';\nSELECT \
+             pg_reload_conf();\n"
+        ),
+    });
+    steps.push(Step::Note(format!(
+        "from now on every commit on the primary waits for standby {name}: set it up next \
+         (cln-replguard setup standby)"
+    )));
+    steps
+}
+
+/// The clone, the standby's own settings, its start, and the wait until it streams.
+fn standby_steps(
+    c: &Common,
+    source: &str,
+    pgdata: &Path,
+    local_conf: &[String],
+    itself: &str,
+) -> Vec<Step> {
+    let name = &c.name;
+    let mut steps = vec![Step::Clone {
+        dir: pgdata.to_path_buf(),
+        args: vec![
+            "-D".into(),
+            pgdata.display().to_string(),
+            "-d".into(),
+            source.into(),
+            "-R".into(),
+            "-c".into(),
+            "fast".into(),
+            "-X".into(),
+            "stream".into(),
+            "-S".into(),
+            name.clone(),
+        ],
+    }];
+    let mut conf: Vec<String> = local_conf.to_vec();
+    conf.extend([
+        "hot_standby = on".to_string(),
+        // Replies every second: the monitor's write-free liveness evidence (DESIGN §2).
+        "wal_receiver_status_interval = '1s'".into(),
+        format!("cluster_name = '{name}'"),
+    ]);
+    if let Some(a) = &c.archive_dir {
+        conf.push(format!("restore_command = 'cp {}/%f %p'", a.display()));
+    }
+    for line in conf {
+        steps.push(Step::AppendOnce {
+            path: pgdata.join("postgresql.auto.conf"),
+            line,
+        });
+    }
+    steps.push(Step::Start {
+        data: pgdata.to_path_buf(),
+        log: pgdata.join("../server.log"),
+        restart_if_pending: None,
+    });
+    steps.push(Step::WaitFor {
+        what: format!("standby {name} receiving WAL"),
+        conninfo: itself.to_string(),
+        sql: "SELECT status FROM pg_stat_wal_receiver".into(),
+        expect: "streaming".into(),
+    });
+    steps
+}
+
+/// The old primary back as a standby: pg_rewind to the new primary's timeline (it needed
+/// wal_log_hints or checksums: the `rewind-impossible` finding), then the standby settings.
+fn rejoin_steps(
+    c: &Common,
+    admin: &str,
+    source: &str,
+    pgdata: &Path,
+    own: &[String],
+    itself: &str,
+) -> Vec<Step> {
+    let marker = format!("primary_conninfo = '{source}'");
+    let mut steps = vec![Step::Rewind {
+        dir: pgdata.to_path_buf(),
+        source: admin.to_string(),
+        done_marker: marker.clone(),
+    }];
+    // pg_rewind -R wrote primary_conninfo with the superuser's DSN; the later line wins.
+    steps.push(Step::AppendOnce {
+        path: pgdata.join("postgresql.auto.conf"),
+        line: marker,
+    });
+    steps.push(Step::AppendOnce {
+        path: pgdata.join("postgresql.auto.conf"),
+        line: format!("primary_slot_name = '{}'", c.name),
+    });
+    let mut rest = standby_steps(c, source, pgdata, own, itself);
+    rest.remove(0); // no clone
+    steps.extend(rest);
+    steps
+}
+
+async fn local(a: LocalArgs) -> Result<i32> {
+    let pg = PgInstall::find()?;
+    let dir = std::path::absolute(&a.dir).context("--dir")?;
+    let (p_dir, s_dir) = (dir.join("primary"), dir.join("standby"));
+    for d in [
+        &dir,
+        &p_dir,
+        &s_dir,
+        &p_dir.join("sock"),
+        &s_dir.join("sock"),
+    ] {
+        pg.mkdir(d)?;
+    }
+    let (p_data, s_data) = (p_dir.join("data"), s_dir.join("data"));
+    let p_sock = p_dir.join("sock").display().to_string();
+    let admin = format!(
+        "host={p_sock} port={} dbname=postgres user=postgres",
+        a.primary_port
+    );
+    let mut common = a.common;
+    if common.archive_dir.is_none() {
+        let archive = dir.join("archive");
+        pg.mkdir(&archive)?;
+        common.archive_dir = Some(archive);
+    }
+
+    let mut steps = Vec::new();
+    if !p_data.join("PG_VERSION").is_file() {
+        steps.push(Step::Tool {
+            what: format!("initdb {}", p_data.display()),
+            program: "initdb",
+            args: vec![
+                "-D".into(),
+                p_data.display().to_string(),
+                "-U".into(),
+                "postgres".into(),
+                "--auth=trust".into(),
+                "--data-checksums".into(),
+                "-E".into(),
+                "UTF8".into(),
+                "--locale=C".into(),
+            ],
+        });
+    }
+    for line in [
+        "listen_addresses = ''".to_string(),
+        format!("unix_socket_directories = '{p_sock}'"),
+        format!("port = {}", a.primary_port),
+    ] {
+        steps.push(Step::AppendOnce {
+            path: p_data.join("postgresql.conf"),
+            line,
+        });
+    }
+    steps.push(Step::Start {
+        data: p_data.clone(),
+        log: p_dir.join("server.log"),
+        restart_if_pending: None,
+    });
+    steps.extend(primary_steps(&common, &admin, &p_data, None, None));
+
+    let is_our_standby = s_data.join("standby.signal").is_file();
+    if !is_our_standby {
+        if a.force && s_data.exists() {
+            std::fs::remove_dir_all(&s_data)
+                .with_context(|| format!("removing {}", s_data.display()))?;
+        }
+        let source = format!(
+            "host={p_sock} port={} user={REPLICATOR} application_name={}",
+            a.primary_port, common.name
+        );
+        let s_sock = s_dir.join("sock").display().to_string();
+        let local_conf = [
+            format!("unix_socket_directories = '{s_sock}'"),
+            format!("port = {}", a.standby_port),
+        ];
+        let itself = format!("host={s_sock} port={} dbname=postgres", a.standby_port);
+        steps.extend(standby_steps(
+            &common,
+            &source,
+            &s_data,
+            &local_conf,
+            &itself,
+        ));
+    } else {
+        steps.push(Step::Start {
+            data: s_data.clone(),
+            log: s_dir.join("server.log"),
+            restart_if_pending: None,
+        });
+    }
+    steps.push(Step::WaitFor {
+        what: format!("standby {} streaming synchronously", common.name),
+        conninfo: admin.clone(),
+        sql: format!(
+            "SELECT state || '/' || sync_state FROM pg_stat_replication WHERE application_name \
+             = '{}'",
+            common.name
+        ),
+        expect: "streaming/sync".into(),
+    });
+    plan::apply(&pg, &steps)?;
+
+    let wallet = format!(
+        "postgres://host={p_sock} port={} user={WALLET} dbname={WALLET}",
+        a.primary_port
+    );
+    let targets = Targets::new(WalletDsn::parse(&wallet).context("the wallet DSN")?, vec![]);
+    let policy = Policy::default();
+    let obs = probe::observe(&targets, &policy).await;
+    let v = verdict::evaluate(&obs, &policy);
+    println!("{}", report::check_line(&obs, &v, &policy));
+    if let Err(e) = probe::record_evidence(&targets, &obs, &v, "setup", &policy).await {
+        eprintln!("cln-replguard: warning: {e}");
+    }
+    for f in &v.findings {
+        println!(
+            "  [{}] {}: {} — fix: {}",
+            f.severity, f.code, f.message, f.remedy
+        );
+    }
+    println!(
+        "\nwallet={wallet}\n\nThe pair runs until you stop it:\n  pg_ctl -D {} stop; pg_ctl -D {} \
+         stop   # as the postgres user\nRun this command again to start it (nothing is \
+         rebuilt).",
+        s_data.display(),
+        p_data.display()
+    );
+    Ok(v.level.exit_code())
+}
