@@ -35,7 +35,8 @@ pub const EXIT_REFUSED: i32 = 2;
 #[derive(Args, Debug)]
 pub struct FailoverArgs {
     /// The standby to promote, on the wallet's database (the evidence table is there). Its role
-    /// must be allowed to promote (a superuser, or EXECUTE on pg_promote and pg_checkpoint).
+    /// must be allowed to promote and checkpoint (a superuser, or EXECUTE on pg_promote plus
+    /// the pg_checkpoint role).
     #[arg(
         long,
         value_name = "DSN",
