@@ -3,8 +3,14 @@
 
 use clap::Parser;
 
+/// Flags lightningd gives every plugin it starts (lightningd/plugin.c): in developer mode
+/// `--developer`, under `--dev-debugger` `--dev-debug-self`. They are not subcommands.
+const LIGHTNINGD_PLUGIN_FLAGS: &[&str] = &["--developer", "--dev-debug-self"];
+
 fn main() {
-    let has_subcommand = std::env::args_os().nth(1).is_some();
+    let has_subcommand = std::env::args_os()
+        .skip(1)
+        .any(|a| !LIGHTNINGD_PLUGIN_FLAGS.iter().any(|f| a == *f));
     if !has_subcommand && std::env::var_os("LIGHTNINGD_PLUGIN").is_some_and(|v| v == "1") {
         std::process::exit(cln_replguard::plugin::run());
     }

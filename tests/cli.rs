@@ -167,3 +167,46 @@ fn help_and_version_exit_0() {
     );
     assert_eq!(cli(&["--version"]).0, 0);
 }
+
+/// lightningd in developer mode starts every plugin with `--developer`: still the plugin.
+#[test]
+fn plugin_mode_takes_the_flags_lightningd_passes_to_plugins() {
+    use std::io::{BufRead as _, BufReader, Write as _};
+    use std::process::{Command, Stdio};
+    for flag in ["--developer", "--dev-debug-self"] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_cln-replguard"))
+            .arg(flag)
+            .env("LIGHTNINGD_PLUGIN", "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(
+                br#"{"jsonrpc":"2.0","id":1,"method":"getmanifest","params":{"allow-deprecated-apis":false}}"#,
+            )
+            .unwrap();
+        stdin.write_all(b"\n\n").unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        drop(stdin);
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| {
+            panic!(
+                "{flag}: no manifest ({e}): {line}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        assert!(
+            v["result"]["options"]
+                .as_array()
+                .is_some_and(|o| !o.is_empty()),
+            "{flag}: {v}"
+        );
+    }
+}
