@@ -380,13 +380,28 @@ fn main() {
         });
     }
 
+    // 7. The same pair seen by check_postgres (hot_standby_delay) and by `cln-replguard check`.
+    if run("compare") {
+        compare(&mut rows);
+    }
+
+    // 8. How long PostgreSQL itself shows a hung standby as streaming/sync.
+    if run("pgdetect") {
+        pgdetect(&mut rows);
+    }
+
+    // 9. A standby behind a veth pair whose link goes down (network namespaces).
+    if run("netns") {
+        netns(&mut rows);
+    }
+
     println!("\n| measurement | result | target | met |\n|---|---|---|---|");
     for r in &rows {
         println!(
             "| {} | {} | {} | {} |",
-            r.what,
-            r.result,
-            r.target,
+            r.what.replace('|', "\\|"),
+            r.result.replace('|', "\\|"),
+            r.target.replace('|', "\\|"),
             match r.met {
                 Some(true) => "yes",
                 Some(false) => "NO",
@@ -394,4 +409,663 @@ fn main() {
             }
         );
     }
+}
+
+/// `cln-replguard check` on a DSN: (exit status, first line without perfdata, whole process ms).
+fn replguard_check(dsn: &str) -> (i32, String, f64) {
+    let t = Instant::now();
+    let (code, out, err) = common::cli(&["check", "--dsn", dsn]);
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let text = if out.trim().is_empty() { err } else { out };
+    (code, first_line(&text), ms)
+}
+
+/// The first line of a monitoring plugin's output, without the perfdata after ` | `.
+fn first_line(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("").trim();
+    line.split(" | ").next().unwrap_or("").trim().to_string()
+}
+
+fn median_p99(v: &mut [f64]) -> String {
+    format!(
+        "median {:.1} ms, p99 {:.1} ms",
+        percentile(v, 0.5),
+        percentile(v, 0.99)
+    )
+}
+
+/// check_postgres from the Debian package `check-postgres` (or a `check_postgres.pl` on the
+/// PATH): the program, and whether `--action` has to be given.
+fn find_check_postgres() -> Option<(std::path::PathBuf, bool)> {
+    let path = std::env::var_os("PATH")?;
+    for (name, needs_action) in [
+        ("check_postgres", true),
+        ("check_postgres.pl", true),
+        ("check_postgres_hot_standby_delay", false),
+    ] {
+        for dir in std::env::split_paths(&path) {
+            let p = dir.join(name);
+            if p.is_file() {
+                return Some((p, needs_action));
+            }
+        }
+    }
+    None
+}
+
+/// `check_postgres --action=hot_standby_delay` on the pair (primary first, standby second),
+/// with the thresholds of its documentation's third example (bytes *and* time, so that an
+/// idle primary does not alarm): (exit status, first line, whole process ms).
+fn check_postgres_run(cp: &(std::path::PathBuf, bool), c: &Cluster) -> (i32, String, f64) {
+    let (p, s) = (&c.primary, c.standby("s1"));
+    let mut cmd = Command::new(&cp.0);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("PG") {
+            cmd.env_remove(k);
+        }
+    }
+    if cp.1 {
+        cmd.arg("--action=hot_standby_delay");
+    }
+    cmd.arg(format!(
+        "--dbhost={},{}",
+        p.socket_dir.display(),
+        s.socket_dir.display()
+    ))
+    .arg(format!("--dbport={},{}", p.port, s.port))
+    .args([
+        "--dbuser=postgres",
+        "--dbname=postgres",
+        "--warning=1048576 and 2 min",
+        "--critical=16777216 and 10 min",
+    ]);
+    let t = Instant::now();
+    let out = cmd.output().expect("run check_postgres");
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    if text.trim().is_empty() {
+        text = String::from_utf8_lossy(&out.stderr).into_owned();
+    }
+    // The sandbox's socket paths make the line long and say nothing.
+    let sandbox = p.socket_dir.parent().and_then(|d| d.parent());
+    if let Some(d) = sandbox {
+        text = text.replace(&d.display().to_string(), "…");
+    }
+    (out.status.code().unwrap_or(-1), first_line(&text), ms)
+}
+
+fn compare(rows: &mut Vec<Row>) {
+    let Some(cp) = find_check_postgres() else {
+        rows.push(Row {
+            what: "`check_postgres --action=hot_standby_delay` next to `cln-replguard check`"
+                .into(),
+            result: "check_postgres not installed: apt-get install check-postgres".into(),
+            target: "-".into(),
+            met: None,
+        });
+        return;
+    };
+    let (c, _s) = {
+        let c = common::start(&ClusterSpec::pair());
+        let s = fake_lightningd::lightningd_session(&c);
+        (c, s)
+    };
+    let dsn = c.primary.wallet_dsn();
+    // (a) A healthy idle pair, whole process, alternating (one warm-up each first).
+    check_postgres_run(&cp, &c);
+    replguard_check(&dsn);
+    let runs = 30;
+    let (mut cp_ms, mut rg_ms) = (Vec::new(), Vec::new());
+    let (mut cp_seen, mut rg_seen) = (
+        std::collections::BTreeMap::new(),
+        std::collections::BTreeMap::new(),
+    );
+    for _ in 0..runs {
+        let (code, line, ms) = check_postgres_run(&cp, &c);
+        cp_ms.push(ms);
+        cp_seen.entry(code).or_insert(line);
+        let (code, line, ms) = replguard_check(&dsn);
+        rg_ms.push(ms);
+        rg_seen.entry(code).or_insert(line);
+    }
+    let seen = |m: &std::collections::BTreeMap<i32, String>| {
+        m.iter()
+            .map(|(k, v)| format!("exit {k} `{v}`"))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    rows.push(Row {
+        what: format!(
+            "healthy idle pair, whole process, {runs} alternating runs: `check_postgres --action=hot_standby_delay`"
+        ),
+        result: format!("{}; said {}", median_p99(&mut cp_ms), seen(&cp_seen)),
+        target: "-".into(),
+        met: None,
+    });
+    rows.push(Row {
+        what: format!(
+            "healthy idle pair, whole process, {runs} alternating runs: `cln-replguard check`"
+        ),
+        result: format!("{}; said {}", median_p99(&mut rg_ms), seen(&rg_seen)),
+        target: "-".into(),
+        met: None,
+    });
+
+    // (b) Hung standby (walreceiver SIGSTOPped), idle primary: each tool run once right after
+    // the hang, check_postgres first (it then sees a truly idle primary; the probe of
+    // `cln-replguard check` writes).
+    let reps = 5;
+    let (mut cp_hung, mut rg_hung) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        c.wait_commits_flow().unwrap();
+        std::thread::sleep(Duration::from_secs(1));
+        c.standby("s1").hang_walreceiver().unwrap();
+        let t0 = Instant::now();
+        let (code, line, ms) = check_postgres_run(&cp, &c);
+        cp_hung.push((code, line, ms, t0.elapsed().as_secs_f64() * 1000.0));
+        let t1 = Instant::now();
+        let (code, line, ms) = replguard_check(&dsn);
+        rg_hung.push((code, line, ms, t1.elapsed().as_secs_f64() * 1000.0));
+        c.standby("s1").resume();
+    }
+    let summary = |v: &Vec<(i32, String, f64, f64)>| {
+        let mut said = std::collections::BTreeMap::new();
+        for (code, line, _, _) in v {
+            said.entry(*code).or_insert((0, line.clone())).0 += 1;
+        }
+        let mut ms: Vec<f64> = v.iter().map(|r| r.2).collect();
+        let said = said
+            .iter()
+            .map(|(code, (n, line))| format!("exit {code} `{line}` ({n}/{})", v.len()))
+            .collect::<Vec<_>>()
+            .join("; ");
+        format!(
+            "{said}; answer in median {:.0} ms (max {:.0} ms) after the process started",
+            percentile(&mut ms, 0.5),
+            percentile(&mut ms, 1.0)
+        )
+    };
+    rows.push(Row {
+        what: format!(
+            "hung standby (SIGSTOP walreceiver), idle primary, {reps} runs: `check_postgres --action=hot_standby_delay` started at the hang"
+        ),
+        result: summary(&cp_hung),
+        target: "-".into(),
+        met: None,
+    });
+    rows.push(Row {
+        what: format!(
+            "hung standby (SIGSTOP walreceiver), idle primary, {reps} runs: `cln-replguard check` started at the hang"
+        ),
+        result: summary(&rg_hung),
+        target: "-".into(),
+        met: None,
+    });
+
+    // How long check_postgres goes on saying it: once a second for 75 s of one hang, past
+    // wal_sender_timeout (60 s), on an idle primary with nothing else connecting.
+    c.wait_commits_flow().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    c.standby("s1").hang_walreceiver().unwrap();
+    let t0 = Instant::now();
+    let mut polled = Vec::new();
+    while t0.elapsed() < Duration::from_secs(75) {
+        let at = t0.elapsed().as_secs_f64();
+        let (code, line, _) = check_postgres_run(&cp, &c);
+        polled.push((at, code, line));
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    c.standby("s1").resume();
+    let ok = polled.iter().filter(|r| r.1 == 0).count();
+    // "… <bytes> and <seconds> seconds": the replay delay in bytes.
+    let delay = |line: &str| -> Option<u64> {
+        line.rsplit_once(" and ")?
+            .0
+            .rsplit(' ')
+            .next()?
+            .parse()
+            .ok()
+    };
+    let grew = polled
+        .iter()
+        .find(|r| delay(&r.2).is_some_and(|b| b > 8192))
+        .map_or("never".to_string(), |r| format!("{:.1} s", r.0));
+    let first_alarm = polled
+        .iter()
+        .find(|r| r.1 != 0)
+        .map_or("never".to_string(), |r| {
+            format!("first at {:.1} s: exit {} `{}`", r.0, r.1, r.2)
+        });
+    let last = polled.last().unwrap();
+    rows.push(Row {
+        what: "hung standby, idle primary: `check_postgres --action=hot_standby_delay` once a second for 75 s (wal_sender_timeout 60 s)".into(),
+        result: format!(
+            "exit 0 in {ok}/{} runs; non-OK: {first_alarm}; replay delay first over 8 KiB at {grew}; last (at {:.1} s): exit {} `{}`",
+            polled.len(),
+            last.0,
+            last.1,
+            last.2
+        ),
+        target: "-".into(),
+        met: None,
+    });
+}
+
+/// Hangs the standby `s1` and polls the primary's pg_stat_replication every 100 ms over one
+/// open session until the row is no longer `streaming`/`sync`: (seconds it stayed,
+/// seconds since the standby's last reply when it was hung, what the row became).
+fn streaming_sync_for(c: &Cluster, hang: impl FnOnce(), limit: Duration) -> (f64, f64, String) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (client, conn) = tokio_postgres::connect(
+            &c.primary.conninfo("postgres", "postgres"),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .unwrap();
+        tokio::spawn(conn);
+        let q = "SELECT state || '/' || sync_state, \
+                        extract(epoch FROM now() - reply_time)::float8 \
+                   FROM pg_stat_replication WHERE application_name = 's1'";
+        let before = client.query_one(q, &[]).await.unwrap();
+        let reply_age: f64 = before.get(1);
+        hang();
+        let t0 = Instant::now();
+        loop {
+            let rows = client.query(q, &[]).await.unwrap();
+            let now = rows.first().map(|r| r.get::<_, String>(0));
+            if now.as_deref() != Some("streaming/sync") {
+                let became = now.unwrap_or_else(|| "row gone".into());
+                return (t0.elapsed().as_secs_f64(), reply_age, became);
+            }
+            if t0.elapsed() > limit {
+                return (
+                    t0.elapsed().as_secs_f64(),
+                    reply_age,
+                    "still streaming/sync".into(),
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+}
+
+fn pgdetect(rows: &mut Vec<Row>) {
+    // Five pairs: three left alone, one where `cln-replguard check` runs in a loop from the
+    // hang on (its probe commits are that primary's only writes), one with a writer
+    // (pgbench at 50 tx/s with synchronous_commit = local, so that it keeps writing WAL at
+    // the hung standby instead of blocking on its first commit).
+    let pairs: Vec<(Cluster, Daemon)> = (0..5)
+        .map(|_| {
+            let c = common::start(&ClusterSpec::pair());
+            let s = fake_lightningd::lightningd_session(&c);
+            (c, s)
+        })
+        .collect();
+    let writer_pair = &pairs[4].0;
+    let init = Command::new(writer_pair.bindir().join("pgbench"))
+        .args(["-i", "-s", "1", "-q", "-d"])
+        .arg(writer_pair.primary.conninfo("postgres", "postgres"))
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    writer_pair.wait_commits_flow().unwrap();
+    let limit = Duration::from_secs(120);
+    let t_all = Instant::now();
+    let (results, notice) = std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel::<Instant>();
+        let probe_dsn = pairs[3].0.primary.wallet_dsn();
+        let noticer = scope.spawn(move || {
+            let t0 = rx.recv().unwrap();
+            loop {
+                let (code, line, _) = replguard_check(&probe_dsn);
+                if code != 0 || t0.elapsed() > Duration::from_secs(90) {
+                    return (t0.elapsed().as_secs_f64() * 1000.0, code, line);
+                }
+            }
+        });
+        let handles: Vec<_> = pairs
+            .iter()
+            .enumerate()
+            .map(|(i, (c, _))| {
+                let tx = tx.clone();
+                scope.spawn(move || {
+                    let mut writer = (i == 4).then(|| {
+                        let w = Command::new(c.bindir().join("pgbench"))
+                            .args(["-n", "-c", "1", "-R", "50", "-T", "150", "-d"])
+                            .arg(c.primary.conninfo("postgres", "postgres"))
+                            .env("PGOPTIONS", "-c synchronous_commit=local")
+                            .stdout(std::process::Stdio::null())
+                            .stderr(std::process::Stdio::null())
+                            .spawn()
+                            .unwrap();
+                        std::thread::sleep(Duration::from_secs(2));
+                        w
+                    });
+                    let r = streaming_sync_for(
+                        c,
+                        || {
+                            c.standby("s1").hang_walreceiver().unwrap();
+                            if i == 3 {
+                                tx.send(Instant::now()).unwrap();
+                            }
+                        },
+                        limit,
+                    );
+                    if let Some(w) = writer.as_mut() {
+                        let _ = w.kill();
+                        let _ = w.wait();
+                    }
+                    c.standby("s1").resume();
+                    r
+                })
+            })
+            .collect();
+        drop(tx);
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        (results, noticer.join().unwrap())
+    });
+    let wall = t_all.elapsed().as_secs_f64();
+    let fmt = |r: &(f64, f64, String)| {
+        format!(
+            "{:.1} s (last reply {:.1} s before the hang; then {})",
+            r.0, r.1, r.2
+        )
+    };
+    let mut idle: Vec<f64> = results[..4].iter().map(|r| r.0).collect();
+    let mut sums: Vec<f64> = results[..4].iter().map(|r| r.0 + r.1).collect();
+    rows.push(Row {
+        what: "PostgreSQL: hung standby (SIGSTOP walreceiver) still `streaming`/`sync` in pg_stat_replication, idle primary, 4 pairs at once (wal_sender_timeout 60 s, wal_receiver_status_interval 10 s)".into(),
+        result: format!(
+            "median {:.1} s, min {:.1} s, max {:.1} s; time + age of the last reply at the hang: {:.1}–{:.1} s; each: {}",
+            percentile(&mut idle, 0.5),
+            percentile(&mut idle, 0.0),
+            percentile(&mut idle, 1.0),
+            percentile(&mut sums, 0.0),
+            percentile(&mut sums, 1.0),
+            results[..4].iter().map(fmt).collect::<Vec<_>>().join("; ")
+        ),
+        target: "-".into(),
+        met: None,
+    });
+    rows.push(Row {
+        what: "the same with a writer (pgbench 50 tx/s, synchronous_commit = local), 1 pair".into(),
+        result: fmt(&results[4]),
+        target: "-".into(),
+        met: None,
+    });
+    rows.push(Row {
+        what: "`cln-replguard check` in a loop from the hang (on one of those idle pairs)".into(),
+        result: format!(
+            "exit {} after {:.0} ms: `{}` (the plugin's monitor: see the hung-standby row of `notice`, about 2 s); wall time of the section's hang phase {wall:.0} s",
+            notice.1, notice.0, notice.2
+        ),
+        target: "-".into(),
+        met: None,
+    });
+}
+
+/// Network namespaces and a veth pair made for the bench, removed on drop (also on panic).
+struct Netns {
+    primary_ns: String,
+    standby_ns: String,
+}
+
+const NETNS_PRIMARY_ADDR: &str = "10.213.7.1";
+const NETNS_STANDBY_ADDR: &str = "10.213.7.2";
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Netns {
+    /// Two namespaces joined by a veth pair on a /30 that exists only between them.
+    fn new() -> Result<Netns, String> {
+        let id = std::process::id();
+        let n = Netns {
+            primary_ns: format!("rgbench-p{id}"),
+            standby_ns: format!("rgbench-s{id}"),
+        };
+        let (vp, vs) = (format!("rgp{id}"), format!("rgs{id}"));
+        let (p, s) = (n.primary_ns.as_str(), n.standby_ns.as_str());
+        ip(&["netns", "add", p])?;
+        ip(&["netns", "add", s])?;
+        ip(&[
+            "link", "add", &vp, "netns", p, "type", "veth", "peer", "name", &vs, "netns", s,
+        ])?;
+        ip(&[
+            "-n",
+            p,
+            "addr",
+            "add",
+            &format!("{NETNS_PRIMARY_ADDR}/30"),
+            "dev",
+            &vp,
+        ])?;
+        ip(&[
+            "-n",
+            s,
+            "addr",
+            "add",
+            &format!("{NETNS_STANDBY_ADDR}/30"),
+            "dev",
+            &vs,
+        ])?;
+        for (ns, dev) in [(p, vp.as_str()), (s, vs.as_str()), (p, "lo"), (s, "lo")] {
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        Ok(n)
+    }
+
+    fn standby_link(&self, up: bool) {
+        let dev = format!("rgs{}", std::process::id());
+        ip(&[
+            "-n",
+            &self.standby_ns,
+            "link",
+            "set",
+            &dev,
+            if up { "up" } else { "down" },
+        ])
+        .unwrap();
+    }
+
+    /// Starts a stopped server of the cluster inside a namespace, as the user owning its
+    /// data directory.
+    fn start_in(&self, ns: &str, c: &Cluster, s: &cln_replguard::cluster::Server) {
+        use std::os::unix::fs::MetadataExt as _;
+        let meta = std::fs::metadata(&s.datadir).unwrap();
+        let mut cmd = Command::new("ip");
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("PG") {
+                cmd.env_remove(k);
+            }
+        }
+        let out = cmd
+            .args(["netns", "exec", ns, "setpriv"])
+            .arg(format!("--reuid={}", meta.uid()))
+            .arg(format!("--regid={}", meta.gid()))
+            .arg("--clear-groups")
+            .arg(c.bindir().join("pg_ctl"))
+            .arg("-D")
+            .arg(&s.datadir)
+            .arg("-l")
+            .arg(&s.log)
+            .args(["-w", "-t", "60", "start"])
+            .env("LC_ALL", "C")
+            .current_dir("/")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "pg_ctl start in {ns}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout),
+            s.log_tail()
+        );
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting the namespaces removes the veth pair with them.
+        let _ = ip(&["netns", "del", &self.primary_ns]);
+        let _ = ip(&["netns", "del", &self.standby_ns]);
+    }
+}
+
+fn netns(rows: &mut Vec<Row>) {
+    let what = "standby behind a veth pair (primary and standby each in a network namespace), standby's link set down: `cln-replguard check` in a loop says unsafe";
+    // Declared before the cluster: dropped after its servers have stopped.
+    let lab = match Netns::new() {
+        Ok(l) => l,
+        Err(e) => {
+            rows.push(Row {
+                what: what.into(),
+                result: format!("not measured: {e}"),
+                target: "-".into(),
+                met: None,
+            });
+            return;
+        }
+    };
+    let c = common::start(&ClusterSpec::pair());
+    let subnet = "10.213.7.0/30";
+    c.primary
+        .prepend_hba(&format!("host replication all {subnet} trust"))
+        .unwrap();
+    c.primary
+        .prepend_hba(&format!("host all all {subnet} trust"))
+        .unwrap();
+    c.primary
+        .psql(&format!(
+            "ALTER SYSTEM SET listen_addresses = '{NETNS_PRIMARY_ADDR}'"
+        ))
+        .unwrap();
+    let standby = c.standby("s1");
+    standby
+        .psql(&format!(
+            "ALTER SYSTEM SET primary_conninfo = 'host={NETNS_PRIMARY_ADDR} port={} user=postgres dbname=postgres application_name=s1'",
+            c.primary.port
+        ))
+        .unwrap();
+    standby.stop().unwrap();
+    c.primary.stop().unwrap();
+    lab.start_in(&lab.primary_ns, &c, &c.primary);
+    lab.start_in(&lab.standby_ns, &c, standby);
+    wait_for(
+        "s1 to stream over the veth",
+        Duration::from_secs(60),
+        || {
+            Ok(c.primary.psql(&format!(
+                "SELECT count(*) FROM pg_stat_replication WHERE application_name = 's1' \
+               AND state = 'streaming' AND sync_state = 'sync' \
+               AND client_addr = '{NETNS_STANDBY_ADDR}'"
+            ))? == "1")
+        },
+    )
+    .unwrap();
+    let session = fake_lightningd::lightningd_session(&c);
+    let dsn = c.primary.wallet_dsn();
+    let reps = 10;
+    let mut ms = Vec::new();
+    let mut said = std::collections::BTreeMap::new();
+    let mut pg_view = std::collections::BTreeMap::new();
+    let mut recovered = Vec::new();
+    for _ in 0..reps {
+        c.wait_commits_flow().unwrap();
+        wait_for("safe", Duration::from_secs(30), || {
+            Ok(replguard_check(&dsn).0 == 0)
+        })
+        .unwrap();
+        lab.standby_link(false);
+        let t0 = Instant::now();
+        let (code, line) = loop {
+            let (code, line, _) = replguard_check(&dsn);
+            if code != 0 {
+                break (code, line);
+            }
+            assert!(t0.elapsed() < Duration::from_secs(60), "never unsafe");
+        };
+        ms.push(t0.elapsed().as_secs_f64() * 1000.0);
+        *said.entry((code, line)).or_insert(0) += 1;
+        let view = c
+            .primary
+            .psql("SELECT coalesce(string_agg(state || '/' || sync_state, ','), 'no row') FROM pg_stat_replication")
+            .unwrap();
+        *pg_view.entry(view).or_insert(0) += 1;
+        lab.standby_link(true);
+        let t1 = Instant::now();
+        c.wait_commits_flow().unwrap();
+        recovered.push(t1.elapsed().as_secs_f64());
+    }
+    let said = said
+        .iter()
+        .map(|((code, line), n)| format!("exit {code} `{line}` ({n}/{reps})"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    let pg_view = pg_view
+        .iter()
+        .map(|(v, n)| format!("{v} ({n}/{reps})"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    rows.push(Row {
+        what: format!("{what}, {reps} runs"),
+        result: format!(
+            "median {:.0} ms, worst {:.0} ms; said {said}; pg_stat_replication at that moment: {pg_view}; commits flowed again {:.1} s (median) after the link came back",
+            percentile(&mut ms, 0.5),
+            percentile(&mut ms, 1.0),
+            percentile(&mut recovered, 0.5)
+        ),
+        target: "-".into(),
+        met: None,
+    });
+
+    // The plugin's monitor (default settings) under the fake lightningd, same fault.
+    let (f, _) = started(&c);
+    let mut monitor: Vec<f64> = (0..reps)
+        .map(|_| {
+            c.wait_commits_flow().unwrap();
+            let ms = time_to_notice(&f, || lab.standby_link(false));
+            lab.standby_link(true);
+            ms
+        })
+        .collect();
+    c.wait_commits_flow().unwrap();
+    drop(f);
+    rows.push(Row {
+        what: format!(
+            "the same fault, noticed by the plugin's monitor (status file not safe), {reps} runs"
+        ),
+        result: format!(
+            "median {:.0} ms, worst {:.0} ms",
+            percentile(&mut monitor, 0.5),
+            percentile(&mut monitor, 1.0)
+        ),
+        target: "-".into(),
+        met: None,
+    });
+    drop(session);
+    drop(c);
+    drop(lab);
 }
