@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::facts::CommitProbe;
 use crate::verdict::{Code, Level, Verdict};
 
 /// Commands that open or grow channels: refused while the storage is not safe (`gate`).
@@ -110,6 +111,27 @@ const ALARM_AT_ONCE: &[Code] = &[
     Code::WalletOnStandby,
     Code::NotPostgres,
 ];
+
+/// A check that skipped the test commit relied on standby replies younger than the skip
+/// window. Those replies go stale before the next regular check: check again right then, so
+/// a hung standby is probed (and found out) one reply late, not up to a whole interval late.
+/// In a steady pair this adds no checks: a new reply has come in by then.
+pub fn next_check_in(probe: &CommitProbe, interval: Duration) -> Duration {
+    /// Past the window's edge, so the reply it saw counts as stale.
+    const MARGIN: Duration = Duration::from_millis(20);
+    /// Never busy-loop on a reply that is already at the edge.
+    const FLOOR: Duration = Duration::from_millis(100);
+    match probe {
+        CommitProbe::Skipped {
+            oldest_reply_ms,
+            within_ms,
+        } => {
+            let stale_in = Duration::from_secs_f64((within_ms - oldest_reply_ms).max(0.0) / 1000.0);
+            (stale_in + MARGIN).clamp(FLOOR, interval.max(FLOOR))
+        }
+        _ => interval,
+    }
+}
 
 pub fn is_good(l: Level) -> bool {
     matches!(l, Level::Safe | Level::Degraded)
@@ -332,5 +354,30 @@ mod tests {
             ..GatePolicy::default()
         };
         assert!(log.refuse_command("fundchannel", Level::Unsafe).is_none());
+    }
+
+    #[test]
+    fn a_skipped_probe_brings_the_next_check_to_when_its_evidence_goes_stale() {
+        let second = Duration::from_secs(1);
+        let skipped = |age: f64| CommitProbe::Skipped {
+            oldest_reply_ms: age,
+            within_ms: 1250.0,
+        };
+        assert_eq!(
+            next_check_in(&skipped(900.0), second),
+            Duration::from_millis(370)
+        );
+        // A fresh reply leaves more than the interval: the interval rules.
+        assert_eq!(next_check_in(&skipped(100.0), second), second);
+        // At the edge already: soon, but not at once.
+        assert_eq!(
+            next_check_in(&skipped(1250.0), second),
+            Duration::from_millis(100)
+        );
+        let probed = CommitProbe::Acknowledged {
+            ms: 2.0,
+            lsn: crate::lsn::Lsn(1),
+        };
+        assert_eq!(next_check_in(&probed, second), second);
     }
 }

@@ -30,9 +30,10 @@ pub async fn run(plugin: Plugin<State>) {
     let st = plugin.state().0.clone();
     let Ok(targets) = &st.targets else { return };
     let mut debounce = Debouncer::new(st.level(), Instant::now());
-    let mut ticker = tokio::time::interval(st.settings.interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next_check = tokio::time::Instant::now();
     let mut stopping = false;
+    // The primary's session, kept across checks: no backend fork per check.
+    let mut kept = probe::Kept::default();
     // The last verdict recorded in replguard.evidence: only changes are written.
     let mut recorded: Option<evidence::Record> = None;
     // Periodic checks may rely on fresh standby replies instead of writing a test commit.
@@ -44,8 +45,14 @@ pub async fn run(plugin: Plugin<State>) {
         tokio::spawn(super::metrics_http::serve(addr, plugin.state().clone()));
     }
     loop {
-        ticker.tick().await;
-        let mut obs = probe::observe(targets, &policy).await;
+        tokio::time::sleep_until(next_check).await;
+        let started = tokio::time::Instant::now();
+        let mut obs = probe::observe_kept(targets, &policy, &mut kept).await;
+        next_check = started
+            + match obs.primary() {
+                Some(p) => guard::next_check_in(&p.commit_probe, st.settings.interval),
+                None => st.settings.interval,
+            };
         obs.pinned_commit = st.pinned.clone();
         let v = verdict::evaluate(&obs, &policy);
         if st.settings.evidence {

@@ -100,7 +100,13 @@ pub async fn check(c: &ConfiguredPlugin<State, Stdin, Stdout>) -> State {
             timeout,
         )
     };
-    let important = match ask("important-plugin", Policy::default().query_timeout).await {
+    // Both answers at once: lightningd waits for our init answer.
+    let query_timeout = Policy::default().query_timeout;
+    let (important, wallet) = tokio::join!(
+        ask("important-plugin", query_timeout),
+        ask("wallet", query_timeout)
+    );
+    let important = match important {
         Ok(v) => lightningd::names_this_binary(&lightningd::important_plugins(&v), &lightning_dir),
         Err(e) => {
             log::debug!("listconfigs important-plugin: {e:#}");
@@ -138,10 +144,7 @@ pub async fn check(c: &ConfiguredPlugin<State, Stdin, Stdout>) -> State {
         log::warn!("{problem}");
     }
 
-    let targets = match ask("wallet", settings.policy.query_timeout)
-        .await
-        .map(|v| lightningd::wallet_from_listconfigs(&v))
-    {
+    let targets = match wallet.map(|v| lightningd::wallet_from_listconfigs(&v)) {
         Ok(Some(w)) => targets(&w, &settings),
         Ok(None) => Err("lightningd did not tell its wallet DSN".to_string()),
         Err(e) => Err(format!("cannot ask lightningd for its wallet DSN: {e:#}")),

@@ -97,34 +97,24 @@ pub(crate) async fn run(target: &PgTarget, policy: &Policy) -> CommitProbe {
     }
 }
 
-/// BEGIN, take the probe lock, write the WAL record. `Ok(Err(..))`: no commit to wait for.
+/// BEGIN, take the probe lock, write the WAL record: one round trip (a BEGIN inside a
+/// multi-statement simple query keeps the transaction open after it). `Ok(Err(..))`: no
+/// commit to wait for.
 async fn prepare(
     session: &Session,
     probe_deadline: Duration,
     lock_budget: Duration,
 ) -> Result<Result<Lsn, CommitProbe>, crate::facts::ProbeFailure> {
-    session
-        .batch(
-            "commit probe",
-            "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL statement_timeout = 0",
-        )
-        .await?;
+    let begin = format!(
+        "BEGIN; SET LOCAL synchronous_commit = on; SET LOCAL statement_timeout = 0; {}",
+        write_if_locked()
+    );
+    let mut written = session.simple_value("commit probe", &begin).await?;
     // Another probe holds the lock. If it waits for the standby past our deadline, that
     // wait is the answer; if it is merely in flight (another check of this process, or a
     // monitoring run of the CLI), it ends within milliseconds: try again.
     let give_up = Instant::now() + lock_budget;
-    loop {
-        let locked: bool = session
-            .query_one(
-                "commit probe",
-                "SELECT pg_try_advisory_xact_lock($1)",
-                &[&PROBE_LOCK_KEY],
-            )
-            .await?
-            .get(0);
-        if locked {
-            break;
-        }
+    while written.is_none() {
         let waiting_ms: Option<f64> = session
             .query_one(
                 "commit probe",
@@ -140,23 +130,29 @@ async fn prepare(
             return Ok(Err(CommitProbe::AlreadyWaiting { waiting_ms }));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
+        written = session
+            .simple_value("commit probe", &write_if_locked())
+            .await?;
     }
-    let lsn: String = session
-        .query_one(
-            "commit probe",
-            "SELECT pg_logical_emit_message(true, 'cln-replguard', 'probe')::text",
-            &[],
-        )
-        .await?
-        .get(0);
-    let lsn = lsn
-        .parse()
-        .map_err(|e: String| crate::facts::ProbeFailure {
-            kind: crate::facts::FailureKind::Query,
-            stage: "commit probe".into(),
-            detail: e,
-        })?;
+    let lsn =
+        written
+            .unwrap_or_default()
+            .parse()
+            .map_err(|e: String| crate::facts::ProbeFailure {
+                kind: crate::facts::FailureKind::Query,
+                stage: "commit probe".into(),
+                detail: e,
+            })?;
     Ok(Ok(lsn))
+}
+
+/// The probe's WAL record, written only when this transaction got the probe lock; its LSN,
+/// or NULL when another probe holds the lock.
+fn write_if_locked() -> String {
+    format!(
+        "SELECT CASE WHEN pg_try_advisory_xact_lock({PROBE_LOCK_KEY}) \
+         THEN pg_logical_emit_message(true, 'cln-replguard', 'probe')::text END"
+    )
 }
 
 fn failed(stage: &str, detail: &str) -> CommitProbe {

@@ -88,16 +88,31 @@ pub async fn record_evidence(
 
 /// `status`/`check`: the primary's facts with a commit probe, and each standby's.
 pub async fn observe(targets: &Targets, policy: &Policy) -> Observation {
-    observe_with(targets, policy, primary::Mode::Status).await
+    observe_with(targets, policy, primary::Mode::Status, &mut None).await
+}
+
+/// The primary's session kept from one check to the next (the runtime monitor): a check then
+/// forks no backend and prepares no statement on the primary.
+#[derive(Default)]
+pub struct Kept(Option<session::Session>);
+
+/// `observe`, reusing (and keeping for the next call) the primary's session in `kept`.
+pub async fn observe_kept(targets: &Targets, policy: &Policy, kept: &mut Kept) -> Observation {
+    observe_with(targets, policy, primary::Mode::Status, &mut kept.0).await
 }
 
 /// `failover-check`: writes nothing; waits up to `wait` for the named standbys to flush up to
 /// the primary's flush position taken when the check starts.
 pub async fn observe_failover(targets: &Targets, policy: &Policy, wait: Duration) -> Observation {
-    observe_with(targets, policy, primary::Mode::Failover { wait }).await
+    observe_with(targets, policy, primary::Mode::Failover { wait }, &mut None).await
 }
 
-async fn observe_with(targets: &Targets, policy: &Policy, mode: primary::Mode) -> Observation {
+async fn observe_with(
+    targets: &Targets,
+    policy: &Policy,
+    mode: primary::Mode,
+    kept: &mut Option<session::Session>,
+) -> Observation {
     let checked_at = SystemTime::now();
     let start = Instant::now();
     let standby_tasks: Vec<_> = targets
@@ -114,7 +129,7 @@ async fn observe_with(targets: &Targets, policy: &Policy, mode: primary::Mode) -
         },
         WalletDsn::Postgres(t) => WalletObservation::Postgres {
             target: t.to_string(),
-            primary: primary::observe(t, targets, policy, mode).await,
+            primary: primary::observe(t, targets, policy, mode, kept).await,
         },
     };
     let mut standbys = Vec::new();

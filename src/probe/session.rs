@@ -1,13 +1,15 @@
 //! One PostgreSQL session with a deadline on everything it does, and errors classified by
 //! SQLSTATE into what the verdict needs to know.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
 use tokio::time::timeout;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, Config, Row};
+use tokio_postgres::{Client, Config, Row, SimpleQueryMessage, Statement};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::facts::{FailureKind, ProbeFailure};
@@ -16,6 +18,9 @@ pub(crate) struct Session {
     client: Client,
     connection: JoinHandle<()>,
     deadline: Duration,
+    /// Statements prepared on this session, by their text: a session kept across checks
+    /// (the runtime monitor) then runs each query in one round trip instead of two.
+    prepared: Mutex<HashMap<String, Statement>>,
 }
 
 impl Session {
@@ -39,7 +44,33 @@ impl Session {
                     let _ = connection.await;
                 }),
                 deadline,
+                prepared: Mutex::new(HashMap::new()),
             }),
+        }
+    }
+
+    /// The connection broke (server gone, or ended by us after a timeout): open a new one.
+    pub fn is_closed(&self) -> bool {
+        self.client.is_closed()
+    }
+
+    async fn statement(&self, sql: &str) -> Result<Statement, tokio_postgres::Error> {
+        let cached = self
+            .prepared
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(sql)
+            .cloned();
+        match cached {
+            Some(s) => Ok(s),
+            None => {
+                let s = self.client.prepare(sql).await?;
+                self.prepared
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(sql.to_string(), s.clone());
+                Ok(s)
+            }
         }
     }
 
@@ -49,13 +80,42 @@ impl Session {
         sql: &str,
         params: &[&(dyn ToSql + Sync)],
     ) -> Result<Vec<Row>, ProbeFailure> {
-        match timeout(self.deadline, self.client.query(sql, params)).await {
+        let run = async {
+            let statement = self.statement(sql).await?;
+            self.client.query(&statement, params).await
+        };
+        match timeout(self.deadline, run).await {
             Err(_) => Err(ProbeFailure {
                 kind: FailureKind::Timeout,
                 stage: stage.into(),
                 detail: format!("no answer within {} ms", self.deadline.as_millis()),
             }),
             Ok(r) => r.map_err(|e| classify(stage, &e)),
+        }
+    }
+
+    /// Statements in one round trip (simple query protocol, no parameters); returns the
+    /// first column of the first row the last of them returned.
+    pub async fn simple_value(
+        &self,
+        stage: &str,
+        sql: &str,
+    ) -> Result<Option<String>, ProbeFailure> {
+        match timeout(self.deadline, self.client.simple_query(sql)).await {
+            Err(_) => Err(ProbeFailure {
+                kind: FailureKind::Timeout,
+                stage: stage.into(),
+                detail: format!("no answer within {} ms", self.deadline.as_millis()),
+            }),
+            Ok(Err(e)) => Err(classify(stage, &e)),
+            Ok(Ok(messages)) => Ok(messages
+                .iter()
+                .rev()
+                .find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+                    _ => None,
+                })
+                .flatten()),
         }
     }
 
