@@ -18,7 +18,7 @@ pub struct Policy {
     #[serde(serialize_with = "as_millis")]
     pub probe_slow: Duration,
     /// Write-free liveness: when every synchronous standby that counts replied within this,
-    /// and no commit waits, the test commit is skipped (it writes WAL; with `archive_timeout`
+    /// and no commit has waited longer than `probe_slow`, the test commit is skipped (it writes WAL; with `archive_timeout`
     /// each write costs an archived segment). `None`: always probe (the CLI's one-shot).
     #[serde(serialize_with = "as_optional_millis")]
     pub skip_probe_within: Option<Duration>,

@@ -84,7 +84,28 @@ async fn read(
     mode: Mode,
     early_probe: Option<tokio::task::JoinHandle<CommitProbe>>,
 ) -> Result<PrimaryFacts, ProbeFailure> {
-    let row = session.query_one("server", BASICS_SQL, &[]).await?;
+    // Every read that does not wait on another, pipelined on the one connection: one wait
+    // instead of eight. The WAL senders are read now too (a skip is decided on them, and it
+    // warms the view for the read after the probe).
+    let own_sessions = async {
+        match (&targets.lightningd_dsn, targets.expect_lightningd_session) {
+            (None, true) => lightningd_sessions_here(session).await.map(Some),
+            _ => Ok(None),
+        }
+    };
+    let (basics, rest) = tokio::join!(session.query_one("server", BASICS_SQL, &[]), async {
+        tokio::try_join!(
+            system_identifier(session),
+            overrides(session),
+            slots(session),
+            archiver(session),
+            syncrep_waiters(session),
+            own_sessions,
+            read_walsenders(session),
+        )
+    });
+    // The version first: on an older server the other reads fail for want of a column.
+    let row = basics?;
     let server_version_num: i32 = row.get("version_num");
     if server_version_num < MIN_SERVER_VERSION_NUM {
         return Err(ProbeFailure {
@@ -100,22 +121,9 @@ async fn read(
     let flush_lsn = parse_lsn(row.get("flush_lsn"));
     let sync_names_raw: String = row.get("sync_names");
     let sync_names = SyncNames::parse(&sync_names_raw);
-    // Independent reads, pipelined on the one connection: one wait instead of six.
+    let (system_identifier, own_overrides, slots, archiver, waiters, own_sessions, senders_now) =
+        rest?;
     let (role, db): (String, String) = (row.get("role"), row.get("db"));
-    let own_sessions = async {
-        match (&targets.lightningd_dsn, targets.expect_lightningd_session) {
-            (None, true) => lightningd_sessions(session, &role, &db).await.map(Some),
-            _ => Ok(None),
-        }
-    };
-    let (system_identifier, own_overrides, slots, archiver, waiters, own_sessions) = tokio::try_join!(
-        system_identifier(session),
-        overrides(session),
-        slots(session),
-        archiver(session),
-        syncrep_waiters(session),
-        own_sessions,
-    )?;
     let (session_facts, wallet_cluster) = match &targets.lightningd_dsn {
         None => (
             SessionFacts {
@@ -137,8 +145,6 @@ async fn read(
         None => None,
     };
 
-    // The WAL senders as read to decide a skip: nothing waits on them afterwards.
-    let mut senders_read = None;
     let (commit_probe, wait_for) = match mode {
         _ if in_recovery => (CommitProbe::NotRun, None),
         Mode::Status => {
@@ -146,11 +152,8 @@ async fn read(
                 Some(started) => started.await.unwrap_or_else(|e| CommitProbe::Failed {
                     error: format!("commit probe task: {e}"),
                 }),
-                None => match fresh_replies(session, policy, &sync_names, &waiters).await? {
-                    Some((skipped, senders)) => {
-                        senders_read = Some(senders);
-                        skipped
-                    }
+                None => match fresh_replies(policy, &sync_names, &waiters, &senders_now) {
+                    Some(skipped) => skipped,
                     None => probe_twice_if_slow(target, policy).await,
                 },
             };
@@ -165,9 +168,10 @@ async fn read(
         }
         Mode::Failover { wait } => (CommitProbe::NotRun, flush_lsn.map(|l| (l, wait, true))),
     };
-    let walsenders = match senders_read {
-        Some(s) => s,
-        None => walsenders_reaching(session, wait_for, &sync_names).await?,
+    // With nothing to wait for, the read taken with the others is the answer.
+    let walsenders = match wait_for {
+        None => senders_now,
+        Some(_) => walsenders_reaching(session, wait_for, &sync_names).await?,
     };
 
     Ok(PrimaryFacts {
@@ -188,7 +192,16 @@ async fn read(
         commit_probe,
         walsenders,
         slots,
-        max_slot_wal_keep_size_mb: row.get("max_slot_keep"),
+        max_slot_wal_keep_size_mb: megabytes(row.get("max_slot_keep")).ok_or_else(|| {
+            ProbeFailure {
+                kind: FailureKind::Query,
+                stage: "server".into(),
+                detail: format!(
+                    "unreadable max_slot_wal_keep_size {:?}",
+                    row.get::<_, String>("max_slot_keep")
+                ),
+            }
+        })?,
         wal_log_hints: row.get("wal_log_hints"),
         data_checksums: row.get("data_checksums"),
         archiver: (row.get::<_, String>("archive_mode") != "off").then_some(archiver),
@@ -245,6 +258,22 @@ async fn lightningd_session(
     Ok((facts, cluster))
 }
 
+/// `lightningd_sessions` for the role and database of this very session.
+async fn lightningd_sessions_here(session: &Session) -> Result<i64, ProbeFailure> {
+    let row = session
+        .query_one(
+            "lightningd sessions",
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE backend_type = 'client backend' AND usename = current_user
+                AND datname = current_database()
+                AND coalesce(application_name, '') NOT LIKE 'cln-replguard%'
+                AND pid <> pg_backend_pid()",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
 /// Client sessions of lightningd's role on its database, our own excepted.
 async fn lightningd_sessions(session: &Session, role: &str, db: &str) -> Result<i64, ProbeFailure> {
     let row = session
@@ -262,21 +291,24 @@ async fn lightningd_sessions(session: &Session, role: &str, db: &str) -> Result<
 
 /// The write-free alternative to the probe (`Policy::skip_probe_within`): `Some(Skipped)`,
 /// with the WAL senders it read, when enough synchronous standbys replied recently and no
-/// commit waits.
-async fn fresh_replies(
-    session: &Session,
+/// commit has waited for them longer than `probe_slow`. Under load commits always wait a
+/// little; short waits are commits being acknowledged, the same proof the probe would give.
+/// A standby that replies but stops confirming flushes makes the waits grow past that at
+/// once, and the probe runs.
+fn fresh_replies(
     policy: &Policy,
     sync_names: &Result<SyncNames, String>,
     waiters: &SyncRepWaiters,
-) -> Result<Option<(CommitProbe, Vec<WalSender>)>, ProbeFailure> {
+    senders: &[WalSender],
+) -> Option<CommitProbe> {
     let (Some(within), Ok(SyncNames::Required(req))) = (policy.skip_probe_within, sync_names)
     else {
-        return Ok(None);
+        return None;
     };
-    if waiters.count > 0 {
-        return Ok(None);
+    let slow_ms = policy.probe_slow.as_secs_f64() * 1000.0;
+    if waiters.count > 0 && waiters.longest_ms.is_none_or(|ms| ms >= slow_ms) {
+        return None;
     }
-    let senders = walsenders_reaching(session, None, sync_names).await?;
     let within_ms = within.as_secs_f64() * 1000.0;
     let counted: Vec<f64> = senders
         .iter()
@@ -289,13 +321,12 @@ async fn fresh_replies(
         .filter_map(|s| s.reply_age_ms.filter(|age| *age <= within_ms))
         .collect();
     if (counted.len() as u32) < req.num {
-        return Ok(None);
+        return None;
     }
-    let skipped = CommitProbe::Skipped {
+    Some(CommitProbe::Skipped {
         oldest_reply_ms: counted.iter().cloned().fold(0.0, f64::max),
         within_ms,
-    };
-    Ok(Some((skipped, senders)))
+    })
 }
 
 /// A single slow acknowledgement is often a scheduling hiccup (measured: the first commit on
@@ -333,8 +364,7 @@ SELECT current_setting('server_version_num')::int AS version_num,
        CASE WHEN pg_is_in_recovery() THEN NULL
             ELSE pg_walfile_name(pg_current_wal_lsn()) END AS walfile,
        current_setting('archive_mode') AS archive_mode,
-       (SELECT setting::bigint FROM pg_settings
-         WHERE name = 'max_slot_wal_keep_size') AS max_slot_keep,
+       current_setting('max_slot_wal_keep_size') AS max_slot_keep,
        current_setting('wal_log_hints')::bool AS wal_log_hints,
        current_setting('data_checksums')::bool AS data_checksums";
 
@@ -403,8 +433,7 @@ async fn walsenders_reaching(
 ) -> Result<Vec<WalSender>, ProbeFailure> {
     let start = Instant::now();
     loop {
-        let rows = session.query("replication", WALSENDERS_SQL, &[]).await?;
-        let mut senders: Vec<WalSender> = rows.iter().map(walsender).collect();
+        let mut senders = read_walsenders(session).await?;
         let Some((target, wait, all_named)) = wait_for else {
             return Ok(senders);
         };
@@ -427,6 +456,11 @@ async fn walsenders_reaching(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+async fn read_walsenders(session: &Session) -> Result<Vec<WalSender>, ProbeFailure> {
+    let rows = session.query("replication", WALSENDERS_SQL, &[]).await?;
+    Ok(rows.iter().map(walsender).collect())
 }
 
 fn walsender(r: &Row) -> WalSender {
@@ -508,6 +542,41 @@ async fn syncrep_waiters(session: &Session) -> Result<SyncRepWaiters, ProbeFailu
     })
 }
 
+/// A size setting as `current_setting` shows it (`-1`, `512kB`, `1024MB`, `10GB`, `1TB`), in
+/// MB. (`pg_settings` has it as a number, but reading that view costs a cold backend about
+/// 2 ms: it builds every setting.)
+fn megabytes(shown: String) -> Option<i64> {
+    let s = shown.trim();
+    let digits = s.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let n: i64 = digits.parse().ok()?;
+    let mb = match &s[digits.len()..] {
+        "" if n < 0 => return Some(-1),
+        "kB" => n / 1024,
+        "MB" | "" => n,
+        "GB" => n * 1024,
+        "TB" => n * 1024 * 1024,
+        _ => return None,
+    };
+    Some(mb)
+}
+
 pub(crate) fn parse_lsn(text: Option<String>) -> Option<Lsn> {
     text.and_then(|t| t.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sizes_read_as_postgresql_shows_them() {
+        for (shown, mb) in [
+            ("-1", -1),
+            ("1GB", 1024),
+            ("1536MB", 1536),
+            ("2TB", 2097152),
+            ("4096kB", 4),
+        ] {
+            assert_eq!(super::megabytes(shown.into()), Some(mb), "{shown}");
+        }
+        assert_eq!(super::megabytes("10 parsecs".into()), None);
+    }
 }
