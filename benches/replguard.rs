@@ -804,7 +804,7 @@ fn pgdetect(rows: &mut Vec<Row>) {
     rows.push(Row {
         what: "`cln-replguard check` in a loop from the hang (on one of those idle pairs)".into(),
         result: format!(
-            "exit {} after {:.0} ms: `{}` (the plugin's monitor: see the hung-standby row of `notice`, about 2 s); wall time of the section's hang phase {wall:.0} s",
+            "exit {} after {:.0} ms: `{}` (the plugin's monitor: see the hung-standby row of `notice`); wall time of the section's hang phase {wall:.0} s",
             notice.1, notice.0, notice.2
         ),
         target: "-".into(),
