@@ -21,6 +21,29 @@ struct Row {
     met: Option<bool>,
 }
 
+/// pgbench's tables on the primary, at this scale.
+fn pgbench_init(c: &Cluster, scale: u32) {
+    let init = Command::new(c.bindir().join("pgbench"))
+        .args(["-i", "-s", &scale.to_string(), "-q", "-d"])
+        .arg(c.primary.conninfo("postgres", "postgres"))
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+}
+
+/// "median … ms, worst … ms" of timings in ms.
+fn median_worst(v: &mut [f64]) -> String {
+    format!(
+        "median {:.0} ms, worst {:.0} ms",
+        percentile(v, 0.5),
+        percentile(v, 1.0)
+    )
+}
+
 fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.sort_by(f64::total_cmp);
     let i = ((v.len() as f64 - 1.0) * p).round() as usize;
@@ -200,16 +223,7 @@ fn main() {
 
         // 4. TPS cost: pgbench through synchronous replication, monitor on vs off, alternating.
         c.primary.psql("SELECT 1").unwrap();
-        let init = Command::new(c.bindir().join("pgbench"))
-            .args(["-i", "-s", "2", "-q", "-d"])
-            .arg(c.primary.conninfo("postgres", "postgres"))
-            .output()
-            .unwrap();
-        assert!(
-            init.status.success(),
-            "{}",
-            String::from_utf8_lossy(&init.stderr)
-        );
+        pgbench_init(&c, 2);
         drop(f);
         let mut ratios = Vec::new();
         for _ in 0..10 {
@@ -287,11 +301,7 @@ fn main() {
             .collect();
         rows.push(Row {
             what: "standby stopped noticed, 10 runs".into(),
-            result: format!(
-                "median {:.0} ms, worst {:.0} ms",
-                percentile(&mut stopped, 0.5),
-                percentile(&mut stopped, 1.0)
-            ),
+            result: median_worst(&mut stopped),
             target: "-".into(),
             met: None,
         });
@@ -319,11 +329,7 @@ fn main() {
             .collect();
         rows.push(Row {
             what: "promoted standby → lightningd stopped (self-fence), 5 runs".into(),
-            result: format!(
-                "median {:.0} ms, worst {:.0} ms",
-                percentile(&mut promoted, 0.5),
-                percentile(&mut promoted, 1.0)
-            ),
+            result: median_worst(&mut promoted),
             target: "-".into(),
             met: None,
         });
@@ -706,16 +712,7 @@ fn pgdetect(rows: &mut Vec<Row>) {
         })
         .collect();
     let writer_pair = &pairs[4].0;
-    let init = Command::new(writer_pair.bindir().join("pgbench"))
-        .args(["-i", "-s", "1", "-q", "-d"])
-        .arg(writer_pair.primary.conninfo("postgres", "postgres"))
-        .output()
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
+    pgbench_init(writer_pair, 1);
     writer_pair.wait_commits_flow().unwrap();
     let limit = Duration::from_secs(120);
     let t_all = Instant::now();
@@ -1057,11 +1054,7 @@ fn netns(rows: &mut Vec<Row>) {
         what: format!(
             "the same fault, noticed by the plugin's monitor (status file not safe), {reps} runs"
         ),
-        result: format!(
-            "median {:.0} ms, worst {:.0} ms",
-            percentile(&mut monitor, 0.5),
-            percentile(&mut monitor, 1.0)
-        ),
+        result: median_worst(&mut monitor),
         target: "-".into(),
         met: None,
     });

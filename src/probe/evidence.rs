@@ -10,7 +10,7 @@ use crate::evidence::{Record, Recorded};
 use crate::facts::{FailureKind, ProbeFailure};
 use crate::verdict::Level;
 
-use super::primary::{MONITOR_APPLICATION_NAME, parse_lsn};
+use super::primary::parse_lsn;
 use super::session::Session;
 
 /// Rows kept: enough history to read back a day of flapping, small enough to never matter.
@@ -39,7 +39,7 @@ pub async fn record_if_changed(
     source: &str,
     deadline: Duration,
 ) -> Result<bool, ProbeFailure> {
-    let session = open(target, deadline).await?;
+    let session = Session::open_monitor(target, deadline).await?;
     let newest = newest_on(&session).await?;
     if !crate::evidence::worth_recording(newest.as_ref().map(|r| &r.record), record) {
         return Ok(false);
@@ -55,7 +55,7 @@ pub async fn record(
     source: &str,
     deadline: Duration,
 ) -> Result<(), ProbeFailure> {
-    let session = open(target, deadline).await?;
+    let session = Session::open_monitor(target, deadline).await?;
     write(&session, record, source).await
 }
 
@@ -65,17 +65,8 @@ pub async fn newest(
     target: &PgTarget,
     deadline: Duration,
 ) -> Result<Option<Recorded>, ProbeFailure> {
-    let session = open(target, deadline).await?;
+    let session = Session::open_monitor(target, deadline).await?;
     newest_on(&session).await
-}
-
-async fn open(target: &PgTarget, deadline: Duration) -> Result<Session, ProbeFailure> {
-    Session::open(
-        &target.session_config(MONITOR_APPLICATION_NAME, deadline),
-        target.tls(),
-        deadline,
-    )
-    .await
 }
 
 async fn write(session: &Session, r: &Record, source: &str) -> Result<(), ProbeFailure> {

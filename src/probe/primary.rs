@@ -55,14 +55,7 @@ pub(crate) async fn observe(
     };
     let session = match kept.take() {
         Some(s) if !s.is_closed() => s,
-        _ => {
-            Session::open(
-                &target.session_config(MONITOR_APPLICATION_NAME, policy.query_timeout),
-                target.tls(),
-                policy.query_timeout,
-            )
-            .await?
-        }
+        _ => Session::open_monitor(target, policy.query_timeout).await?,
     };
     let facts = read(&session, target, targets, policy, mode, early_probe).await;
     // A session whose query timed out may still be running it: never reuse that one.

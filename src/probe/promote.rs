@@ -7,7 +7,7 @@ use crate::dsn::PgTarget;
 use crate::facts::{FailureKind, ProbeFailure};
 use crate::lsn::{Lsn, timeline_of_walfile};
 
-use super::primary::{MONITOR_APPLICATION_NAME, parse_lsn};
+use super::primary::parse_lsn;
 use super::session::Session;
 
 /// What the promoted server reports.
@@ -18,15 +18,6 @@ pub struct Promoted {
     pub took: Duration,
     /// `synchronous_standby_names` it inherited from the old primary (DESIGN §2).
     pub sync_names: String,
-}
-
-async fn open(target: &PgTarget, deadline: Duration) -> Result<Session, ProbeFailure> {
-    Session::open(
-        &target.session_config(MONITOR_APPLICATION_NAME, deadline),
-        target.tls(),
-        deadline,
-    )
-    .await
 }
 
 /// `pg_promote(wait => true)`, then waits until the server writes on a new timeline, then
@@ -40,7 +31,7 @@ pub async fn promote(
     let start = Instant::now();
     let wait_s = wait.as_secs().clamp(1, i32::MAX as u64) as i32;
     // The session deadline must cover pg_promote's own wait.
-    let session = open(target, wait + Duration::from_secs(5)).await?;
+    let session = Session::open_monitor(target, wait + Duration::from_secs(5)).await?;
     let row = session
         .query_one("promote", "SELECT pg_promote(true, $1)", &[&wait_s])
         .await
@@ -108,7 +99,7 @@ pub async fn promote(
 /// Lets commits through without a standby: `ALTER SYSTEM` plus a reload, so it also holds
 /// after a restart — until a standby is back and the names are set again.
 pub async fn clear_sync_names(target: &PgTarget, deadline: Duration) -> Result<(), ProbeFailure> {
-    let session = open(target, deadline).await?;
+    let session = Session::open_monitor(target, deadline).await?;
     // Two statements, two round trips: ALTER SYSTEM refuses the implicit transaction of a
     // multi-statement batch.
     session

@@ -49,6 +49,20 @@ impl Session {
         }
     }
 
+    /// A session named `cln-replguard` (so lightningd's own sessions can be told from ours),
+    /// with `deadline` on the connection and on every query.
+    pub async fn open_monitor(
+        target: &crate::dsn::PgTarget,
+        deadline: Duration,
+    ) -> Result<Session, ProbeFailure> {
+        Session::open(
+            &target.session_config(super::MONITOR_APPLICATION_NAME, deadline),
+            target.tls(),
+            deadline,
+        )
+        .await
+    }
+
     /// The connection broke (server gone, or ended by us after a timeout): open a new one.
     pub fn is_closed(&self) -> bool {
         self.client.is_closed()

@@ -5,19 +5,14 @@ use crate::facts::{FailureKind, ProbeFailure, StandbyFacts, WalReceiver};
 use crate::lsn::timeline_of_walfile;
 use crate::policy::Policy;
 
-use super::primary::{MONITOR_APPLICATION_NAME, parse_lsn};
+use super::primary::parse_lsn;
 use super::session::Session;
 
 pub(crate) async fn observe(
     target: &PgTarget,
     policy: &Policy,
 ) -> Result<StandbyFacts, ProbeFailure> {
-    let session = Session::open(
-        &target.session_config(MONITOR_APPLICATION_NAME, policy.query_timeout),
-        target.tls(),
-        policy.query_timeout,
-    )
-    .await?;
+    let session = Session::open_monitor(target, policy.query_timeout).await?;
     let row = session
         .query_one(
             "standby",

@@ -117,7 +117,28 @@ const REPLICATOR: &str = "replicator";
 /// lightningd's role and database; the plugin checks through it (pg_monitor).
 const WALLET: &str = "lightningd";
 
+/// Passwords go through the environment or ~/.pgpass: a conninfo given here is printed in
+/// the script and shows in `ps`.
+fn no_password(what: &str, conninfo: &str) -> Result<()> {
+    if conninfo.to_ascii_lowercase().contains("password") {
+        anyhow::bail!(
+            "{what}: leave the password out (it would be printed and shown in ps); use \
+             PGPASSWORD or ~/.pgpass"
+        );
+    }
+    Ok(())
+}
+
 pub async fn run(cmd: SetupCommand) -> Result<i32> {
+    match &cmd {
+        SetupCommand::Primary(a) => no_password("--admin", &a.admin)?,
+        SetupCommand::Standby(a) => {
+            if let Some(c) = &a.rewind_from {
+                no_password("--rewind-from", c)?;
+            }
+        }
+        SetupCommand::Local(_) => {}
+    }
     match cmd {
         SetupCommand::Local(a) => local(a).await,
         SetupCommand::Primary(a) => {
@@ -475,4 +496,78 @@ async fn local(a: LocalArgs) -> Result<i32> {
         p_data.display()
     );
     Ok(v.level.exit_code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common() -> Common {
+        Common {
+            name: "s1".into(),
+            archive_dir: Some("/mnt/walarchive".into()),
+            max_slot_wal_keep_size: "10GB".into(),
+        }
+    }
+
+    #[test]
+    fn the_primary_script_sets_what_the_checks_look_for_and_names_the_standby_last() {
+        let steps = primary_steps(
+            &common(),
+            "dbname=postgres",
+            Path::new("/var/lib/postgresql/15/main"),
+            Some("10.0.0.1"),
+            Some("10.0.0.2"),
+        );
+        let script = plan::render("primary", &steps);
+        for expected in [
+            "ALTER SYSTEM SET wal_log_hints = on;",
+            "ALTER SYSTEM SET max_slot_wal_keep_size = '10GB';",
+            "ALTER SYSTEM SET wal_keep_size = '1GB';",
+            "ALTER SYSTEM SET synchronous_commit = on;",
+            "archive_command = 'test ! -f /mnt/walarchive/%f && cp %p /mnt/walarchive/%f'",
+            "host replication replicator 10.0.0.2/32 scram-sha-256",
+            "GRANT pg_monitor TO lightningd;",
+            "pg_create_physical_replication_slot('s1')",
+            "${REPLGUARD_REPLICATION_PASSWORD:-}",
+        ] {
+            assert!(
+                script.contains(expected),
+                "missing {expected:?} in\n{script}"
+            );
+        }
+        let names = script
+            .find("synchronous_standby_names = 'FIRST 1 (s1)'")
+            .unwrap();
+        let slot = script.find("pg_create_physical_replication_slot").unwrap();
+        assert!(
+            slot < names,
+            "the standby is named only once everything else is ready"
+        );
+        assert!(!script.contains("wal_keep_segments"));
+    }
+
+    #[test]
+    fn the_standby_script_clones_with_the_slot_and_replies_every_second() {
+        let steps = standby_steps(
+            &common(),
+            "host=10.0.0.1 port=5432 user=replicator application_name=s1",
+            Path::new("/srv/pg"),
+            &[],
+            "dbname=postgres",
+        );
+        let script = plan::render("standby", &steps);
+        assert!(script.contains("pg_basebackup -D /srv/pg -d"), "{script}");
+        assert!(script.contains("-R -c fast -X stream -S s1"), "{script}");
+        assert!(script.contains("wal_receiver_status_interval"), "{script}");
+        assert!(script.contains("hot_standby = on"), "{script}");
+        assert!(script.contains("restore_command"), "{script}");
+        assert!(script.contains("is not empty: refusing"), "{script}");
+    }
+
+    #[test]
+    fn a_password_on_the_command_line_is_refused() {
+        assert!(no_password("--admin", "host=x password=secret").is_err());
+        assert!(no_password("--admin", "host=x user=postgres").is_ok());
+    }
 }

@@ -196,17 +196,7 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
                 args,
             } => {
                 println!("cln-replguard setup: {what}");
-                let out = pg
-                    .tool(program)
-                    .args(args)
-                    .output()
-                    .with_context(|| format!("running {program}"))?;
-                if !out.status.success() {
-                    bail!(
-                        "{what}: {program} failed: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                }
+                run_tool(pg, program, args)?;
             }
             Step::Psql {
                 what,
@@ -292,19 +282,13 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
                     }
                     _ => {}
                 }
-                let out = pg
-                    .tool("pg_rewind")
-                    .arg("-D")
-                    .arg(dir)
-                    .arg(format!("--source-server={source}"))
-                    .arg("-R")
-                    .output()?;
-                if !out.status.success() {
-                    bail!(
-                        "pg_rewind failed: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                }
+                let args = [
+                    "-D".to_string(),
+                    dir.display().to_string(),
+                    format!("--source-server={source}"),
+                    "-R".to_string(),
+                ];
+                run_tool(pg, "pg_rewind", &args)?;
             }
             Step::Clone { dir, args } => {
                 if dir.join("standby.signal").is_file() {
@@ -320,13 +304,7 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
                     "cln-replguard setup: clone the primary into {}",
                     dir.display()
                 );
-                let out = pg.tool("pg_basebackup").args(args).output()?;
-                if !out.status.success() {
-                    bail!(
-                        "pg_basebackup failed: {}",
-                        String::from_utf8_lossy(&out.stderr).trim()
-                    );
-                }
+                run_tool(pg, "pg_basebackup", args)?;
             }
             Step::WaitFor {
                 what,
@@ -342,6 +320,22 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
                 })?;
             }
         }
+    }
+    Ok(())
+}
+
+/// Runs a server program as the PostgreSQL user; a failure carries what it said.
+fn run_tool(pg: &PgInstall, program: &str, args: &[String]) -> Result<()> {
+    let out = pg
+        .tool(program)
+        .args(args)
+        .output()
+        .with_context(|| format!("running {program}"))?;
+    if !out.status.success() {
+        bail!(
+            "{program} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(())
 }
