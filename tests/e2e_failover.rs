@@ -139,8 +139,9 @@ fn process_tree(root: i32) -> Vec<i32> {
 /// Makes this test process reap the orphans it leaves, as an init system would. The
 /// postmaster is orphaned at start (pg_ctl exits), and so are lightningd's subdaemons when it
 /// dies. Where PID 1 does not reap (containers often), a SIGKILLed postmaster would stay a
-/// zombie, which `kill(pid, 0)` — as pg_ctl and `cln-replguard failover` check — takes for a
-/// running server.
+/// zombie, which `kill(pid, 0)` — as pg_ctl and PostgreSQL's lock file check — takes for a
+/// running server. (`cln-replguard failover` itself reads the state in /proc and treats a
+/// zombie as gone; the test reaps anyway, as systemd would.)
 fn reap_orphans() {
     // SAFETY: prctl with constant arguments.
     let r = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };

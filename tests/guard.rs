@@ -470,3 +470,52 @@ fn fresh_standby_replies_spare_the_write_and_a_hang_is_still_seen() {
     );
     c.standby("s1").resume();
 }
+
+#[test]
+fn the_monitor_records_each_change_of_verdict_as_evidence_and_nothing_while_it_holds() {
+    let (c, _s) = healthy();
+    let evidence = |server: &cln_replguard::cluster::Server| {
+        let out = std::process::Command::new(c.bindir().join("psql"))
+            .args(["-X", "-A", "-t", "-q", "-d"])
+            .arg(server.conninfo("postgres", "lightningd"))
+            .arg("-c")
+            .arg(
+                "SELECT coalesce(string_agg(level || '/' || source || '/' || \
+                 array_to_string(covered, ','), ' ' ORDER BY id), '') \
+                 FROM replguard.evidence",
+            )
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let f = started(Setup::new(&c.primary.wallet_dsn()));
+    wait_for("the first record", Duration::from_secs(10), || {
+        Ok(evidence(&c.primary) == "safe/plugin/s1")
+    })
+    .unwrap();
+    // Checks go on; an unchanged verdict writes nothing.
+    let checks = |f: &Fake| {
+        let p = f.dir.path().join("replguard-status.json");
+        std::fs::read_to_string(p).unwrap_or_default()
+    };
+    let before = checks(&f);
+    wait_for("another check", Duration::from_secs(10), || {
+        Ok(checks(&f) != before)
+    })
+    .unwrap();
+    assert_eq!(evidence(&c.primary), "safe/plugin/s1");
+
+    c.primary
+        .psql("ALTER SYSTEM SET synchronous_standby_names = ''")
+        .unwrap();
+    c.primary.reload().unwrap();
+    wait_for("the unsafe record", Duration::from_secs(10), || {
+        Ok(evidence(&c.primary) == "safe/plugin/s1 unsafe/plugin/")
+    })
+    .unwrap();
+    // It reached the standby with the WAL (asynchronously now, which is the point).
+    wait_for("the record on the standby", Duration::from_secs(10), || {
+        Ok(evidence(c.standby("s1")) == "safe/plugin/s1 unsafe/plugin/")
+    })
+    .unwrap();
+}
