@@ -58,10 +58,16 @@ pub enum Command {
         /// Pre-flight: retry until the check says go, for at most this many seconds.
         #[arg(long, value_name = "SECONDS")]
         wait: Option<u64>,
-        /// Do not record the verdict in replguard.evidence (by default a change of verdict is
-        /// recorded there, for `cln-replguard failover` to read on the standby).
+        /// Pre-flight: do not record the verdict in replguard.evidence (by default the
+        /// pre-flight records a change of verdict there, as the plugin does, for
+        /// `cln-replguard failover` to read on the standby).
         #[arg(long)]
         no_evidence: bool,
+        /// Without --lightning-dir: record a change of verdict in replguard.evidence. Only
+        /// through lightningd's own wallet DSN: a check run as another role would record what
+        /// that role's commits get, not lightningd's.
+        #[arg(long, conflicts_with = "no_evidence")]
+        record_evidence: bool,
     },
     /// Go/no-go: would a failover right now lose an acknowledged commit? Exit 0 only if not.
     FailoverCheck {
@@ -291,9 +297,13 @@ async fn execute(command: Command) -> Result<i32> {
             policy,
             wait,
             no_evidence,
+            record_evidence,
         } => {
             let mut r = target.resolve(&policy)?;
-            r.evidence &= !no_evidence;
+            r.evidence = match &r.preflight {
+                Some(_) => r.evidence && !no_evidence,
+                None => record_evidence,
+            };
             match &r.preflight {
                 Some(p) => Ok(preflight::run(&r, p, wait.map(Duration::from_secs)).await),
                 None if wait.is_some() => {
@@ -306,7 +316,7 @@ async fn execute(command: Command) -> Result<i32> {
                     let v = verdict::evaluate(&obs, &r.policy);
                     println!("{}", report::check_line(&obs, &v, &r.policy));
                     if r.evidence {
-                        record_evidence(&r, &obs, &v).await;
+                        crate::cli::record_evidence(&r, &obs, &v).await;
                     }
                     Ok(v.level.exit_code())
                 }

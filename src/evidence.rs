@@ -79,13 +79,17 @@ pub enum Judgement {
     Unverifiable { why: String },
 }
 
-/// Judges the newest row on the standby that is about to be promoted. `standby_name` is the
-/// name it streams under (its `application_name`), `standby_system_id` its cluster.
-pub fn judge(
-    newest: Option<&Recorded>,
-    standby_name: &str,
-    standby_system_id: Option<&str>,
-) -> Judgement {
+/// What the standby about to be promoted says of itself.
+pub struct StandbySide<'a> {
+    /// The name it streams under (its `application_name`).
+    pub name: &'a str,
+    pub system_id: Option<&'a str>,
+    pub timeline: Option<u32>,
+}
+
+/// Judges the newest row on the standby that is about to be promoted.
+pub fn judge(newest: Option<&Recorded>, standby: &StandbySide) -> Judgement {
+    let standby_name = standby.name;
     let Some(row) = newest else {
         return Judgement::Unverifiable {
             why: "no evidence on the standby: the primary's monitor never recorded a verdict \
@@ -94,11 +98,22 @@ pub fn judge(
         };
     };
     let r = &row.record;
-    if let (Some(a), Some(b)) = (r.system_identifier.as_deref(), standby_system_id)
+    if let (Some(a), Some(b)) = (r.system_identifier.as_deref(), standby.system_id)
         && a != b
     {
         return Judgement::Unverifiable {
             why: format!("the newest evidence is from another cluster (system identifier {a})"),
+        };
+    }
+    // A row from before an earlier failover says nothing about the primary just lost.
+    if let (Some(a), Some(b)) = (r.timeline, standby.timeline)
+        && a != b
+    {
+        return Judgement::Unverifiable {
+            why: format!(
+                "the newest evidence was recorded on timeline {a}, this standby follows timeline \
+                 {b}: nothing was recorded since the last failover"
+            ),
         };
     }
     let at = format!("{} ({:.0} s ago)", row.recorded_at, row.age_s);
@@ -154,14 +169,17 @@ mod tests {
     #[test]
     fn covered_only_when_the_newest_row_is_good_and_names_the_standby() {
         let r = row(Level::Safe, &["s1"]);
-        assert_eq!(judge(Some(&r), "s1", Some("73")), Judgement::Covered);
-        assert_eq!(judge(Some(&r), "S1", None), Judgement::Covered);
+        assert_eq!(judge(Some(&r), &side("s1", Some("73"))), Judgement::Covered);
+        assert_eq!(judge(Some(&r), &side("S1", None)), Judgement::Covered);
         assert!(matches!(
-            judge(Some(&r), "s2", Some("73")),
+            judge(Some(&r), &side("s2", Some("73"))),
             Judgement::NotCovered { why } if why.contains("not this standby (s2)")
         ));
         let degraded = row(Level::Degraded, &["s1"]);
-        assert_eq!(judge(Some(&degraded), "s1", None), Judgement::Covered);
+        assert_eq!(
+            judge(Some(&degraded), &side("s1", None)),
+            Judgement::Covered
+        );
     }
 
     #[test]
@@ -169,16 +187,38 @@ mod tests {
         let mut r = row(Level::Unsafe, &[]);
         r.record.codes = vec!["sync-names-empty".into()];
         assert!(matches!(
-            judge(Some(&r), "s1", None),
+            judge(Some(&r), &side("s1", None)),
             Judgement::NotCovered { why } if why.contains("recorded unsafe") && why.contains("sync-names-empty")
         ));
         assert!(matches!(
-            judge(None, "s1", None),
+            judge(None, &side("s1", None)),
             Judgement::Unverifiable { .. }
         ));
         assert!(matches!(
-            judge(Some(&row(Level::Safe, &["s1"])), "s1", Some("99")),
+            judge(Some(&row(Level::Safe, &["s1"])), &side("s1", Some("99"))),
             Judgement::Unverifiable { why } if why.contains("another cluster")
+        ));
+    }
+
+    fn side<'a>(name: &'a str, system_id: Option<&'a str>) -> StandbySide<'a> {
+        StandbySide {
+            name,
+            system_id,
+            timeline: Some(1),
+        }
+    }
+
+    #[test]
+    fn a_row_from_an_earlier_timeline_proves_nothing() {
+        let r = row(Level::Safe, &["s1"]);
+        let later = StandbySide {
+            name: "s1",
+            system_id: Some("73"),
+            timeline: Some(2),
+        };
+        assert!(matches!(
+            judge(Some(&r), &later),
+            Judgement::Unverifiable { why } if why.contains("timeline 1")
         ));
     }
 

@@ -270,8 +270,12 @@ pub struct StandbyFacts {
     pub server_version_num: i32,
     pub in_recovery: bool,
     pub system_identifier: Option<String>,
+    /// `application_name` in its `primary_conninfo`, read when the receiver is not running
+    /// (superuser or `pg_read_all_settings`).
+    pub configured_name: Option<String>,
     pub cluster_name: String,
-    /// The timeline it receives (standby) or writes (if it answers as a primary).
+    /// The timeline it receives (standby; from its control file when not receiving) or writes
+    /// (if it answers as a primary).
     pub timeline: Option<u32>,
     pub receiver: Option<WalReceiver>,
     pub replay_paused: Option<bool>,
@@ -286,6 +290,7 @@ impl StandbyFacts {
         self.receiver
             .as_ref()
             .and_then(|r| r.application_name.clone())
+            .or_else(|| self.configured_name.clone())
             .or_else(|| (!self.cluster_name.is_empty()).then(|| self.cluster_name.clone()))
             .unwrap_or_else(|| "walreceiver".to_string())
     }

@@ -180,9 +180,18 @@ pub fn covered_standbys(p: &PrimaryFacts) -> Vec<String> {
     if p.in_recovery || !blockers(p, req).is_empty() {
         return vec![];
     }
-    p.walsenders
+    // A name is evidence about a standby only when it names one: two WAL senders under one
+    // name (a default cluster_name on two standbys) cannot be told apart later.
+    let (covered, not): (Vec<&WalSender>, Vec<&WalSender>) = p
+        .walsenders
         .iter()
-        .filter(|w| acknowledgement_reasons(w, req).is_empty())
+        .partition(|w| acknowledgement_reasons(w, req).is_empty());
+    covered
+        .iter()
+        .filter(|w| {
+            !not.iter()
+                .any(|n| n.application_name.eq_ignore_ascii_case(&w.application_name))
+        })
         .map(|w| w.application_name.clone())
         .collect()
 }

@@ -47,7 +47,12 @@ fn in_recovery(s: &Server) -> bool {
 
 /// `cln-replguard check` against the primary: records the verdict as evidence.
 fn check_and_record(c: &Cluster) -> (i32, String) {
-    let (code, out, err) = cli(&["check", "--dsn", &c.primary.wallet_dsn()]);
+    let (code, out, err) = cli(&[
+        "check",
+        "--record-evidence",
+        "--dsn",
+        &c.primary.wallet_dsn(),
+    ]);
     assert!(!err.contains("cannot record evidence"), "{err}");
     (code, out)
 }
@@ -315,6 +320,7 @@ fn control_with_an_async_standby_loses_commits() {
 fn refuses_without_fencing_or_without_evidence_and_promotes_nothing() {
     let c = start(&ClusterSpec::pair());
     let standby = admin_dsn(c.standby("s1"));
+    check_and_record(&c);
     // Nothing said about the old node: not fenced.
     let (code, out, _) = cli(&["failover", "--standby-dsn", &standby, "--then", "run-alone"]);
     assert_eq!(code, 2, "{out}");
@@ -334,21 +340,39 @@ fn refuses_without_fencing_or_without_evidence_and_promotes_nothing() {
     ]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("still answers"), "{out}");
+    // A data directory of another cluster is not the old primary: refused, and that other
+    // server is left running.
+    let other = start(&ClusterSpec::pair());
+    let (code, out, _) = cli(&[
+        "failover",
+        "--standby-dsn",
+        &standby,
+        "--old-primary-data",
+        &other.primary.datadir.display().to_string(),
+        "--then",
+        "run-alone",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("belongs to another cluster"), "{out}");
+    assert_eq!(other.primary.psql("SELECT 1").unwrap(), "1");
     assert!(in_recovery(c.standby("s1")));
-    // Crashed primary, no evidence ever recorded: unverifiable.
-    c.primary.kill_tree().unwrap();
-    let (code, out) = failover(&c, &["--then", "wait-for-standby"]);
+
+    // Crashed primary, no evidence ever recorded: unverifiable, refused before the fence,
+    // so the old primary's directory is left as it was.
+    let fresh = start(&ClusterSpec::pair());
+    fresh.primary.kill_tree().unwrap();
+    let (code, out) = failover(&fresh, &["--then", "wait-for-standby"]);
     assert_eq!(code, 2, "{out}");
     assert!(
         out.contains("no evidence") && out.contains("--accept-unverified"),
         "{out}"
     );
+    assert!(out.contains("left as it was"), "{out}");
     assert!(
-        in_recovery(c.standby("s1")),
+        in_recovery(fresh.standby("s1")),
         "a refusal must promote nothing"
     );
-    // The fence happened anyway, and holds: the old primary can only come back as a standby.
-    assert!(c.primary.datadir.join("standby.signal").is_file());
+    assert!(!fresh.primary.datadir.join("standby.signal").exists());
 }
 
 #[test]
@@ -389,7 +413,7 @@ fn planned_switchover_checks_live_then_runs_alone_within_the_accepted_time() {
     ]);
     assert_eq!(code, 1, "{line}");
     assert!(line.contains("no-replica-accepted"), "{line}");
-    let (code, line, _) = cli(&["check", "--dsn", &new_primary, "--no-evidence"]);
+    let (code, line, _) = cli(&["check", "--dsn", &new_primary]);
     assert_eq!(code, 2, "{line}");
     assert!(line.contains("sync-names-empty"), "{line}");
 }
@@ -526,9 +550,14 @@ fn setup_local_then_failover_then_the_old_primary_rejoins_and_the_pair_is_safe_a
         &new_admin,
         "--name",
         "p1",
+        "--rejoin",
         "--apply",
     ]);
     assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        !out.contains("restarting"),
+        "--rejoin never restarts: {out}"
+    );
     let (code, out, err) = cli(&[
         "setup",
         "standby",
@@ -544,12 +573,18 @@ fn setup_local_then_failover_then_the_old_primary_rejoins_and_the_pair_is_safe_a
         &pp,
         "--socket-dir",
         &pair.sock("primary"),
+        "--listen",
+        "",
         "--rewind-from",
         &new_admin,
         "--apply",
     ]);
-    assert_eq!(code, 0, "{out}{err}");
+    let log =
+        std::fs::read_to_string(pair.dir.path().join("primary/server.log")).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+    assert_eq!(code, 0, "{out}{err}\n--- log:\n{}", tail.join("\n"));
     assert!(out.contains("pg_rewind"), "{out}");
+    assert!(out.contains("FIRST 1 (p1)"), "named once it streams: {out}");
     let new_wallet = format!(
         "postgres://host={} port={sp} user=lightningd dbname=lightningd",
         pair.sock("standby")

@@ -34,13 +34,19 @@ pub async fn run(plugin: Plugin<State>) {
     let mut stopping = false;
     // The primary's session, kept across checks: no backend fork per check.
     let mut kept = probe::Kept::default();
-    // The last verdict recorded in replguard.evidence: only changes are written.
-    let mut recorded: Option<evidence::Record> = None;
     // Periodic checks may rely on fresh standby replies instead of writing a test commit.
     let policy = Policy {
         skip_probe_within: st.settings.reply_fresh,
         ..st.policy
     };
+    // Each check's record goes to the evidence writer, which writes the changes on its own
+    // time: the guard never waits for it.
+    let evidence_tx = st.settings.evidence.then(|| {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let wallet = targets.wallet.clone();
+        tokio::spawn(evidence_writer(wallet, policy, rx));
+        tx
+    });
     if let Some(addr) = st.settings.metrics {
         tokio::spawn(super::metrics_http::serve(addr, plugin.state().clone()));
     }
@@ -55,8 +61,8 @@ pub async fn run(plugin: Plugin<State>) {
             };
         obs.pinned_commit = st.pinned.clone();
         let v = verdict::evaluate(&obs, &policy);
-        if st.settings.evidence {
-            record_change(targets, &obs, &v, &policy, &mut recorded).await;
+        if let Some(tx) = &evidence_tx {
+            tx.send_replace(evidence::Record::of(&obs, &v));
         }
         {
             let mut c = st.guard.counters.lock().unwrap_or_else(|e| e.into_inner());
@@ -116,25 +122,57 @@ pub async fn run(plugin: Plugin<State>) {
     }
 }
 
-/// Writes the verdict to `replguard.evidence` when it changed. A failed write is logged once
-/// and not retried until the verdict changes again (a read-only role would log every second).
-async fn record_change(
-    targets: &probe::Targets,
-    obs: &crate::facts::Observation,
-    v: &Verdict,
-    policy: &Policy,
-    recorded: &mut Option<evidence::Record>,
+/// Pause before writing again after a failed write.
+const EVIDENCE_RETRY: Duration = Duration::from_secs(1);
+
+/// Writes the newest record to `replguard.evidence` whenever it differs from the last one
+/// written. A failed write is retried (with the newest record then) until it succeeds: the
+/// standby must never keep an older "safe" row as the newest because a write failed. The
+/// failure is logged once per record.
+async fn evidence_writer(
+    wallet: crate::dsn::WalletDsn,
+    policy: Policy,
+    mut rx: tokio::sync::watch::Receiver<Option<evidence::Record>>,
 ) {
-    let Some(now) = evidence::Record::of(obs, v) else {
+    let crate::dsn::WalletDsn::Postgres(target) = wallet else {
         return;
     };
-    if !evidence::worth_recording(recorded.as_ref(), &now) {
-        return;
+    let mut written: Option<evidence::Record> = None;
+    let mut warned: Option<evidence::Record> = None;
+    loop {
+        let newest = rx.borrow_and_update().clone();
+        if let Some(record) = newest
+            && evidence::worth_recording(written.as_ref(), &record)
+        {
+            match probe::evidence::record_if_changed(
+                &target,
+                &record,
+                "plugin",
+                policy.query_timeout,
+            )
+            .await
+            {
+                Ok(_) => written = Some(record),
+                Err(f) => {
+                    if warned.as_ref() != Some(&record) {
+                        log::warn!(
+                            "cannot record the verdict in replguard.evidence ({}: {}); \
+                             retrying. Until it is written, cln-replguard failover reads an \
+                             older verdict on the standby",
+                            f.stage,
+                            f.detail
+                        );
+                        warned = Some(record);
+                    }
+                    tokio::time::sleep(EVIDENCE_RETRY).await;
+                    continue;
+                }
+            }
+        }
+        if rx.changed().await.is_err() {
+            return;
+        }
     }
-    if let Err(e) = probe::record_evidence(targets, obs, v, "plugin", policy).await {
-        log::warn!("{e}; cln-replguard failover will not find this verdict on the standby");
-    }
-    *recorded = Some(now);
 }
 
 fn announce(plugin: &Plugin<State>, t: Transition, v: &Verdict) {

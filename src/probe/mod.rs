@@ -57,6 +57,14 @@ impl Targets {
     }
 }
 
+/// Whether a server accepts a session at this DSN now (after a fence, it must not).
+pub async fn answers(dsn: &WalletDsn, deadline: std::time::Duration) -> bool {
+    match dsn {
+        WalletDsn::Postgres(t) => session::Session::open_monitor(t, deadline).await.is_ok(),
+        WalletDsn::Other { .. } => false,
+    }
+}
+
 /// One standby's facts, read through its own DSN.
 pub async fn observe_standby(
     target: &PgTarget,

@@ -50,7 +50,12 @@ pub async fn promote(
         return Err(ProbeFailure {
             kind: FailureKind::Timeout,
             stage: "promote".into(),
-            detail: format!("the standby did not finish promotion within {wait_s} s"),
+            detail: format!(
+                "the standby did not finish promotion within {wait_s} s. It may still finish: \
+                 check pg_is_in_recovery() on it before anything else, and if it is the \
+                 primary now, the --then step was not done (its synchronous_standby_names are \
+                 the old primary's)"
+            ),
         });
     }
     loop {

@@ -69,8 +69,37 @@ pub(crate) async fn observe(
         };
         Some(session.query_one("replay", sql, &[]).await?.get(0))
     };
-    let timeline = if in_recovery {
-        receiver.as_ref().and_then(|r| r.received_tli)
+    // With the primary gone the receiver shows nothing: the name and the timeline then come
+    // from the standby's own configuration and control file.
+    let receiver_name = receiver.as_ref().and_then(|r| r.application_name.clone());
+    let configured_name = match receiver_name {
+        Some(_) => None,
+        None if in_recovery => optional(
+            session
+                .query_one(
+                    "primary_conninfo",
+                    "SELECT current_setting('primary_conninfo')",
+                    &[],
+                )
+                .await,
+        )?
+        .and_then(|r| conninfo_value(&r.get::<_, String>(0), "application_name")),
+        None => None,
+    };
+    let received_tli = receiver.as_ref().and_then(|r| r.received_tli);
+    let timeline = if in_recovery && received_tli.is_some() {
+        received_tli
+    } else if in_recovery {
+        optional(
+            session
+                .query_one(
+                    "timeline",
+                    "SELECT timeline_id FROM pg_control_checkpoint()",
+                    &[],
+                )
+                .await,
+        )?
+        .map(|r| r.get::<_, i32>(0) as u32)
     } else {
         row.get::<_, Option<String>>(3)
             .as_deref()
@@ -80,6 +109,7 @@ pub(crate) async fn observe(
         server_version_num,
         in_recovery,
         system_identifier,
+        configured_name,
         cluster_name: row.get(2),
         timeline,
         receiver,
@@ -87,6 +117,17 @@ pub(crate) async fn observe(
         receive_lsn: parse_lsn(row.get(4)),
         replay_lsn: parse_lsn(row.get(5)),
     })
+}
+
+/// A read the role may not be allowed (`pg_monitor`, superuser-only settings): `None` then.
+fn optional(
+    r: Result<tokio_postgres::Row, ProbeFailure>,
+) -> Result<Option<tokio_postgres::Row>, ProbeFailure> {
+    match r {
+        Ok(row) => Ok(Some(row)),
+        Err(f) if f.kind == FailureKind::Privilege => Ok(None),
+        Err(f) => Err(f),
+    }
 }
 
 /// One value of a libpq key=value string as PostgreSQL prints `conninfo` (values may be

@@ -77,6 +77,11 @@ pub struct PrimaryArgs {
     /// How to reach the primary as a superuser from this host.
     #[arg(long, value_name = "CONNINFO", default_value = "dbname=postgres")]
     pub admin: String,
+    /// This primary already serves lightningd (after a failover): never restart it (settings
+    /// that need a restart wait for your next one), and leave synchronous_standby_names to
+    /// `setup standby --rewind-from`, which names the standby once it streams.
+    #[arg(long)]
+    pub rejoin: bool,
     /// Run the steps here instead of printing them.
     #[arg(long)]
     pub apply: bool,
@@ -105,6 +110,15 @@ pub struct StandbyArgs {
     /// The standby's own Unix socket directory, likewise.
     #[arg(long, value_name = "DIR")]
     pub socket_dir: Option<PathBuf>,
+    /// The standby's own listen_addresses (the clone copies the primary's, an address the
+    /// standby's host does not have). Give its network address if it may become a primary
+    /// that a new standby connects to.
+    #[arg(long, value_name = "ADDR", default_value = "localhost")]
+    pub listen: String,
+    /// How to start the standby, when not `pg_ctl -D <pgdata> start`. Debian keeps the
+    /// configuration in /etc: e.g. "pg_ctlcluster 15 main start".
+    #[arg(long, value_name = "COMMAND")]
+    pub start_command: Option<String>,
     /// Run the steps here instead of printing them.
     #[arg(long)]
     pub apply: bool,
@@ -120,7 +134,13 @@ const WALLET: &str = "lightningd";
 /// Passwords go through the environment or ~/.pgpass: a conninfo given here is printed in
 /// the script and shows in `ps`.
 fn no_password(what: &str, conninfo: &str) -> Result<()> {
-    if conninfo.to_ascii_lowercase().contains("password") {
+    let lower = conninfo.to_ascii_lowercase();
+    // key=value, or a URI's user:password@ part.
+    let uri_secret = lower
+        .split_once("://")
+        .and_then(|(_, rest)| rest.split_once('@'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    if lower.contains("password") || uri_secret {
         anyhow::bail!(
             "{what}: leave the password out (it would be printed and shown in ps); use \
              PGPASSWORD or ~/.pgpass"
@@ -129,7 +149,27 @@ fn no_password(what: &str, conninfo: &str) -> Result<()> {
     Ok(())
 }
 
+/// The standby's name becomes a slot name, an application_name and part of SQL: PostgreSQL's
+/// slot-name rule keeps it safe in all three.
+fn valid_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !ok {
+        anyhow::bail!("--name {name:?}: use lower-case letters, digits and _ (at most 63)");
+    }
+    Ok(())
+}
+
 pub async fn run(cmd: SetupCommand) -> Result<i32> {
+    let common = match &cmd {
+        SetupCommand::Local(a) => &a.common,
+        SetupCommand::Primary(a) => &a.common,
+        SetupCommand::Standby(a) => &a.common,
+    };
+    valid_name(&common.name)?;
     match &cmd {
         SetupCommand::Primary(a) => no_password("--admin", &a.admin)?,
         SetupCommand::Standby(a) => {
@@ -148,6 +188,7 @@ pub async fn run(cmd: SetupCommand) -> Result<i32> {
                 &a.pgdata,
                 a.listen.as_deref(),
                 a.standby_addr.as_deref(),
+                a.rejoin,
             );
             emit("the primary host", &steps, a.apply)
         }
@@ -156,7 +197,7 @@ pub async fn run(cmd: SetupCommand) -> Result<i32> {
                 "host={} port={} user={REPLICATOR} application_name={}",
                 a.primary_host, a.primary_port, a.common.name
             );
-            let mut own = Vec::new();
+            let mut own = vec![format!("listen_addresses = '{}'", a.listen)];
             if let Some(p) = a.port {
                 own.push(format!("port = {p}"));
             }
@@ -170,9 +211,12 @@ pub async fn run(cmd: SetupCommand) -> Result<i32> {
             if let Some(p) = a.port {
                 itself += &format!(" port={p}");
             }
+            let start = a.start_command.as_deref();
             let steps = match &a.rewind_from {
-                None => standby_steps(&a.common, &source, &a.pgdata, &own, &itself),
-                Some(admin) => rejoin_steps(&a.common, admin, &source, &a.pgdata, &own, &itself),
+                None => standby_steps(&a.common, &source, &a.pgdata, &own, &itself, start),
+                Some(admin) => {
+                    rejoin_steps(&a.common, admin, &source, &a.pgdata, &own, &itself, start)
+                }
             };
             emit("the standby host", &steps, a.apply)
         }
@@ -197,6 +241,7 @@ fn primary_steps(
     pgdata: &Path,
     listen: Option<&str>,
     standby_addr: Option<&str>,
+    rejoin: bool,
 ) -> Vec<Step> {
     let mut settings = vec![
         "wal_level = 'replica'".to_string(),
@@ -228,16 +273,25 @@ fn primary_steps(
     }];
     if let Some(addr) = standby_addr {
         let mask = if addr.contains(':') { 128 } else { 32 };
-        steps.push(Step::AppendOnce {
-            path: pgdata.join("pg_hba.conf"),
+        steps.push(Step::AppendToHba {
+            conninfo: admin.into(),
             line: format!("host replication {REPLICATOR} {addr}/{mask} scram-sha-256"),
         });
     }
-    steps.push(Step::Start {
-        data: pgdata.to_path_buf(),
-        log: pgdata.join("../server.log"),
-        restart_if_pending: Some(admin.to_string()),
-    });
+    if rejoin {
+        steps.push(Step::Note(
+            "--rejoin: no restart here; settings that need one (wal_log_hints, \
+             listen_addresses…) take effect at your next restart"
+                .into(),
+        ));
+    } else {
+        steps.push(Step::Start {
+            data: pgdata.to_path_buf(),
+            log: pgdata.join("../server.log"),
+            restart_if_pending: Some(admin.to_string()),
+            command: None,
+        });
+    }
     let name = &c.name;
     steps.push(Step::Psql {
         what: format!("roles {REPLICATOR} and {WALLET}, database {WALLET}, slot {name}"),
@@ -266,19 +320,31 @@ ALTER ROLE {WALLET} PASSWORD :'pw';
 "
         ),
     });
-    steps.push(Step::Psql {
+    if rejoin {
+        steps.push(Step::Note(format!(
+            "synchronous_standby_names left as they are: `setup standby --rewind-from` names \
+             {name} once it streams"
+        )));
+    } else {
+        steps.push(name_the_standby(name, admin));
+        steps.push(Step::Note(format!(
+            "from now on every commit on the primary waits for standby {name}: set it up next \
+             (cln-replguard setup standby)"
+        )));
+    }
+    steps
+}
+
+/// `synchronous_standby_names = 'FIRST 1 (name)'` on the primary, and a reload.
+fn name_the_standby(name: &str, admin: &str) -> Step {
+    Step::Psql {
         what: format!("synchronous_standby_names = 'FIRST 1 ({name})'"),
         conninfo: admin.into(),
         script: format!(
             "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 ({name})';\nSELECT \
              pg_reload_conf();\n"
         ),
-    });
-    steps.push(Step::Note(format!(
-        "from now on every commit on the primary waits for standby {name}: set it up next \
-         (cln-replguard setup standby)"
-    )));
-    steps
+    }
 }
 
 /// The clone, the standby's own settings, its start, and the wait until it streams.
@@ -288,6 +354,7 @@ fn standby_steps(
     pgdata: &Path,
     local_conf: &[String],
     itself: &str,
+    start_command: Option<&str>,
 ) -> Vec<Step> {
     let name = &c.name;
     let mut steps = vec![Step::Clone {
@@ -326,6 +393,7 @@ fn standby_steps(
         data: pgdata.to_path_buf(),
         log: pgdata.join("../server.log"),
         restart_if_pending: None,
+        command: start_command.map(str::to_string),
     });
     steps.push(Step::WaitFor {
         what: format!("standby {name} receiving WAL"),
@@ -345,6 +413,7 @@ fn rejoin_steps(
     pgdata: &Path,
     own: &[String],
     itself: &str,
+    start_command: Option<&str>,
 ) -> Vec<Step> {
     let marker = format!("primary_conninfo = '{source}'");
     let mut steps = vec![Step::Rewind {
@@ -361,9 +430,11 @@ fn rejoin_steps(
         path: pgdata.join("postgresql.auto.conf"),
         line: format!("primary_slot_name = '{}'", c.name),
     });
-    let mut rest = standby_steps(c, source, pgdata, own, itself);
+    let mut rest = standby_steps(c, source, pgdata, own, itself, start_command);
     rest.remove(0); // no clone
     steps.extend(rest);
+    // Streaming now: the new primary may wait for it.
+    steps.push(name_the_standby(&c.name, admin));
     steps
 }
 
@@ -425,8 +496,9 @@ async fn local(a: LocalArgs) -> Result<i32> {
         data: p_data.clone(),
         log: p_dir.join("server.log"),
         restart_if_pending: None,
+        command: None,
     });
-    steps.extend(primary_steps(&common, &admin, &p_data, None, None));
+    steps.extend(primary_steps(&common, &admin, &p_data, None, None, false));
 
     let is_our_standby = s_data.join("standby.signal").is_file();
     if !is_our_standby {
@@ -440,6 +512,7 @@ async fn local(a: LocalArgs) -> Result<i32> {
         );
         let s_sock = s_dir.join("sock").display().to_string();
         let local_conf = [
+            "listen_addresses = ''".to_string(),
             format!("unix_socket_directories = '{s_sock}'"),
             format!("port = {}", a.standby_port),
         ];
@@ -450,12 +523,14 @@ async fn local(a: LocalArgs) -> Result<i32> {
             &s_data,
             &local_conf,
             &itself,
+            None,
         ));
     } else {
         steps.push(Step::Start {
             data: s_data.clone(),
             log: s_dir.join("server.log"),
             restart_if_pending: None,
+            command: None,
         });
     }
     steps.push(Step::WaitFor {
@@ -518,6 +593,7 @@ mod tests {
             Path::new("/var/lib/postgresql/15/main"),
             Some("10.0.0.1"),
             Some("10.0.0.2"),
+            false,
         );
         let script = plan::render("primary", &steps);
         for expected in [
@@ -527,6 +603,7 @@ mod tests {
             "ALTER SYSTEM SET synchronous_commit = on;",
             "archive_command = 'test ! -f /mnt/walarchive/%f && cp %p /mnt/walarchive/%f'",
             "host replication replicator 10.0.0.2/32 scram-sha-256",
+            "SHOW hba_file",
             "GRANT pg_monitor TO lightningd;",
             "pg_create_physical_replication_slot('s1')",
             "${REPLGUARD_REPLICATION_PASSWORD:-}",
@@ -553,8 +630,9 @@ mod tests {
             &common(),
             "host=10.0.0.1 port=5432 user=replicator application_name=s1",
             Path::new("/srv/pg"),
-            &[],
+            &["listen_addresses = '10.0.0.2'".to_string()],
             "dbname=postgres",
+            Some("pg_ctlcluster 15 main start"),
         );
         let script = plan::render("standby", &steps);
         assert!(script.contains("pg_basebackup -D /srv/pg -d"), "{script}");
@@ -563,11 +641,23 @@ mod tests {
         assert!(script.contains("hot_standby = on"), "{script}");
         assert!(script.contains("restore_command"), "{script}");
         assert!(script.contains("is not empty: refusing"), "{script}");
+        assert!(
+            script.contains("listen_addresses = '\\''10.0.0.2'\\''"),
+            "{script}"
+        );
+        assert!(
+            script.contains("|| pg_ctlcluster 15 main start"),
+            "{script}"
+        );
     }
 
     #[test]
-    fn a_password_on_the_command_line_is_refused() {
+    fn a_password_on_the_command_line_or_an_odd_name_is_refused() {
         assert!(no_password("--admin", "host=x password=secret").is_err());
+        assert!(no_password("--admin", "postgres://u:secret@h/db").is_err());
+        assert!(no_password("--admin", "postgres://u@h/db").is_ok());
+        assert!(valid_name("s1").is_ok());
+        assert!(valid_name("s1'; DROP").is_err());
         assert!(no_password("--admin", "host=x user=postgres").is_ok());
     }
 }

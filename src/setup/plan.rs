@@ -37,7 +37,13 @@ pub enum Step {
         data: PathBuf,
         log: PathBuf,
         restart_if_pending: Option<String>,
+        /// How to start it when not `pg_ctl -D data start` (Debian: `pg_ctlcluster 15 main
+        /// start`, whose configuration lives in /etc).
+        command: Option<String>,
     },
+    /// A line added to the server's own `hba_file` (wherever it is: /etc on Debian) unless
+    /// there, then a reload.
+    AppendToHba { conninfo: String, line: String },
     /// `pg_rewind -R` of an old primary's data directory, unless `done_marker` is already a
     /// line of its postgresql.auto.conf (a second rewind of a standby that has replayed on
     /// would be wrong). The failover's fence (`standby.signal`) is removed first: pg_rewind's
@@ -113,16 +119,27 @@ pub fn render(title: &str, steps: &[Step]) -> String {
                 let (p, l) = (shell_quote(&path.display().to_string()), shell_quote(line));
                 let _ = writeln!(out, "\ngrep -qxF {l} {p} || echo {l} >> {p}");
             }
+            Step::AppendToHba { conninfo, line } => {
+                let (c, l) = (shell_quote(conninfo), shell_quote(line));
+                let _ = writeln!(
+                    out,
+                    "\nHBA=\"$(psql -X -A -t -d {c} -c 'SHOW hba_file')\"\ngrep -qxF {l} \"$HBA\" || \
+                     {{ echo {l} >> \"$HBA\"; psql -X -q -d {c} -c 'SELECT pg_reload_conf()'; }}"
+                );
+            }
             Step::Start {
                 data,
                 log,
                 restart_if_pending,
+                command,
             } => {
                 let (d, l) = (
                     shell_quote(&data.display().to_string()),
                     shell_quote(&log.display().to_string()),
                 );
-                let _ = if let Some(c) = restart_if_pending {
+                let _ = if let Some(cmd) = command {
+                    writeln!(out, "\npg_ctl -D {d} status >/dev/null || {cmd}")
+                } else if let Some(c) = restart_if_pending {
                     writeln!(
                         out,
                         "\n# restart when a setting waits for it (or: systemctl restart \
@@ -146,10 +163,13 @@ pub fn render(title: &str, steps: &[Step]) -> String {
                 let d = dir.display().to_string();
                 let _ = writeln!(
                     out,
-                    "\n# rewind the old primary to the new primary's timeline\nif ! grep -qxF {} \
-                     {}; then\n  rm -f {}\n  pg_rewind -D {} --source-server={} -R\nfi",
+                    "\n# rewind the old primary to the new primary's timeline, unless done already\n\
+                     if ! {{ grep -qxF {} {} && pg_controldata -D {} | grep -Eq {}; }}; then\n  \
+                     rm -f {}\n  pg_rewind -D {} --source-server={} -R\nfi",
                     shell_quote(done_marker),
                     shell_quote(&format!("{d}/postgresql.auto.conf")),
+                    shell_quote(&d),
+                    shell_quote(RECOVERY_STATE_RE),
                     shell_quote(&format!("{d}/standby.signal")),
                     shell_quote(&d),
                     shell_quote(source)
@@ -219,10 +239,22 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
                     pg.own(path)?;
                 }
             }
+            Step::AppendToHba { conninfo, line } => {
+                let hba = PathBuf::from(psql_script(pg, conninfo, "SHOW hba_file")?.trim());
+                let text = fs::read_to_string(&hba)
+                    .with_context(|| format!("reading {}", hba.display()))?;
+                if !text.lines().any(|l| l == line) {
+                    println!("cln-replguard setup: {line} >> {}", hba.display());
+                    let mut f = fs::OpenOptions::new().append(true).open(&hba)?;
+                    writeln!(f, "{line}")?;
+                    psql_script(pg, conninfo, "SELECT pg_reload_conf()")?;
+                }
+            }
             Step::Start {
                 data,
                 log,
                 restart_if_pending,
+                command,
             } => {
                 let running = pg
                     .tool("pg_ctl")
@@ -244,6 +276,15 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
                     if running { "restarting" } else { "starting" },
                     data.display()
                 );
+                if let (Some(cmd), false) = (command, running) {
+                    let out = std::process::Command::new("sh")
+                        .args(["-c", cmd])
+                        .output()?;
+                    if !out.status.success() {
+                        bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
+                    }
+                    continue;
+                }
                 let out = pg
                     .tool("pg_ctl")
                     .arg("-D")
@@ -268,7 +309,7 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
                 done_marker,
             } => {
                 let conf = fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap_or_default();
-                if conf.lines().any(|l| l == done_marker) {
+                if conf.lines().any(|l| l == done_marker) && in_recovery_state(pg, dir)? {
                     continue;
                 }
                 println!(
@@ -324,6 +365,24 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
     Ok(())
 }
 
+/// `pg_controldata`'s cluster state of a standby (rewound or running as one); a promoted
+/// server says "in production" or "shut down".
+const RECOVERY_STATE_RE: &str = "cluster state: +(in archive recovery|shut down in recovery)";
+
+fn in_recovery_state(pg: &PgInstall, dir: &std::path::Path) -> Result<bool> {
+    let out = pg
+        .tool("pg_controldata")
+        .arg("-D")
+        .arg(dir)
+        .output()
+        .context("running pg_controldata")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().any(|l| {
+        l.starts_with("Database cluster state:")
+            && (l.ends_with("in archive recovery") || l.ends_with("shut down in recovery"))
+    }))
+}
+
 /// Runs a server program as the PostgreSQL user; a failure carries what it said.
 fn run_tool(pg: &PgInstall, program: &str, args: &[String]) -> Result<()> {
     let out = pg
@@ -341,22 +400,31 @@ fn run_tool(pg: &PgInstall, program: &str, args: &[String]) -> Result<()> {
 }
 
 /// A killed postmaster that its parent has not reaped yet still "exists" for PostgreSQL's
-/// lock-file check, so pg_rewind's single-user recovery would refuse to start. A pid file
-/// whose process is gone or a zombie is stale.
+/// lock-file checks (containers whose PID 1 does not reap), so pg_rewind's single-user
+/// recovery, and the start after it, would refuse. A pid file whose process is gone or a
+/// zombie is stale, and so is the socket lock file it names (postmaster.pid: line 4 the port,
+/// line 5 the socket directory).
 fn remove_stale_pid_file(dir: &std::path::Path) -> Result<()> {
     let pid_file = dir.join("postmaster.pid");
     let Ok(text) = fs::read_to_string(&pid_file) else {
         return Ok(());
     };
-    let pid: i32 = text
-        .lines()
-        .next()
-        .unwrap_or("")
-        .trim()
-        .parse()
-        .unwrap_or(0);
+    let lines: Vec<&str> = text.lines().collect();
+    let pid: i32 = lines.first().unwrap_or(&"").trim().parse().unwrap_or(0);
     if pid > 0 && crate::takeover::process_alive(pid) {
         bail!("{} is running (pid {pid}): stop it first", dir.display());
+    }
+    if let (Some(port), Some(socket_dir)) = (lines.get(3), lines.get(4))
+        && !socket_dir.trim().is_empty()
+    {
+        let lock =
+            std::path::Path::new(socket_dir.trim()).join(format!(".s.PGSQL.{}.lock", port.trim()));
+        let holder: Option<i32> = fs::read_to_string(&lock)
+            .ok()
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()));
+        if holder == Some(pid) {
+            fs::remove_file(&lock).with_context(|| format!("removing {}", lock.display()))?;
+        }
     }
     fs::remove_file(&pid_file).with_context(|| format!("removing {}", pid_file.display()))
 }

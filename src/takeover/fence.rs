@@ -33,6 +33,12 @@ pub async fn lightningd(rpc: Option<&Path>, wait: Duration) -> Fenced {
         );
     };
     if !answers(rpc) {
+        if let Some(pid) = lightningd_pid(rpc).filter(|p| process_alive(*p)) {
+            return Fenced::Refused(format!(
+                "nothing answers at {} but lightningd (pid {pid}) still runs: stop it",
+                rpc.display()
+            ));
+        }
         return Fenced::Verified(format!("no lightningd answers at {}", rpc.display()));
     }
     if let Err(e) = lightningd::call(rpc, "stop", json!({}), Duration::from_secs(10)).await {
@@ -54,10 +60,33 @@ pub async fn lightningd(rpc: Option<&Path>, wait: Duration) -> Fenced {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // lightningd closes its RPC socket before it has finished shutting down: wait for the
+    // process itself (its pid file is <lightning-dir>/lightningd-<network>.pid).
+    if let Some(pid) = lightningd_pid(rpc) {
+        while process_alive(pid) {
+            if start.elapsed() > wait {
+                return Fenced::Refused(format!(
+                    "lightningd (pid {pid}) still runs {} s after `stop`",
+                    wait.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
     Fenced::Verified(format!(
-        "lightningd at {} stopped (its RPC socket no longer answers)",
+        "lightningd at {} stopped (its RPC socket no longer answers, its process is gone)",
         rpc.display()
     ))
+}
+
+/// lightningd's pid from the pid file beside its network directory, if there is one.
+fn lightningd_pid(rpc: &Path) -> Option<i32> {
+    let network_dir = rpc.parent()?;
+    let network = network_dir.file_name()?.to_str()?;
+    let pid_file = network_dir
+        .parent()?
+        .join(format!("lightningd-{network}.pid"));
+    fs::read_to_string(pid_file).ok()?.trim().parse().ok()
 }
 
 fn answers(rpc: &Path) -> bool {
@@ -67,20 +96,44 @@ fn answers(rpc: &Path) -> bool {
 /// Stops the old primary (`pg_ctl stop -m fast`, which first sends its remaining WAL to the
 /// connected standbys) and writes `standby.signal`, so a restart by a unit or a person brings
 /// it back in recovery, never as a second primary.
-pub fn old_primary(data: &Path, bindir: Option<&Path>, wait: Duration) -> Fenced {
+pub fn old_primary(
+    data: &Path,
+    bindir: Option<&Path>,
+    wait: Duration,
+    cluster: Option<&str>,
+) -> Fenced {
     if !data.join("PG_VERSION").is_file() {
         return Fenced::Refused(format!(
             "{} is not a PostgreSQL data directory (no PG_VERSION)",
             data.display()
         ));
     }
+    let bindir = bindir
+        .map(Path::to_path_buf)
+        .or_else(crate::pgbin::server_bindir);
+    // The directory must be this cluster's: fencing another one would leave the real old
+    // primary running while saying it was stopped.
+    if let Some(expected) = cluster {
+        match system_identifier(data, bindir.as_deref()) {
+            Ok(found) if found == expected => {}
+            Ok(found) => {
+                return Fenced::Refused(format!(
+                    "{} belongs to another cluster (system identifier {found}, the standby's \
+                     {expected})",
+                    data.display()
+                ));
+            }
+            Err(e) => {
+                return Fenced::Refused(format!(
+                    "cannot tell which cluster {} is: {e}",
+                    data.display()
+                ));
+            }
+        }
+    }
     let was_running = postmaster_alive(data);
     if let Some(pid) = was_running {
-        let Some(pg_ctl) = bindir
-            .map(Path::to_path_buf)
-            .or_else(crate::pgbin::server_bindir)
-            .map(|d| d.join("pg_ctl"))
-        else {
+        let Some(pg_ctl) = bindir.as_ref().map(|d| d.join("pg_ctl")) else {
             return Fenced::Refused(format!(
                 "the old primary runs (pid {pid}) and pg_ctl was not found to stop it: give \
                  --pg-bindir"
@@ -122,6 +175,30 @@ pub fn old_primary(data: &Path, bindir: Option<&Path>, wait: Duration) -> Fenced
         },
         signal.display()
     ))
+}
+
+/// `pg_controldata`'s "Database system identifier" of a data directory.
+fn system_identifier(data: &Path, bindir: Option<&Path>) -> Result<String, String> {
+    let bin = bindir
+        .ok_or("pg_controldata not found: give --pg-bindir")?
+        .join("pg_controldata");
+    let mut cmd = Command::new(&bin);
+    cmd.arg("-D")
+        .arg(data)
+        .env("LC_ALL", "C")
+        .stdin(Stdio::null());
+    as_owner_of(&mut cmd, data);
+    let out = cmd
+        .output()
+        .map_err(|e| format!("{}: {e}", bin.display()))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
+    }
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("Database system identifier:"))
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| "pg_controldata printed no system identifier".to_string())
 }
 
 /// The postmaster's pid when `postmaster.pid` names a live process.

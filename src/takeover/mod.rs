@@ -112,19 +112,39 @@ pub async fn run(a: FailoverArgs) -> Result<i32> {
     }
     let name = facts.walsender_name();
 
+    let side = evidence::StandbySide {
+        name: &name,
+        system_id: facts.system_identifier.as_deref(),
+        timeline: facts.timeline,
+    };
+
     // 1. Fence lightningd first: no commit may happen after what is verified next.
     let lightningd = fence::lightningd(a.lightning_rpc.as_deref(), wait).await;
-    // 2. Verify live while the old primary still answers (before it is stopped).
+    let mut unverified = Vec::new();
+    if let Some(stop) = tally("lightningd", &lightningd, &mut unverified) {
+        say_refused(&format!("{stop}; nothing else was done"));
+        return Ok(EXIT_REFUSED);
+    }
+
+    // 2. Verify before touching the old primary: a refusal leaves it as it was.
     let live = match &a.old_primary_dsn {
         Some(dsn) => Some(live_check(dsn, &standby, &name, &policy).await?),
         None => None,
     };
+    let live_answered = live.as_ref().is_some_and(|l| l.answered);
+    let first = match &live {
+        Some(l) if l.answered => l.judgement(),
+        _ => from_evidence(&standby, &side, &policy).await?,
+    };
+    if let Some(why) = refusal(&first, &a, &name) {
+        say_refused(&format!("{why}. The old primary was left as it was"));
+        return Ok(EXIT_REFUSED);
+    }
+
     // 3. Fence the old primary.
-    let mut unverified = Vec::new();
-    let mut refused = Vec::new();
     let primary = match &a.old_primary_data {
-        Some(d) => fence::old_primary(d, a.pg_bindir.as_deref(), wait),
-        None if live.as_ref().is_some_and(|l| l.answered) => Fenced::Refused(
+        Some(d) => fence::old_primary(d, a.pg_bindir.as_deref(), wait, side.system_id),
+        None if live_answered => Fenced::Refused(
             "the old primary still answers and its data directory is not on this host \
              (--old-primary-data): stop it on its host first"
                 .into(),
@@ -133,29 +153,32 @@ pub async fn run(a: FailoverArgs) -> Result<i32> {
             "the old primary was not stopped or marked from here (no --old-primary-data)".into(),
         ),
     };
-    for (what, f) in [("lightningd", &lightningd), ("old primary", &primary)] {
-        match f {
-            Fenced::Verified(m) => say(what, m),
-            Fenced::Unverified(m) => {
-                say(what, &format!("UNVERIFIED: {m}"));
-                unverified.push(m.clone());
-            }
-            Fenced::Refused(m) => {
-                say(what, &format!("REFUSED: {m}"));
-                refused.push(m.clone());
-            }
-        }
+    let undo = match (&primary, &a.old_primary_data) {
+        (Fenced::Verified(_), Some(d)) => format!(
+            " To bring the old primary back as it was: rm {}/standby.signal, then start it.",
+            d.display()
+        ),
+        _ => String::new(),
+    };
+    if let Some(stop) = tally("old primary", &primary, &mut unverified) {
+        say_refused(&format!("{stop}; nothing was promoted.{undo}"));
+        return Ok(EXIT_REFUSED);
     }
-    if !refused.is_empty() {
-        say_refused("fencing failed; nothing was promoted");
+    if let (true, Some(dsn)) = (live_answered, &a.old_primary_dsn)
+        && probe::answers(&WalletDsn::parse(dsn)?, policy.query_timeout).await
+    {
+        say_refused(&format!(
+            "the old primary still answers at its DSN after the fence: --old-primary-data is \
+             not its data directory?{undo}"
+        ));
         return Ok(EXIT_REFUSED);
     }
     if !unverified.is_empty() {
         if !a.old_host_unreachable {
-            say_refused(
-                "the old node is not fenced from here. On the old host run:\n  \
-                 (or pass --old-host-unreachable if that host is gone for good)",
-            );
+            say_refused(&format!(
+                "the old node is not fenced from here.{undo} On the old host run (or pass \
+                 --old-host-unreachable if that host is gone for good):"
+            ));
             for c in fence::old_host_commands(a.old_primary_data.as_ref()) {
                 println!("    {c}");
             }
@@ -171,59 +194,33 @@ pub async fn run(a: FailoverArgs) -> Result<i32> {
         }
     }
 
-    // 4. Verify: the live answer, else the evidence on the standby.
-    let verified = match live {
-        Some(l) if l.answered => match l.ready {
-            Ok(()) => Judgement::Covered,
-            Err(why) => Judgement::NotCovered { why },
-        },
-        _ => {
-            let newest = probe::evidence::newest(&standby, policy.query_timeout)
-                .await
-                .map_err(|f| anyhow::anyhow!("reading evidence: {}: {}", f.stage, f.detail))?;
-            if let Some(r) = &newest {
-                say(
-                    "evidence",
-                    &format!(
-                        "newest row {} at {} ({:.0} s ago, by the {}): {}, commits covered by \
-                         [{}]",
-                        r.id,
-                        r.recorded_at,
-                        r.age_s,
-                        r.source,
-                        r.record.level,
-                        r.record.covered.join(", ")
-                    ),
-                );
-            }
-            evidence::judge(newest.as_ref(), &name, facts.system_identifier.as_deref())
-        }
+    // 4. Without a live answer, the evidence again: a row may have arrived meanwhile.
+    let verified = if live_answered {
+        first
+    } else {
+        from_evidence(&standby, &side, &policy).await?
     };
-    match &verified {
-        Judgement::Covered => say("verify", &format!("{name} holds every acknowledged commit")),
-        Judgement::NotCovered { why } if a.accept_loss => say(
-            "verify",
-            &format!("NOT COVERED, going on (--accept-loss): {why}"),
-        ),
-        Judgement::NotCovered { why } => {
-            say_refused(&format!(
-                "acknowledged commits may exist only on the old primary: {why}. Bring the old \
-                 primary back (as it was) instead, or pass --accept-loss"
-            ));
-            return Ok(EXIT_REFUSED);
-        }
-        Judgement::Unverifiable { why } if a.accept_unverified || a.accept_loss => say(
-            "verify",
-            &format!("UNVERIFIED, going on (--accept-unverified): {why}"),
-        ),
-        Judgement::Unverifiable { why } => {
-            say_refused(&format!(
-                "cannot verify that {name} holds every acknowledged commit: {why}. Pass \
-                 --accept-unverified to promote anyway"
-            ));
-            return Ok(EXIT_REFUSED);
-        }
+    if let Some(why) = refusal(&verified, &a, &name) {
+        say_refused(&format!("{why}.{undo}"));
+        return Ok(EXIT_REFUSED);
     }
+    say(
+        "verify",
+        &match &verified {
+            Judgement::Covered => format!("{name} holds every acknowledged commit"),
+            Judgement::NotCovered { why } => {
+                format!("NOT COVERED, going on (--accept-loss): {why}")
+            }
+            Judgement::Unverifiable { why } => format!(
+                "UNVERIFIED, going on ({}): {why}",
+                if a.accept_unverified {
+                    "--accept-unverified"
+                } else {
+                    "--accept-loss"
+                }
+            ),
+        },
+    );
 
     // 5. Promote.
     let promoted = probe::promote::promote(&standby, facts.timeline, wait)
@@ -274,11 +271,86 @@ pub async fn run(a: FailoverArgs) -> Result<i32> {
     Ok(0)
 }
 
+/// Says a fencing step; returns why to stop, if it must. Unverified steps are collected.
+fn tally(what: &str, f: &Fenced, unverified: &mut Vec<String>) -> Option<String> {
+    match f {
+        Fenced::Verified(m) => {
+            say(what, m);
+            None
+        }
+        Fenced::Unverified(m) => {
+            say(what, &format!("UNVERIFIED: {m}"));
+            unverified.push(m.clone());
+            None
+        }
+        Fenced::Refused(m) => {
+            say(what, &format!("REFUSED: {m}"));
+            Some(format!("fencing {what} failed"))
+        }
+    }
+}
+
+/// Why the judgement forbids promoting, given the operator's flags (`None`: go).
+fn refusal(j: &Judgement, a: &FailoverArgs, name: &str) -> Option<String> {
+    match j {
+        Judgement::Covered => None,
+        Judgement::NotCovered { .. } if a.accept_loss => None,
+        Judgement::NotCovered { why } => Some(format!(
+            "acknowledged commits may exist only on the old primary: {why}. Bring the old \
+             primary back instead, or pass --accept-loss"
+        )),
+        Judgement::Unverifiable { .. } if a.accept_unverified || a.accept_loss => None,
+        Judgement::Unverifiable { why } => Some(format!(
+            "cannot verify that {name} holds every acknowledged commit: {why}. Pass \
+             --accept-unverified to promote anyway"
+        )),
+    }
+}
+
+/// The newest evidence on the standby, said and judged.
+async fn from_evidence(
+    standby: &PgTarget,
+    side: &evidence::StandbySide<'_>,
+    policy: &Policy,
+) -> Result<Judgement> {
+    let newest = probe::evidence::newest(standby, policy.query_timeout)
+        .await
+        .map_err(|f| anyhow::anyhow!("reading evidence: {}: {}", f.stage, f.detail))?;
+    if let Some(r) = &newest {
+        say(
+            "evidence",
+            &format!(
+                "newest row {} at {} ({:.0} s ago, by {}, timeline {}): {}, commits covered by \
+                 [{}]",
+                r.id,
+                r.recorded_at,
+                r.age_s,
+                r.source,
+                r.record
+                    .timeline
+                    .map_or_else(|| "?".to_string(), |t| t.to_string()),
+                r.record.level,
+                r.record.covered.join(", ")
+            ),
+        );
+    }
+    Ok(evidence::judge(newest.as_ref(), side))
+}
+
 /// The live answer of DESIGN §5's failover-check, for this standby.
 struct Live {
     /// The old primary answered.
     answered: bool,
     ready: Result<(), String>,
+}
+
+impl Live {
+    fn judgement(&self) -> Judgement {
+        match &self.ready {
+            Ok(()) => Judgement::Covered,
+            Err(why) => Judgement::NotCovered { why: why.clone() },
+        }
+    }
 }
 
 async fn live_check(dsn: &str, standby: &PgTarget, name: &str, policy: &Policy) -> Result<Live> {

@@ -81,6 +81,7 @@ fn primary() -> PrimaryFacts {
 
 fn standby_facts() -> StandbyFacts {
     StandbyFacts {
+        configured_name: None,
         server_version_num: 150018,
         in_recovery: true,
         system_identifier: Some(SYSID.into()),
@@ -633,4 +634,18 @@ fn no_lightningd_session_on_the_server_is_unknown() {
     );
     p.lightningd_sessions = Some(1);
     assert_eq!(judge(&observe(p)).level, Level::Safe);
+}
+
+#[test]
+fn evidence_covers_a_name_only_when_one_standby_bears_it() {
+    let p = primary();
+    assert_eq!(crate::failover::covered_standbys(&p), ["s1"]);
+    let mut twins = primary();
+    let mut other = sender("s1", "potential");
+    other.pid += 1;
+    twins.walsenders.push(other);
+    assert!(crate::failover::covered_standbys(&twins).is_empty());
+    let mut local = primary();
+    local.session.synchronous_commit = "local".into();
+    assert!(crate::failover::covered_standbys(&local).is_empty());
 }
