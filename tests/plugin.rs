@@ -298,6 +298,14 @@ fn a_role_setting_weakened_while_running_is_restart_required() {
     let mut f = Fake::start(Setup::new(&c.primary.wallet_dsn()));
     f.getmanifest();
     assert!(answered(&f.init(Duration::from_secs(30))));
+    // The runtime guard has checked once: its session to the primary is open (and kept)
+    // before the role changes, as on a node that has run for a while.
+    f.poll(
+        "replication-status",
+        json!({}),
+        Duration::from_secs(10),
+        |r| r["result"]["interval_ms"].is_number(),
+    );
     c.primary
         .psql("ALTER ROLE lightningd SET synchronous_commit = local")
         .unwrap();

@@ -102,7 +102,7 @@ pub async fn observe(targets: &Targets, policy: &Policy) -> Observation {
 /// The primary's session kept from one check to the next (the runtime monitor): a check then
 /// forks no backend and prepares no statement on the primary.
 #[derive(Default)]
-pub struct Kept(Option<session::Session>);
+pub struct Kept(Option<primary::KeptSession>);
 
 /// `observe`, reusing (and keeping for the next call) the primary's session in `kept`.
 pub async fn observe_kept(targets: &Targets, policy: &Policy, kept: &mut Kept) -> Observation {
@@ -119,7 +119,7 @@ async fn observe_with(
     targets: &Targets,
     policy: &Policy,
     mode: primary::Mode,
-    kept: &mut Option<session::Session>,
+    kept: &mut Option<primary::KeptSession>,
 ) -> Observation {
     let checked_at = SystemTime::now();
     let start = Instant::now();

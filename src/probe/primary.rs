@@ -23,6 +23,7 @@ pub const MONITOR_APPLICATION_NAME: &str = "cln-replguard";
 pub const MIN_SERVER_VERSION_NUM: i32 = 130000;
 
 /// What to wait for after reading the basics.
+#[derive(Clone, Copy)]
 pub(crate) enum Mode {
     /// `status`/`check`: run the commit probe, then wait (up to its deadline) for the
     /// synchronous standbys to flush the probe's WAL.
@@ -40,7 +41,7 @@ pub(crate) async fn observe(
     targets: &super::Targets,
     policy: &Policy,
     mode: Mode,
-    kept: &mut Option<Session>,
+    kept: &mut Option<KeptSession>,
 ) -> Result<PrimaryFacts, ProbeFailure> {
     // A one-shot check always probes: start the probe now, beside the reads (its own
     // connection and commit overlap them). On a server in recovery its outcome is dropped.
@@ -53,20 +54,51 @@ pub(crate) async fn observe(
         }
         _ => None,
     };
-    let session = match kept.take() {
-        Some(s) if !s.is_closed() => s,
-        _ => Session::open_monitor(target, policy.query_timeout).await?,
+    let (mut session, seen) = match kept.take() {
+        Some(k) if !k.session.is_closed() => (k.session, Some(k.overrides)),
+        _ => (
+            Session::open_monitor(target, policy.query_timeout).await?,
+            None,
+        ),
     };
-    let facts = read(&session, target, targets, policy, mode, early_probe).await;
+    let mut facts = read(&session, target, targets, policy, mode, early_probe).await;
+    // Role and database settings reach a session when it starts (DESIGN §2): once they
+    // changed, a kept session shows lightningd's next session wrongly. Read again on a new one.
+    if let (Ok(f), Some(seen)) = (&facts, &seen)
+        && overrides_key(&f.session.overrides) != *seen
+    {
+        session = Session::open_monitor(target, policy.query_timeout).await?;
+        facts = read(&session, target, targets, policy, mode, None).await;
+    }
     // A session whose query timed out may still be running it: never reuse that one.
     let reusable = match &facts {
         Ok(_) => true,
         Err(f) => !matches!(f.kind, FailureKind::Timeout | FailureKind::Unreachable),
     };
     if reusable && !session.is_closed() {
-        *kept = Some(session);
+        let overrides = match (&facts, seen) {
+            (Ok(f), _) => overrides_key(&f.session.overrides),
+            (Err(_), Some(seen)) => seen,
+            // Not known for this session: the next check compares with nothing, so reads
+            // again on a new session.
+            (Err(_), None) => String::new(),
+        };
+        *kept = Some(KeptSession { session, overrides });
     }
     facts
+}
+
+/// A session kept between checks, and the role/database settings it started with.
+pub(crate) struct KeptSession {
+    session: Session,
+    overrides: String,
+}
+
+fn overrides_key(o: &[SettingOverride]) -> String {
+    o.iter()
+        .map(|s| format!("{:?}/{:?}={}", s.database, s.role, s.value))
+        .collect::<Vec<_>>()
+        .join(";")
 }
 
 async fn read(
