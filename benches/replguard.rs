@@ -21,6 +21,15 @@ struct Row {
     met: Option<bool>,
 }
 
+/// A number in 0..n, different at each call (no need for a good generator: it only spreads
+/// the moments of the faults).
+fn random_below(n: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos());
+    h.finish() % n
+}
+
 /// pgbench's tables on the primary, at this scale.
 fn pgbench_init(c: &Cluster, scale: u32) {
     let init = Command::new(c.bindir().join("pgbench"))
@@ -68,12 +77,17 @@ fn status(f: &Fake) -> Value {
         .unwrap_or(Value::Null)
 }
 
-/// From the fault to the status file saying not safe (or lightningd stopped).
+/// From the fault to the status file saying not safe (or lightningd stopped). The fault lands
+/// at a random moment of the check and reply cycle: right after "safe" is seen would always be
+/// right after a check (the repetition before ends when a check says safe again), one phase
+/// of the cycle only.
 fn time_to_notice(f: &Fake, fault: impl FnOnce()) -> f64 {
     wait_for("safe", Duration::from_secs(30), || {
         Ok(status(f)["reported"] == "safe")
     })
     .unwrap();
+    std::thread::sleep(Duration::from_millis(random_below(1500)));
+    assert_eq!(status(f)["reported"], "safe", "still safe before the fault");
     let t = Instant::now();
     fault();
     wait_for("not safe", Duration::from_secs(30), || {
