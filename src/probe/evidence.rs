@@ -48,17 +48,6 @@ pub async fn record_if_changed(
     Ok(true)
 }
 
-/// Writes `record` (the caller knows it changed).
-pub async fn record(
-    target: &PgTarget,
-    record: &Record,
-    source: &str,
-    deadline: Duration,
-) -> Result<(), ProbeFailure> {
-    let session = Session::open_monitor(target, deadline).await?;
-    write(&session, record, source).await
-}
-
 /// The newest row, read through any DSN of the wallet's database (primary or standby).
 /// `Ok(None)`: no table or no row.
 pub async fn newest(
