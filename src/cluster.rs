@@ -241,7 +241,7 @@ impl Server {
         wait_for(
             "the killed postmaster to be gone",
             Duration::from_secs(10),
-            || Ok(!crate::takeover::process_alive(pid)),
+            || Ok(!crate::pgbin::process_alive(pid)),
         )
     }
 

@@ -1,5 +1,6 @@
 //! Where the PostgreSQL server programs (initdb, pg_ctl, pg_basebackup…) are: `PG_BINDIR`,
-//! else `pg_config --bindir`, else the newest /usr/lib/postgresql/<version>/bin (Debian).
+//! else `pg_config --bindir`, else the newest /usr/lib/postgresql/<version>/bin (Debian). And
+//! whether a server process still runs.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -27,4 +28,17 @@ pub fn server_bindir() -> Option<PathBuf> {
         .collect();
     versions.sort();
     versions.pop().map(|(_, d)| d)
+}
+
+/// Running, not a zombie: a killed postmaster whose parent has not reaped it yet still
+/// answers `kill(pid, 0)`.
+pub fn process_alive(pid: i32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }

@@ -517,7 +517,7 @@ fn setup_local_then_failover_then_the_old_primary_rejoins_and_the_pair_is_safe_a
     // SAFETY: SIGKILL to the process group of the postmaster this test started.
     unsafe { libc::kill(-primary_pid, libc::SIGKILL) };
     wait_for("the old primary gone", Duration::from_secs(10), || {
-        Ok(!cln_replguard::takeover::process_alive(primary_pid))
+        Ok(!cln_replguard::pgbin::process_alive(primary_pid))
     })
     .unwrap();
     let new_admin = format!(

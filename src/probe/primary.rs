@@ -14,7 +14,7 @@ use crate::policy::Policy;
 use crate::syncnames::SyncNames;
 
 use super::commit::{self, PROBE_APPLICATION_NAME};
-use super::session::Session;
+use super::session::{Session, optional};
 
 /// `application_name` of our fact-reading sessions.
 pub const MONITOR_APPLICATION_NAME: &str = "cln-replguard";
@@ -114,7 +114,7 @@ async fn read(
     // warms the view for the read after the probe).
     let own_sessions = async {
         match (&targets.lightningd_dsn, targets.expect_lightningd_session) {
-            (None, true) => lightningd_sessions_here(session).await.map(Some),
+            (None, true) => lightningd_sessions(session, None).await.map(Some),
             _ => Ok(None),
         }
     };
@@ -164,9 +164,13 @@ async fn read(
     };
     let lightningd_sessions = match own_sessions {
         Some(n) => Some(n),
-        None if targets.expect_lightningd_session => {
-            Some(lightningd_sessions(session, &session_facts.role, &session_facts.database).await?)
-        }
+        None if targets.expect_lightningd_session => Some(
+            lightningd_sessions(
+                session,
+                Some((&session_facts.role, &session_facts.database)),
+            )
+            .await?,
+        ),
         None => None,
     };
 
@@ -283,29 +287,20 @@ async fn lightningd_session(
     Ok((facts, cluster))
 }
 
-/// `lightningd_sessions` for the role and database of this very session.
-async fn lightningd_sessions_here(session: &Session) -> Result<i64, ProbeFailure> {
+/// Client sessions of lightningd's role on its database, our own excepted. `None`: the role
+/// and database of this very session (the wallet DSN itself), known before any answer.
+async fn lightningd_sessions(
+    session: &Session,
+    role_and_db: Option<(&str, &str)>,
+) -> Result<i64, ProbeFailure> {
+    let (role, db) = role_and_db.unzip();
     let row = session
         .query_one(
             "lightningd sessions",
             "SELECT count(*) FROM pg_stat_activity
-              WHERE backend_type = 'client backend' AND usename = current_user
-                AND datname = current_database()
-                AND coalesce(application_name, '') NOT LIKE 'cln-replguard%'
-                AND pid <> pg_backend_pid()",
-            &[],
-        )
-        .await?;
-    Ok(row.get(0))
-}
-
-/// Client sessions of lightningd's role on its database, our own excepted.
-async fn lightningd_sessions(session: &Session, role: &str, db: &str) -> Result<i64, ProbeFailure> {
-    let row = session
-        .query_one(
-            "lightningd sessions",
-            "SELECT count(*) FROM pg_stat_activity
-              WHERE backend_type = 'client backend' AND usename = $1 AND datname = $2
+              WHERE backend_type = 'client backend'
+                AND usename = coalesce($1, current_user)
+                AND datname = coalesce($2, current_database())
                 AND coalesce(application_name, '') NOT LIKE 'cln-replguard%'
                 AND pid <> pg_backend_pid()",
             &[&role, &db],
@@ -422,19 +417,18 @@ async fn overrides(session: &Session) -> Result<Vec<SettingOverride>, ProbeFailu
         .collect())
 }
 
-async fn system_identifier(session: &Session) -> Result<Option<String>, ProbeFailure> {
-    match session
-        .query_one(
-            "system identifier",
-            "SELECT system_identifier::text FROM pg_control_system()",
-            &[],
-        )
-        .await
-    {
-        Ok(row) => Ok(row.get(0)),
-        Err(f) if f.kind == FailureKind::Privilege => Ok(None),
-        Err(f) => Err(f),
-    }
+/// `None` when the role may not read `pg_control_system()` (it needs `pg_monitor`).
+pub(crate) async fn system_identifier(session: &Session) -> Result<Option<String>, ProbeFailure> {
+    let row = optional(
+        session
+            .query_one(
+                "system identifier",
+                "SELECT system_identifier::text FROM pg_control_system()",
+                &[],
+            )
+            .await,
+    )?;
+    Ok(row.and_then(|r| r.get(0)))
 }
 
 const WALSENDERS_SQL: &str = "\

@@ -186,6 +186,15 @@ impl Drop for Session {
     }
 }
 
+/// A read the role may not be allowed (`pg_monitor`, superuser-only settings): `None` then.
+pub(crate) fn optional(r: Result<Row, ProbeFailure>) -> Result<Option<Row>, ProbeFailure> {
+    match r {
+        Ok(row) => Ok(Some(row)),
+        Err(f) if f.kind == FailureKind::Privilege => Ok(None),
+        Err(f) => Err(f),
+    }
+}
+
 /// Maps a driver error to what the verdict needs; the detail is the server's own words.
 pub(crate) fn classify(stage: &str, e: &tokio_postgres::Error) -> ProbeFailure {
     let (kind, detail) = match e.as_db_error() {

@@ -1,12 +1,12 @@
 //! Facts about a standby, read through the DSN the operator gave for it.
 
 use crate::dsn::PgTarget;
-use crate::facts::{FailureKind, ProbeFailure, StandbyFacts, WalReceiver};
+use crate::facts::{ProbeFailure, StandbyFacts, WalReceiver};
 use crate::lsn::timeline_of_walfile;
 use crate::policy::Policy;
 
 use super::primary::parse_lsn;
-use super::session::Session;
+use super::session::{Session, optional};
 
 pub(crate) async fn observe(
     target: &PgTarget,
@@ -26,18 +26,7 @@ pub(crate) async fn observe(
         .await?;
     let server_version_num: i32 = row.get(0);
     let in_recovery: bool = row.get(1);
-    let system_identifier = match session
-        .query_one(
-            "standby identity",
-            "SELECT system_identifier::text FROM pg_control_system()",
-            &[],
-        )
-        .await
-    {
-        Ok(r) => r.get(0),
-        Err(f) if f.kind == FailureKind::Privilege => None,
-        Err(f) => return Err(f),
-    };
+    let system_identifier = super::primary::system_identifier(&session).await?;
     let receiver = session
         .query(
             "wal receiver",
@@ -117,17 +106,6 @@ pub(crate) async fn observe(
         receive_lsn: parse_lsn(row.get(4)),
         replay_lsn: parse_lsn(row.get(5)),
     })
-}
-
-/// A read the role may not be allowed (`pg_monitor`, superuser-only settings): `None` then.
-fn optional(
-    r: Result<tokio_postgres::Row, ProbeFailure>,
-) -> Result<Option<tokio_postgres::Row>, ProbeFailure> {
-    match r {
-        Ok(row) => Ok(Some(row)),
-        Err(f) if f.kind == FailureKind::Privilege => Ok(None),
-        Err(f) => Err(f),
-    }
 }
 
 /// One value of a libpq key=value string as PostgreSQL prints `conninfo` (values may be

@@ -227,26 +227,14 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
                 psql_script(pg, conninfo, script).with_context(|| what.clone())?;
             }
             Step::AppendOnce { path, line } => {
-                let text = fs::read_to_string(path).unwrap_or_default();
-                if !text.lines().any(|l| l == line) {
-                    let mut f = fs::OpenOptions::new()
-                        .append(true)
-                        .create(true)
-                        .open(path)
-                        .with_context(|| format!("open {}", path.display()))?;
-                    writeln!(f, "{line}")?;
-                    drop(f);
-                    pg.own(path)?;
-                }
+                append_once(pg, path, line)?;
             }
             Step::AppendToHba { conninfo, line } => {
                 let hba = PathBuf::from(psql_script(pg, conninfo, "SHOW hba_file")?.trim());
-                let text = fs::read_to_string(&hba)
-                    .with_context(|| format!("reading {}", hba.display()))?;
-                if !text.lines().any(|l| l == line) {
+                // The file the server reads: it exists, or something is off.
+                fs::metadata(&hba).with_context(|| format!("reading {}", hba.display()))?;
+                if append_once(pg, &hba, line)? {
                     println!("cln-replguard setup: {line} >> {}", hba.display());
-                    let mut f = fs::OpenOptions::new().append(true).open(&hba)?;
-                    writeln!(f, "{line}")?;
                     psql_script(pg, conninfo, "SELECT pg_reload_conf()")?;
                 }
             }
@@ -383,6 +371,24 @@ fn in_recovery_state(pg: &PgInstall, dir: &std::path::Path) -> Result<bool> {
     }))
 }
 
+/// Adds `line` to the file (made if missing, owned by the PostgreSQL user) unless it is
+/// already one of its lines; says whether it added it.
+fn append_once(pg: &PgInstall, path: &std::path::Path, line: &str) -> Result<bool> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    if text.lines().any(|l| l == line) {
+        return Ok(false);
+    }
+    let mut f = fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| format!("open {}", path.display()))?;
+    writeln!(f, "{line}")?;
+    drop(f);
+    pg.own(path)?;
+    Ok(true)
+}
+
 /// Runs a server program as the PostgreSQL user; a failure carries what it said.
 fn run_tool(pg: &PgInstall, program: &str, args: &[String]) -> Result<()> {
     let out = pg
@@ -411,7 +417,7 @@ fn remove_stale_pid_file(dir: &std::path::Path) -> Result<()> {
     };
     let lines: Vec<&str> = text.lines().collect();
     let pid: i32 = lines.first().unwrap_or(&"").trim().parse().unwrap_or(0);
-    if pid > 0 && crate::takeover::process_alive(pid) {
+    if pid > 0 && crate::pgbin::process_alive(pid) {
         bail!("{} is running (pid {pid}): stop it first", dir.display());
     }
     if let (Some(port), Some(socket_dir)) = (lines.get(3), lines.get(4))

@@ -33,7 +33,7 @@ pub async fn lightningd(rpc: Option<&Path>, wait: Duration) -> Fenced {
         );
     };
     if !answers(rpc) {
-        if let Some(pid) = lightningd_pid(rpc).filter(|p| process_alive(*p)) {
+        if let Some(pid) = lightningd_pid(rpc).filter(|p| crate::pgbin::process_alive(*p)) {
             return Fenced::Refused(format!(
                 "nothing answers at {} but lightningd (pid {pid}) still runs: stop it",
                 rpc.display()
@@ -63,7 +63,7 @@ pub async fn lightningd(rpc: Option<&Path>, wait: Duration) -> Fenced {
     // lightningd closes its RPC socket before it has finished shutting down: wait for the
     // process itself (its pid file is <lightning-dir>/lightningd-<network>.pid).
     if let Some(pid) = lightningd_pid(rpc) {
-        while process_alive(pid) {
+        while crate::pgbin::process_alive(pid) {
             if start.elapsed() > wait {
                 return Fenced::Refused(format!(
                     "lightningd (pid {pid}) still runs {} s after `stop`",
@@ -205,20 +205,7 @@ fn system_identifier(data: &Path, bindir: Option<&Path>) -> Result<String, Strin
 fn postmaster_alive(data: &Path) -> Option<i32> {
     let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
-    process_alive(pid).then_some(pid)
-}
-
-/// Running, not a zombie: a killed postmaster whose parent has not reaped it yet still
-/// answers `kill(pid, 0)`.
-pub fn process_alive(pid: i32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the command name, which is in parentheses and may hold spaces.
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
+    crate::pgbin::process_alive(pid).then_some(pid)
 }
 
 /// PostgreSQL refuses to run as root: tools run as the data directory's owner.

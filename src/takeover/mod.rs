@@ -27,7 +27,7 @@ use crate::options::{self, MAX_ACCEPT_NO_STANDBY};
 use crate::policy::Policy;
 use crate::probe::{self, Targets};
 
-pub use fence::{Fenced, process_alive};
+pub use fence::Fenced;
 
 /// Exit status when the tool refused: nothing was promoted.
 pub const EXIT_REFUSED: i32 = 2;
@@ -128,13 +128,13 @@ pub async fn run(a: FailoverArgs) -> Result<i32> {
 
     // 2. Verify before touching the old primary: a refusal leaves it as it was.
     let live = match &a.old_primary_dsn {
-        Some(dsn) => Some(live_check(dsn, &standby, &name, &policy).await?),
+        Some(dsn) => live_check(dsn, &standby, &name, &policy).await?,
         None => None,
     };
-    let live_answered = live.as_ref().is_some_and(|l| l.answered);
+    let live_answered = live.is_some();
     let first = match &live {
-        Some(l) if l.answered => l.judgement(),
-        _ => from_evidence(&standby, &side, &policy).await?,
+        Some(j) => j.clone(),
+        None => from_evidence(&standby, &side, &policy).await?,
     };
     if let Some(why) = refusal(&first, &a, &name) {
         say_refused(&format!("{why}. The old primary was left as it was"));
@@ -195,10 +195,9 @@ pub async fn run(a: FailoverArgs) -> Result<i32> {
     }
 
     // 4. Without a live answer, the evidence again: a row may have arrived meanwhile.
-    let verified = if live_answered {
-        first
-    } else {
-        from_evidence(&standby, &side, &policy).await?
+    let verified = match live {
+        Some(j) => j,
+        None => from_evidence(&standby, &side, &policy).await?,
     };
     if let Some(why) = refusal(&verified, &a, &name) {
         say_refused(&format!("{why}.{undo}"));
@@ -337,23 +336,14 @@ async fn from_evidence(
     Ok(evidence::judge(newest.as_ref(), side))
 }
 
-/// The live answer of DESIGN §5's failover-check, for this standby.
-struct Live {
-    /// The old primary answered.
-    answered: bool,
-    ready: Result<(), String>,
-}
-
-impl Live {
-    fn judgement(&self) -> Judgement {
-        match &self.ready {
-            Ok(()) => Judgement::Covered,
-            Err(why) => Judgement::NotCovered { why: why.clone() },
-        }
-    }
-}
-
-async fn live_check(dsn: &str, standby: &PgTarget, name: &str, policy: &Policy) -> Result<Live> {
+/// DESIGN §5's failover-check on the old primary, for this standby. `None`: the old primary
+/// does not answer, and the evidence decides.
+async fn live_check(
+    dsn: &str,
+    standby: &PgTarget,
+    name: &str,
+    policy: &Policy,
+) -> Result<Option<Judgement>> {
     let wallet = WalletDsn::parse(dsn).context("--old-primary-dsn")?;
     let targets = Targets::new(wallet, vec![standby.clone()]);
     let obs = probe::observe_failover(&targets, policy, Duration::from_secs(2)).await;
@@ -362,46 +352,37 @@ async fn live_check(dsn: &str, standby: &PgTarget, name: &str, policy: &Policy) 
             "live check",
             "the old primary does not answer: the evidence decides",
         );
-        return Ok(Live {
-            answered: false,
-            ready: Err(String::new()),
-        });
+        return Ok(None);
     }
     let answer = failover::evaluate(&obs);
     let this = answer
         .standbys
         .iter()
         .find(|s| s.name.eq_ignore_ascii_case(name));
-    let ready = match this {
-        Some(s) if s.ready => Ok(()),
-        Some(s) => Err(s.reasons.join("; ")),
-        None => Err(format!(
-            "{name} is not connected to the old primary{}",
-            if answer.blockers.is_empty() {
-                String::new()
-            } else {
-                format!(" ({})", answer.blockers.join("; "))
-            }
-        )),
-    }
-    .map_err(|why| {
-        if answer.blockers.is_empty() {
-            why
-        } else {
-            format!("{why}; {}", answer.blockers.join("; "))
+    let judgement = match this {
+        Some(s) if s.ready => {
+            say(
+                "live check",
+                &format!("failover-check on the old primary: {name} ready"),
+            );
+            Judgement::Covered
         }
-    });
-    say(
-        "live check",
-        &match &ready {
-            Ok(()) => format!("failover-check on the old primary: {name} ready"),
-            Err(why) => format!("failover-check on the old primary: {name} NOT ready: {why}"),
-        },
-    );
-    Ok(Live {
-        answered: true,
-        ready,
-    })
+        _ => {
+            // Its own reasons, then those that rule out every standby.
+            let mut why = match this {
+                Some(s) => s.reasons.clone(),
+                None => vec![format!("{name} is not connected to the old primary")],
+            };
+            why.extend(answer.blockers.iter().cloned());
+            let why = why.join("; ");
+            say(
+                "live check",
+                &format!("failover-check on the old primary: {name} NOT ready: {why}"),
+            );
+            Judgement::NotCovered { why }
+        }
+    };
+    Ok(Some(judgement))
 }
 
 fn rfc3339_seconds(t: SystemTime) -> String {
