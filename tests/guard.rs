@@ -194,6 +194,52 @@ fn hooks_gate_what_adds_risk_and_answer_any_payload() {
     assert_eq!(f.hook("openchannel", json!("x"))["result"], "reject");
 }
 
+/// `lightning-cli -k fundchannel id=[123x1] amount=100000`, as lightningd forwards it: the
+/// client's tokens as they came, which is not JSON (DESIGN §6).
+const MALFORMED_FUNDCHANNEL: &[u8] = br#"{"rpc_command":{"id":"cli:fundchannel#9","method":"fundchannel","params":{"id":[123x1],"amount":100000}}}"#;
+
+#[test]
+fn a_malformed_parameter_gets_an_answer_and_the_plugin_lives_on() {
+    let (c, _s) = healthy();
+    let mut f = started(Setup::new(&c.primary.wallet_dsn()));
+    let mut not_utf8 =
+        br#"{"rpc_command":{"id":"cli:fundchannel#10","method":"fundchannel","params":{"id":"caf"#
+            .to_vec();
+    not_utf8.extend_from_slice(b"\xe9\"}}}");
+    let deep = format!(
+        r#"{{"rpc_command":{{"method":"fundchannel","params":{{"id":{}{}}}}}}}"#,
+        "[".repeat(3000),
+        "]".repeat(3000)
+    );
+    for raw in [MALFORMED_FUNDCHANNEL, &not_utf8, deep.as_bytes()] {
+        let answer = f.hook_raw("rpc_command", raw).expect("the hook answered");
+        // Safe: lightningd goes on and rejects the parameter itself.
+        assert_eq!(answer["result"], json!({"result": "continue"}), "{answer}");
+    }
+    c.set_sync_names("").unwrap();
+    f.poll(
+        "replication-status",
+        json!({}),
+        Duration::from_secs(10),
+        |r| r["result"]["reported"] == "unsafe",
+    );
+    let answer = f
+        .hook_raw("rpc_command", MALFORMED_FUNDCHANNEL)
+        .expect("the hook answered");
+    assert!(gated(&answer["result"]), "unsafe: still gated: {answer}");
+    assert!(
+        answer.get("error").is_none(),
+        "never an error answer: {answer}"
+    );
+    // Alive: it still answers its methods.
+    let r = f.call("replication-status", json!({}));
+    assert_eq!(r["result"]["reported"], "unsafe", "{r}");
+    assert!(
+        f.wait_end(Duration::from_millis(100)).is_none(),
+        "the plugin exited"
+    );
+}
+
 #[test]
 fn stop_mode_stops_lightningd_after_the_grace() {
     let (c, _s) = healthy();

@@ -273,6 +273,37 @@ fn an_old_lightningd_is_refused_in_enforce_and_reported_in_warn() {
 }
 
 #[test]
+fn an_unreadable_lightningd_version_is_refused_in_enforce_and_reported_in_warn() {
+    let (c, _s) = healthy();
+    let mut setup = Setup::new(&c.primary.wallet_dsn());
+    setup.version = "a-custom-build".into();
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    let o = f.init(Duration::from_secs(30));
+    assert!(matches!(o, InitOutcome::Ended(_)), "{o:?}");
+    assert!(
+        f.logs_at("broken")
+            .join("\n")
+            .contains("cannot tell lightningd's version"),
+        "{:?}",
+        f.logs
+    );
+
+    let mut setup = Setup::new(&c.primary.wallet_dsn()).option("replguard-mode", json!("warn"));
+    setup.version = "a-custom-build".into();
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    assert!(answered(&f.init(Duration::from_secs(30))));
+    assert!(
+        f.logs_at("warn")
+            .join("\n")
+            .contains("rpc_command gate is not registered"),
+        "{:?}",
+        f.logs
+    );
+}
+
+#[test]
 fn a_hung_primary_gets_an_answer_within_the_configured_wait() {
     let (c, _s) = healthy();
     c.primary.hang_postmaster().unwrap();

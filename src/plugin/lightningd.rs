@@ -24,6 +24,26 @@ pub fn parse_version(v: &str) -> Option<(u32, u32)> {
     Some((major, minor.parse().ok()?))
 }
 
+/// Whether this lightningd can filter the `rpc_command` hook, which the gate needs: without
+/// filters the hook would see every call, our own `listconfigs` during init included
+/// (DESIGN §2). A version we cannot read is no proof of support: `Err` says why, for the
+/// startup check to refuse (`enforce`) or report (`warn`) like an old lightningd.
+pub fn hook_filters_supported(version: &str) -> Result<(), String> {
+    match parse_version(version) {
+        Some(v) if v >= MIN_LIGHTNINGD => Ok(()),
+        Some(_) => Err(format!(
+            "lightningd {version} is older than v{}.{}: hook filters are missing, which the \
+             guard needs; upgrade lightningd",
+            MIN_LIGHTNINGD.0, MIN_LIGHTNINGD.1
+        )),
+        None => Err(format!(
+            "cannot tell lightningd's version from LIGHTNINGD_VERSION={version:?}: the guard \
+             needs hook filters (v{}.{} or later), so its rpc_command gate is not registered",
+            MIN_LIGHTNINGD.0, MIN_LIGHTNINGD.1
+        )),
+    }
+}
+
 /// One call to lightningd's JSON-RPC socket, bounded.
 pub async fn call(
     rpc_path: &Path,
@@ -121,6 +141,24 @@ mod tests {
         }
         assert!(parse_version("v25.09").unwrap() < MIN_LIGHTNINGD);
         assert!(parse_version("v26.06.6").unwrap() >= MIN_LIGHTNINGD);
+    }
+
+    #[test]
+    fn hook_filters_need_a_version_that_can_be_read() {
+        assert!(hook_filters_supported("v26.06.6").is_ok());
+        assert!(
+            hook_filters_supported("v25.09")
+                .unwrap_err()
+                .contains("older")
+        );
+        for unreadable in ["", "garbage", "vX.Y", "26"] {
+            assert!(
+                hook_filters_supported(unreadable)
+                    .unwrap_err()
+                    .contains("cannot tell"),
+                "{unreadable:?}"
+            );
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - `replication-status`, `failover-check` (`methods`).
 
 mod hooks;
+pub mod input;
 pub(crate) mod lightningd;
 mod methods;
 mod metrics_http;
@@ -34,7 +35,10 @@ pub fn run() -> i32 {
 }
 
 async fn serve() -> Result<i32> {
-    let mut builder = Builder::new(tokio::io::stdin(), tokio::io::stdout())
+    // lightningd's messages pass through `input` first: one cln-plugin cannot parse would end
+    // the plugin, and with it an important plugin's lightningd.
+    let (stdin, _pump) = input::pump(tokio::io::stdin());
+    let mut builder = Builder::new(stdin, tokio::io::stdout())
         .notification(cln_plugin::messages::NotificationTopic::new(
             NOTIFY_STATE_CHANGED,
         ))
@@ -71,7 +75,7 @@ async fn serve() -> Result<i32> {
     // Without filters (lightningd before 25.12) an rpc_command hook would see every call,
     // our own listconfigs during init included, which nobody answers yet: a deadlock.
     let version = std::env::var("LIGHTNINGD_VERSION").unwrap_or_default();
-    if parse_version(&version).is_some_and(|v| v >= MIN_LIGHTNINGD) {
+    if lightningd::hook_filters_supported(&version).is_ok() {
         let filters = crate::guard::gateable_commands()
             .into_iter()
             .map(|c| HookFilter::Str(c.to_string()))

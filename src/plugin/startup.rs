@@ -8,9 +8,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use cln_plugin::ConfiguredPlugin;
 use serde_json::json;
-use tokio::io::{Stdin, Stdout};
+use tokio::io::{DuplexStream, Stdout};
 
-use super::lightningd::{self, MIN_LIGHTNINGD};
+use super::lightningd;
 use crate::action::{self, Mode};
 use crate::dsn::WalletDsn;
 use crate::facts::{FailureKind, Observation, PinnedCommit, ProbeFailure, WalletObservation};
@@ -84,7 +84,7 @@ const LOG_GRACE: Duration = Duration::from_millis(1000);
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Returns the state when lightningd may go on; otherwise stops the node and exits.
-pub async fn check(c: &ConfiguredPlugin<State, Stdin, Stdout>) -> State {
+pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
     let started = Instant::now();
     let conf = c.configuration();
     let lightning_dir = PathBuf::from(&conf.lightning_dir);
@@ -130,14 +130,7 @@ pub async fn check(c: &ConfiguredPlugin<State, Stdin, Stdout>) -> State {
     let deadline = started + settings.startup_wait;
 
     let version = std::env::var("LIGHTNINGD_VERSION").unwrap_or_default();
-    if let Some(v) = lightningd::parse_version(&version)
-        && v < MIN_LIGHTNINGD
-    {
-        let problem = format!(
-            "lightningd {version} is older than v{}.{}: hook filters are missing, which the \
-             guard needs; upgrade lightningd",
-            MIN_LIGHTNINGD.0, MIN_LIGHTNINGD.1
-        );
+    if let Err(problem) = lightningd::hook_filters_supported(&version) {
         if settings.mode == Mode::Enforce {
             refuse(vec![problem], important);
         }
@@ -233,7 +226,9 @@ pub const DEFAULT_STATUS_FILE: &str = "replguard-status.json";
 
 /// The options as lightningd passed them, validated. On error: the mode to act in (enforce
 /// unless warn was given plainly) and the problem.
-fn read_settings(c: &ConfiguredPlugin<State, Stdin, Stdout>) -> Result<Settings, (Mode, String)> {
+fn read_settings(
+    c: &ConfiguredPlugin<State, DuplexStream, Stdout>,
+) -> Result<Settings, (Mode, String)> {
     use cln_plugin::options::Value;
     let mut given: Vec<(&str, String)> = Vec::new();
     for (name, _) in options::ALL {

@@ -319,6 +319,19 @@ impl Fake {
         r["result"].clone()
     }
 
+    /// Calls a hook with `params` written as they are, JSON or not, as lightningd forwards a
+    /// client's raw tokens (DESIGN §6). `None`: no answer within 30 s.
+    pub fn hook_raw(&mut self, name: &str, params: &[u8]) -> Option<Value> {
+        self.next_id += 1;
+        let id = format!("fake/{name}#{}", self.next_id);
+        let head = format!(r#"{{"jsonrpc":"2.0","id":"{id}","method":"{name}","params":"#);
+        self.stdin.write_all(head.as_bytes()).unwrap();
+        self.stdin.write_all(params).unwrap();
+        self.stdin.write_all(b"}\n\n").unwrap();
+        self.stdin.flush().unwrap();
+        self.response(&id, Duration::from_secs(30))
+    }
+
     /// Polls `method` until `pred` holds on its response, or panics after `timeout`.
     pub fn poll(
         &mut self,
