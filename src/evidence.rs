@@ -16,6 +16,7 @@ use serde::Serialize;
 use crate::facts::Observation;
 use crate::failover;
 use crate::lsn::Lsn;
+use crate::syncnames::SyncNames;
 use crate::verdict::{Level, Verdict};
 
 /// What the monitor records about one check.
@@ -23,8 +24,12 @@ use crate::verdict::{Level, Verdict};
 pub struct Record {
     pub level: Level,
     pub codes: Vec<String>,
-    /// The standbys every acknowledged commit included (`failover::covered_standbys`).
+    /// The standbys every acknowledged commit included, and will include until the
+    /// configuration changes (`failover::covered_standbys`).
     pub covered: Vec<String>,
+    /// `synchronous_standby_names` as the primary had it: whether a row can speak for later
+    /// commits depends on it (`SyncRequirement::membership_is_fixed`).
+    pub sync_names: Option<String>,
     pub timeline: Option<u32>,
     pub system_identifier: Option<String>,
 }
@@ -41,6 +46,7 @@ impl Record {
             level: v.level,
             codes,
             covered,
+            sync_names: Some(p.sync_names_raw.clone()),
             timeline: p.timeline,
             system_identifier: p.system_identifier.clone(),
         })
@@ -126,6 +132,14 @@ pub fn judge(newest: Option<&Recorded>, standby: &StandbySide) -> Judgement {
             ),
         };
     }
+    if let Some(why) = membership_may_shift(r.sync_names.as_deref()) {
+        return Judgement::Unverifiable {
+            why: format!(
+                "the newest evidence ({at}) cannot speak for later commits: {why}; check live \
+                 against the old primary (--old-primary-dsn) while it answers"
+            ),
+        };
+    }
     if !r
         .covered
         .iter()
@@ -145,6 +159,29 @@ pub fn judge(newest: Option<&Recorded>, standby: &StandbySide) -> Judgement {
     Judgement::Covered
 }
 
+/// Why the standbys acknowledging commits could have changed after the row without a change of
+/// configuration (`None`: they could not).
+fn membership_may_shift(sync_names: Option<&str>) -> Option<String> {
+    let Some(raw) = sync_names else {
+        return Some(
+            "it does not record synchronous_standby_names (written by an older cln-replguard)"
+                .into(),
+        );
+    };
+    match SyncNames::parse(raw) {
+        Ok(SyncNames::Required(r)) if r.membership_is_fixed() => None,
+        // Nothing was covered then: the row's covered list (empty) says so.
+        Ok(SyncNames::Empty) => None,
+        Ok(SyncNames::Required(_)) => Some(format!(
+            "under synchronous_standby_names = '{raw}' PostgreSQL itself may make another \
+             standby synchronous, and commits it alone acknowledged never reach this one"
+        )),
+        Err(e) => Some(format!(
+            "its synchronous_standby_names '{raw}' cannot be read: {e}"
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -158,6 +195,7 @@ mod tests {
                 level,
                 codes: vec![],
                 covered: covered.iter().map(|c| c.to_string()).collect(),
+                sync_names: Some("FIRST 1 (s1)".into()),
                 timeline: Some(1),
                 system_identifier: Some("73".into()),
             },
@@ -220,6 +258,31 @@ mod tests {
             judge(Some(&r), &later),
             Judgement::Unverifiable { why } if why.contains("timeline 1")
         ));
+    }
+
+    #[test]
+    fn a_row_speaks_for_later_commits_only_when_every_named_standby_is_required() {
+        for (names, covered) in [
+            (Some("FIRST 2 (s1, s2)"), true),
+            (Some("ANY 2 (s1, s2)"), true),
+            (Some("s1"), true),
+            (Some("FIRST 1 (s1, s2)"), false),
+            (Some("ANY 1 (s1, s2)"), false),
+            (Some("s1, *"), false),
+            (None, false),
+        ] {
+            let mut r = row(Level::Safe, &["s1"]);
+            r.record.sync_names = names.map(str::to_string);
+            let j = judge(Some(&r), &side("s1", Some("73")));
+            if covered {
+                assert_eq!(j, Judgement::Covered, "{names:?}");
+            } else {
+                assert!(
+                    matches!(&j, Judgement::Unverifiable { why } if why.contains("--old-primary-dsn")),
+                    "{names:?}: {j:?}"
+                );
+            }
+        }
     }
 
     #[test]

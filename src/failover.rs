@@ -167,19 +167,20 @@ fn blockers(p: &PrimaryFacts, req: Option<&SyncRequirement>) -> Vec<String> {
     blockers
 }
 
-/// The standbys that every acknowledged commit includes right now: conditions (1) and (2),
-/// whatever their flush position. This is what the evidence records (`crate::evidence`).
+/// The standbys a recorded row may call covered: every acknowledged commit includes them now
+/// (conditions (1) and (2), whatever their flush position) *and will go on including them
+/// until the configuration changes* — which needs every named standby required
+/// (`SyncRequirement::membership_is_fixed`). Under `FIRST 1 (a, b)` a live check may find
+/// `a` ready, but a row cannot say so for later commits. This is what the evidence records
+/// (`crate::evidence`).
 pub fn covered_standbys(p: &PrimaryFacts) -> Vec<String> {
-    let Ok(names) = &p.sync_names else {
+    let Ok(SyncNames::Required(r)) = &p.sync_names else {
         return vec![];
     };
-    let req = match names {
-        SyncNames::Empty => None,
-        SyncNames::Required(r) => Some(r),
-    };
-    if p.in_recovery || !blockers(p, req).is_empty() {
+    if p.in_recovery || !r.membership_is_fixed() || !blockers(p, Some(r)).is_empty() {
         return vec![];
     }
+    let req = Some(r);
     // A name is evidence about a standby only when it names one: two WAL senders under one
     // name (a default cluster_name on two standbys) cannot be told apart later.
     let (covered, not): (Vec<&WalSender>, Vec<&WalSender>) = p

@@ -47,6 +47,15 @@ impl SyncRequirement {
     pub fn names_standby(&self, application_name: &str) -> bool {
         self.priority_of(application_name).is_some()
     }
+
+    /// Whether the set of standbys that acknowledge a commit can change only by a change of
+    /// this setting: every named standby is required and none is `*`. With `FIRST 1 (a, b)`,
+    /// PostgreSQL makes `b` synchronous on its own when `a` goes, and commits acknowledged by
+    /// `b` alone never reach `a` (DESIGN §6): what was true of `a` once says nothing of later
+    /// commits. Only under a fixed membership can a recorded row speak for the future.
+    pub fn membership_is_fixed(&self) -> bool {
+        !self.has_wildcard() && self.num as usize >= self.names.len()
+    }
 }
 
 impl SyncNames {
@@ -319,5 +328,25 @@ mod tests {
         };
         assert!(w.has_wildcard());
         assert_eq!(w.priority_of("anything"), Some(1));
+    }
+
+    #[test]
+    fn membership_is_fixed_only_when_every_named_standby_is_required() {
+        for (setting, fixed) in [
+            ("FIRST 1 (a)", true),
+            ("a", true),
+            ("FIRST 2 (a, b)", true),
+            ("ANY 2 (a, b)", true),
+            ("FIRST 1 (a, b)", false),
+            ("a, b", false),
+            ("ANY 1 (a, b)", false),
+            ("*", false),
+            ("FIRST 2 (a, *)", false),
+        ] {
+            let SyncNames::Required(r) = SyncNames::parse(setting).unwrap() else {
+                panic!("{setting}")
+            };
+            assert_eq!(r.membership_is_fixed(), fixed, "{setting}");
+        }
     }
 }

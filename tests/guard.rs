@@ -534,7 +534,7 @@ fn the_monitor_records_each_change_of_verdict_as_evidence_and_nothing_while_it_h
             .unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
-    let f = started(Setup::new(&c.primary.wallet_dsn()));
+    let mut f = started(Setup::new(&c.primary.wallet_dsn()));
     wait_for("the first record", Duration::from_secs(10), || {
         Ok(evidence(&c.primary) == "safe/plugin/s1")
     })
@@ -564,4 +564,12 @@ fn the_monitor_records_each_change_of_verdict_as_evidence_and_nothing_while_it_h
         Ok(evidence(c.standby("s1")) == "safe/plugin/s1 unsafe/plugin/")
     })
     .unwrap();
+    // The second write found the table in place: no DDL, no NOTICE in lightningd's log.
+    f.drain();
+    let notices: Vec<_> = f
+        .logs
+        .iter()
+        .filter(|(_, m)| m.contains("already exists"))
+        .collect();
+    assert!(notices.is_empty(), "{notices:?}");
 }

@@ -41,6 +41,26 @@ fn sql_on_wallet_db(s: &Server, sql: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// psql as `user` on the wallet's database: its output, or its error.
+fn psql_as(s: &Server, user: &str, sql: &str) -> Result<String, String> {
+    let out = std::process::Command::new(
+        cln_replguard::pgbin::server_bindir()
+            .expect("PostgreSQL binaries")
+            .join("psql"),
+    )
+    .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
+    .arg(s.conninfo(user, "lightningd"))
+    .arg("-c")
+    .arg(sql)
+    .output()
+    .expect("psql");
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
 fn in_recovery(s: &Server) -> bool {
     s.psql("SELECT pg_is_in_recovery()").unwrap() == "t"
 }
@@ -58,12 +78,16 @@ fn check_and_record(c: &Cluster) -> (i32, String) {
 }
 
 fn failover(c: &Cluster, extra: &[&str]) -> (i32, String) {
+    failover_to(c, "s1", extra)
+}
+
+fn failover_to(c: &Cluster, standby: &str, extra: &[&str]) -> (i32, String) {
     let rpc = c
         .scratch_dir("no-lightningd")
         .unwrap()
         .join("lightning-rpc");
     let owned = [
-        admin_dsn(c.standby("s1")),
+        admin_dsn(c.standby(standby)),
         c.primary.datadir.display().to_string(),
         rpc.display().to_string(),
     ];
@@ -442,6 +466,101 @@ fn evidence_is_written_on_change_only_and_reaches_the_standby() {
     c.set_sync_names("").unwrap();
     check_and_record(&c);
     assert_eq!(count(&c.primary), "2");
+}
+
+#[test]
+fn a_row_under_first_1_of_2_does_not_vouch_for_a_standby_postgres_replaced() {
+    let c = start(&ClusterSpec::with_standbys(&["a", "b"], "FIRST 1 (a, b)"));
+    c.wait_commits_flow().unwrap();
+    let (code, line) = check_and_record(&c);
+    assert!(code <= 1, "the pair is good when recorded: {line}");
+    c.wait_commits_flow().unwrap();
+    wait_for("the row on a", Duration::from_secs(10), || {
+        Ok(sql_on_wallet_db(c.standby("a"), "SELECT count(*) FROM replguard.evidence") == "1")
+    })
+    .unwrap();
+    // `a` goes: PostgreSQL makes `b` synchronous on its own, and this commit is acknowledged
+    // by `b` alone. Then the primary is lost.
+    c.standby("a").stop().unwrap();
+    c.primary
+        .psql("CREATE TABLE after_a (x int); INSERT INTO after_a VALUES (1)")
+        .unwrap();
+    c.primary.crash().unwrap();
+    c.standby("a").start().unwrap();
+    let (code, out) = failover_to(&c, "a", &["--then", "wait-for-standby"]);
+    assert_eq!(code, 2, "refused: {out}");
+    assert!(
+        out.contains("FIRST 1 (a, b)") && out.contains("--accept-unverified"),
+        "{out}"
+    );
+    assert!(in_recovery(c.standby("a")), "nothing promoted");
+}
+
+#[test]
+fn the_evidence_is_ordered_by_the_server_trimmed_by_count_and_written_by_its_owner_only() {
+    let c = start(&ClusterSpec::pair());
+    // An earlier version's table, with a row whose id a client chose.
+    psql_as(
+        &c.primary,
+        "lightningd",
+        "CREATE SCHEMA replguard; CREATE TABLE replguard.evidence (id bigserial PRIMARY KEY, \
+         recorded_at timestamptz NOT NULL DEFAULT now(), level text NOT NULL, codes text[] NOT \
+         NULL, covered text[] NOT NULL, flush_lsn pg_lsn, timeline integer, system_identifier \
+         text, source text NOT NULL); INSERT INTO replguard.evidence (id, level, codes, covered, \
+         source) SELECT g, 'unknown', '{}', '{}', 'old' FROM generate_series(1, 1005) g",
+    )
+    .unwrap();
+    check_and_record(&c);
+    let newest = "SELECT source || '/' || level FROM replguard.evidence ORDER BY id DESC LIMIT 1";
+    assert_eq!(
+        psql_as(&c.primary, "lightningd", newest).unwrap(),
+        "check/safe"
+    );
+    assert_eq!(
+        psql_as(
+            &c.primary,
+            "lightningd",
+            "SELECT count(*) FROM replguard.evidence"
+        )
+        .unwrap(),
+        "1000",
+        "the newest 1000 rows are kept"
+    );
+    // No client can choose a row's place, not even the writer.
+    let forged = "INSERT INTO replguard.evidence (id, level, codes, covered, source) \
+                  VALUES (9000000000000000000, 'safe', '{}', '{s1}', 'forged')";
+    let e = psql_as(&c.primary, "lightningd", forged).unwrap_err();
+    assert!(e.contains("GENERATED ALWAYS"), "{e}");
+    // A monitoring role reads, and cannot write.
+    c.primary
+        .psql("CREATE ROLE watcher LOGIN; GRANT pg_monitor TO watcher")
+        .unwrap();
+    assert_eq!(
+        psql_as(&c.primary, "watcher", newest).unwrap(),
+        "check/safe",
+        "readable by anyone"
+    );
+    let e = psql_as(
+        &c.primary,
+        "watcher",
+        "INSERT INTO replguard.evidence (level, codes, covered, source) \
+         VALUES ('safe', '{}', '{s1}', 'forged')",
+    )
+    .unwrap_err();
+    assert!(e.contains("permission denied"), "{e}");
+    // A verdict recorded through a monitoring DSN is refused, and says so.
+    c.set_sync_names("").unwrap();
+    let (_, _, err) = cli(&[
+        "check",
+        "--record-evidence",
+        "--dsn",
+        &format!("postgres://{}", c.primary.conninfo("watcher", "lightningd")),
+    ]);
+    assert!(err.contains("cannot record evidence"), "{err}");
+    assert_eq!(
+        psql_as(&c.primary, "lightningd", newest).unwrap(),
+        "check/safe"
+    );
 }
 
 /// Stops the servers `setup local` started, even when the test fails.

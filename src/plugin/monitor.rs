@@ -43,8 +43,8 @@ pub async fn run(plugin: Plugin<State>) {
     // time: the guard never waits for it.
     let evidence_tx = st.settings.evidence.then(|| {
         let (tx, rx) = tokio::sync::watch::channel(None);
-        let wallet = targets.wallet.clone();
-        tokio::spawn(evidence_writer(wallet, policy, rx));
+        let writer = targets.evidence_writer().cloned();
+        tokio::spawn(evidence_writer(writer, policy, rx));
         tx
     });
     if let Some(addr) = st.settings.metrics {
@@ -130,11 +130,11 @@ const EVIDENCE_RETRY: Duration = Duration::from_secs(1);
 /// standby must never keep an older "safe" row as the newest because a write failed. The
 /// failure is logged once per record.
 async fn evidence_writer(
-    wallet: crate::dsn::WalletDsn,
+    target: Option<crate::dsn::PgTarget>,
     policy: Policy,
     mut rx: tokio::sync::watch::Receiver<Option<evidence::Record>>,
 ) {
-    let crate::dsn::WalletDsn::Postgres(target) = wallet else {
+    let Some(target) = target else {
         return;
     };
     let mut written: Option<evidence::Record> = None;

@@ -16,10 +16,13 @@ use super::session::Session;
 /// Rows kept: enough history to read back a day of flapping, small enough to never matter.
 const KEEP_ROWS: i64 = 1000;
 
+/// The table as this version wants it. Rows are ordered by an identity the server assigns
+/// (`GENERATED ALWAYS`: a client cannot choose it), and only the table's owner — lightningd's
+/// wallet role, the only writer — may write; anyone may read, for the failover tool.
 const CREATE_SQL: &str = "\
 CREATE SCHEMA IF NOT EXISTS replguard;
 CREATE TABLE IF NOT EXISTS replguard.evidence (
-    id bigserial PRIMARY KEY,
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     recorded_at timestamptz NOT NULL DEFAULT now(),
     level text NOT NULL,
     codes text[] NOT NULL,
@@ -27,10 +30,37 @@ CREATE TABLE IF NOT EXISTS replguard.evidence (
     flush_lsn pg_lsn,
     timeline integer,
     system_identifier text,
-    source text NOT NULL
+    source text NOT NULL,
+    sync_names text
 );
+ALTER TABLE replguard.evidence ADD COLUMN IF NOT EXISTS sync_names text;
+DO $$
+BEGIN
+  -- An earlier version's table: a bigserial id that a client could set. The identity starts
+  -- after every id there is.
+  IF (SELECT attidentity FROM pg_attribute
+       WHERE attrelid = 'replguard.evidence'::regclass AND attname = 'id') = '' THEN
+    ALTER TABLE replguard.evidence ALTER COLUMN id DROP DEFAULT;
+    DROP SEQUENCE IF EXISTS replguard.evidence_id_seq;
+    EXECUTE format('ALTER TABLE replguard.evidence ALTER COLUMN id ADD GENERATED ALWAYS AS \
+                    IDENTITY (START WITH %s)',
+                   (SELECT coalesce(max(id), 0) + 1 FROM replguard.evidence));
+  END IF;
+END $$;
+REVOKE ALL ON replguard.evidence FROM PUBLIC;
+GRANT USAGE ON SCHEMA replguard TO PUBLIC;
+GRANT SELECT ON replguard.evidence TO PUBLIC;
 COMMENT ON TABLE replguard.evidence IS
   'cln-replguard: each change of replication verdict, read by cln-replguard failover on the standby'";
+
+/// Whether the table is there in this version's shape; when it is, a write needs no DDL (no
+/// catalog lock, no NOTICE in lightningd's log).
+const CURRENT_SQL: &str = "\
+SELECT coalesce((SELECT attidentity = 'a' FROM pg_attribute
+                  WHERE attrelid = to_regclass('replguard.evidence') AND attname = 'id'), false)
+   AND EXISTS (SELECT 1 FROM pg_attribute
+                WHERE attrelid = to_regclass('replguard.evidence') AND attname = 'sync_names'
+                  AND NOT attisdropped)";
 
 /// Writes `record` unless the newest row already says the same; returns whether it wrote.
 pub async fn record_if_changed(
@@ -70,12 +100,19 @@ async fn write(session: &Session, r: &Record, source: &str) -> Result<(), ProbeF
 /// One transaction, table creation included: every commit of ours is local, so none can
 /// wait on an absent standby (and be counted as a blocked commit of lightningd's).
 async fn write_once(session: &Session, r: &Record, source: &str) -> Result<(), ProbeFailure> {
+    let current = session.query_one("evidence", CURRENT_SQL, &[]).await?;
+    let ddl = if current.get::<_, bool>(0) {
+        ""
+    } else {
+        // IF NOT EXISTS answers with a NOTICE when the schema is there: not for the log.
+        CREATE_SQL
+    };
     let begun = session
         .batch(
             "evidence",
             &format!(
                 "BEGIN; SET LOCAL synchronous_commit = local; SET LOCAL lock_timeout = '1s'; \
-                 {CREATE_SQL}"
+                 SET LOCAL client_min_messages = warning; {ddl}"
             ),
         )
         .await;
@@ -87,8 +124,9 @@ async fn write_once(session: &Session, r: &Record, source: &str) -> Result<(), P
         .query(
             "evidence",
             "INSERT INTO replguard.evidence
-                    (level, codes, covered, flush_lsn, timeline, system_identifier, source)
-             VALUES ($1, $2, $3, pg_current_wal_flush_lsn(), $4, $5, $6)",
+                    (level, codes, covered, flush_lsn, timeline, system_identifier, source,
+                     sync_names)
+             VALUES ($1, $2, $3, pg_current_wal_flush_lsn(), $4, $5, $6, $7)",
             &[
                 &r.level.as_str(),
                 &r.codes,
@@ -96,16 +134,19 @@ async fn write_once(session: &Session, r: &Record, source: &str) -> Result<(), P
                 &r.timeline.map(|t| t as i32),
                 &r.system_identifier,
                 &source,
+                &r.sync_names,
             ],
         )
         .await;
+    // Trimmed by count: the newest KEEP_ROWS stay, whatever their ids.
     let trimmed = match written {
         Ok(_) => {
             session
                 .query(
                     "evidence",
                     "DELETE FROM replguard.evidence
-                      WHERE id <= (SELECT max(id) FROM replguard.evidence) - $1",
+                      WHERE id NOT IN (SELECT id FROM replguard.evidence
+                                        ORDER BY id DESC LIMIT $1)",
                     &[&KEEP_ROWS],
                 )
                 .await
@@ -137,8 +178,9 @@ async fn newest_on(session: &Session) -> Result<Option<Recorded>, ProbeFailure> 
             "evidence",
             "SELECT id, to_char(recorded_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),
                     extract(epoch FROM now() - recorded_at)::float8,
-                    level, codes, covered, flush_lsn::text, timeline, system_identifier, source
-               FROM replguard.evidence ORDER BY id DESC LIMIT 1",
+                    level, codes, covered, flush_lsn::text, timeline, system_identifier, source,
+                    to_jsonb(e) ->> 'sync_names'
+               FROM replguard.evidence e ORDER BY id DESC LIMIT 1",
             &[],
         )
         .await?;
@@ -160,6 +202,7 @@ async fn newest_on(session: &Session) -> Result<Option<Recorded>, ProbeFailure> 
             level,
             codes: row.get(4),
             covered: row.get(5),
+            sync_names: row.get(10),
             timeline: row.get::<_, Option<i32>>(7).map(|t| t as u32),
             system_identifier: row.get(8),
         },

@@ -43,6 +43,17 @@ impl Targets {
 }
 
 impl Targets {
+    /// Where verdicts are recorded (`replguard.evidence`): through lightningd's own wallet
+    /// DSN, never a monitoring DSN. The table's owner is its only writer, so a monitoring role
+    /// — often shared with other tools — cannot forge the evidence a failover trusts.
+    pub fn evidence_writer(&self) -> Option<&PgTarget> {
+        match (&self.lightningd_dsn, &self.wallet) {
+            (Some(t), _) => Some(t),
+            (None, WalletDsn::Postgres(t)) => Some(t),
+            (None, _) => None,
+        }
+    }
+
     /// What libpq would have warned about while resolving the DSNs.
     pub fn warnings(&self) -> Vec<String> {
         let wallet = match &self.wallet {
@@ -83,9 +94,10 @@ pub async fn record_evidence(
     source: &str,
     policy: &Policy,
 ) -> Result<Option<bool>, String> {
-    let (WalletDsn::Postgres(t), Some(record)) =
-        (&targets.wallet, crate::evidence::Record::of(obs, v))
-    else {
+    let (Some(t), Some(record)) = (
+        targets.evidence_writer(),
+        crate::evidence::Record::of(obs, v),
+    ) else {
         return Ok(None);
     };
     evidence::record_if_changed(t, &record, source, policy.query_timeout)

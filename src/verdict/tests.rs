@@ -649,3 +649,17 @@ fn evidence_covers_a_name_only_when_one_standby_bears_it() {
     local.session.synchronous_commit = "local".into();
     assert!(crate::failover::covered_standbys(&local).is_empty());
 }
+
+#[test]
+fn evidence_covers_no_standby_that_postgres_may_replace_on_its_own() {
+    let mut p = primary();
+    p.sync_names_raw = "FIRST 1 (s1, s2)".into();
+    p.sync_names = SyncNames::parse(&p.sync_names_raw);
+    assert!(crate::failover::covered_standbys(&p).is_empty());
+    p.sync_names_raw = "FIRST 2 (s1, s2)".into();
+    p.sync_names = SyncNames::parse(&p.sync_names_raw);
+    let mut s2 = sender("s2", "sync");
+    s2.pid += 1;
+    p.walsenders.push(s2);
+    assert_eq!(crate::failover::covered_standbys(&p), ["s1", "s2"]);
+}
