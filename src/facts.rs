@@ -153,6 +153,10 @@ pub enum CommitProbe {
     Acknowledged {
         ms: f64,
         lsn: Lsn,
+        /// An earlier probe (and any other commit) waited only for a reply the standbys owed
+        /// after `synchronous_standby_names` changed; one small write released them first.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        released_waiting: bool,
     },
     /// Still waiting at the deadline; left waiting, never cancelled.
     Waiting {
@@ -281,6 +285,22 @@ pub struct StandbyFacts {
     pub replay_paused: Option<bool>,
     pub receive_lsn: Option<Lsn>,
     pub replay_lsn: Option<Lsn>,
+    /// Where it streams (or last streamed) from: the receiver's sender while it runs, else
+    /// the hosts and ports of its `primary_conninfo`. Empty: cannot tell.
+    pub upstream: Vec<Upstream>,
+}
+
+/// A server address as libpq reads it: a host name, an IP address, or a socket directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+}
+
+impl std::fmt::Display for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "host={} port={}", self.host, self.port)
+    }
 }
 
 impl StandbyFacts {

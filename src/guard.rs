@@ -377,6 +377,7 @@ mod tests {
         let probed = CommitProbe::Acknowledged {
             ms: 2.0,
             lsn: crate::lsn::Lsn(1),
+            released_waiting: false,
         };
         assert_eq!(next_check_in(&probed, second), second);
     }

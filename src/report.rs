@@ -349,7 +349,18 @@ fn probe_text(p: &crate::facts::CommitProbe) -> String {
     use crate::facts::CommitProbe::*;
     match p {
         NotRun => "not run".into(),
-        Acknowledged { ms, .. } => format!("test commit acknowledged in {ms:.1} ms"),
+        Acknowledged {
+            ms,
+            released_waiting,
+            ..
+        } => format!(
+            "test commit acknowledged in {ms:.1} ms{}",
+            if *released_waiting {
+                " (after releasing commits that waited only for a standby's reply)"
+            } else {
+                ""
+            }
+        ),
         Waiting { waited_ms, .. } => {
             format!("test commit NOT acknowledged after {waited_ms:.0} ms (left waiting)")
         }

@@ -6,6 +6,8 @@
 
 use serde::Serialize;
 
+use crate::lsn::Lsn;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMethod {
@@ -31,7 +33,37 @@ pub enum SyncNames {
     Required(SyncRequirement),
 }
 
+/// A WAL sender as PostgreSQL counts it when it releases waiting commits.
+#[derive(Clone, Debug)]
+pub struct Acknowledger {
+    pub streaming: bool,
+    /// `pg_stat_replication.sync_state`: `sync`, `quorum`, `potential`, `async`.
+    pub sync_state: Option<String>,
+    pub flush: Option<Lsn>,
+}
+
 impl SyncRequirement {
+    /// Whether the standbys PostgreSQL counts now have flushed through `l`: a commit at or
+    /// before `l` that still waits then waits only for their next status reply, which any new
+    /// WAL brings (DESIGN §6, after the names were changed). `FIRST n`: the n synchronous
+    /// standbys; `ANY n`: n of the quorum. Hidden columns count as not flushed.
+    pub fn flushed_through(&self, senders: &[Acknowledger], l: Lsn) -> bool {
+        let reached = |a: &&Acknowledger| a.streaming && a.flush.is_some_and(|f| f >= l);
+        let in_state = |state: &'static str| {
+            senders
+                .iter()
+                .filter(move |a| a.sync_state.as_deref() == Some(state))
+        };
+        let num = self.num as usize;
+        match self.method {
+            SyncMethod::First => {
+                let sync: Vec<&Acknowledger> = in_state("sync").collect();
+                sync.len() >= num && sync.iter().all(reached)
+            }
+            SyncMethod::Any => in_state("quorum").filter(reached).count() >= num,
+        }
+    }
+
     pub fn has_wildcard(&self) -> bool {
         self.names.iter().any(|n| n == "*")
     }
@@ -348,5 +380,44 @@ mod tests {
             };
             assert_eq!(r.membership_is_fixed(), fixed, "{setting}");
         }
+    }
+
+    #[test]
+    fn waiting_commits_are_only_unreplied_when_the_counted_standbys_flushed_past_them() {
+        let a = |state: &str, flush: u64| Acknowledger {
+            streaming: true,
+            sync_state: Some(state.into()),
+            flush: Some(Lsn(flush)),
+        };
+        let req = |s: &str| match SyncNames::parse(s).unwrap() {
+            SyncNames::Required(r) => r,
+            SyncNames::Empty => panic!(),
+        };
+        let l = Lsn(100);
+        assert!(req("s1").flushed_through(&[a("sync", 100)], l));
+        assert!(!req("s1").flushed_through(&[a("sync", 99)], l));
+        assert!(
+            !req("s1").flushed_through(&[a("potential", 200)], l),
+            "none sync"
+        );
+        assert!(
+            !req("FIRST 2 (a, b)").flushed_through(&[a("sync", 200)], l),
+            "one of two"
+        );
+        assert!(
+            !req("FIRST 2 (a, b)").flushed_through(&[a("sync", 200), a("sync", 50)], l),
+            "one behind"
+        );
+        assert!(req("ANY 1 (a, b)").flushed_through(&[a("quorum", 50), a("quorum", 150)], l));
+        assert!(!req("ANY 2 (a, b)").flushed_through(&[a("quorum", 50), a("quorum", 150)], l));
+        let hidden = Acknowledger {
+            streaming: true,
+            sync_state: None,
+            flush: None,
+        };
+        assert!(!req("s1").flushed_through(&[hidden], l));
+        let mut stopped = a("sync", 200);
+        stopped.streaming = false;
+        assert!(!req("s1").flushed_through(&[stopped], l));
     }
 }

@@ -463,3 +463,60 @@ async fn concurrent_checks_do_not_mistake_each_other_for_a_blocked_commit() {
         }
     }
 }
+
+/// Commits that waited under names no standby could satisfy stay blocked after the names are
+/// repaired, until the standby's next status reply (up to 10 s with the default interval,
+/// DESIGN §6). The next check sees that the required standby already flushed them, writes one
+/// small record, and every waiter — lightningd's commit and the earlier probe — is released.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiters_left_after_the_names_are_repaired_are_released_by_one_small_write() {
+    let c = start(&ClusterSpec::pair());
+    let dsn = c.primary.wallet_dsn();
+    c.set_sync_names("FIRST 2 (s1, other)").unwrap();
+    let (_, v) = check(&dsn, &[]).await;
+    assert_eq!(v.level, Level::Unsafe, "{:#?}", v.findings);
+    let _lightningd = c
+        .spawn_sql("postgres", "postgres", "CREATE TABLE waits (x int)")
+        .unwrap();
+    let waiting = || {
+        c.primary
+            .psql("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'")
+            .unwrap()
+    };
+    wait_for("two waiting commits", Duration::from_secs(10), || {
+        Ok(waiting() == "2")
+    })
+    .unwrap();
+    c.set_sync_names("s1").unwrap();
+    let started = Instant::now();
+    let (obs, _) = check(&dsn, &[]).await;
+    let probe = &obs.primary().unwrap().commit_probe;
+    assert!(
+        matches!(
+            probe,
+            CommitProbe::Acknowledged {
+                released_waiting: true,
+                ..
+            }
+        ),
+        "{probe:?}"
+    );
+    wait_for("no waiting commit", Duration::from_secs(2), || {
+        Ok(waiting() == "0")
+    })
+    .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "released in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        c.primary
+            .psql("SELECT count(*) FROM pg_class WHERE relname = 'waits'")
+            .unwrap(),
+        "1",
+        "lightningd's commit went through"
+    );
+    let (_, v) = check(&dsn, &[]).await;
+    assert_eq!(v.level, Level::Safe, "{:#?}", v.findings);
+}

@@ -345,13 +345,12 @@ fn refuses_without_fencing_or_without_evidence_and_promotes_nothing() {
     let c = start(&ClusterSpec::pair());
     let standby = admin_dsn(c.standby("s1"));
     check_and_record(&c);
-    // Nothing said about the old node: not fenced.
-    let (code, out, _) = cli(&["failover", "--standby-dsn", &standby, "--then", "run-alone"]);
+    // Nothing said about the old node, and it still answers where the standby streams
+    // from: refused whatever the flags.
+    let no_flags = ["failover", "--standby-dsn", &standby, "--then", "run-alone"];
+    let (code, out, _) = cli(&no_flags);
     assert_eq!(code, 2, "{out}");
-    assert!(
-        out.contains("not fenced") && out.contains("standby.signal"),
-        "{out}"
-    );
+    assert!(out.contains("still answers"), "{out}");
     // The old primary answers, and its data directory is not given: it cannot be stopped.
     let (code, out, _) = cli(&[
         "failover",
@@ -379,6 +378,16 @@ fn refuses_without_fencing_or_without_evidence_and_promotes_nothing() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("belongs to another cluster"), "{out}");
     assert_eq!(other.primary.psql("SELECT 1").unwrap(), "1");
+    assert!(in_recovery(c.standby("s1")));
+    // The old primary is gone, but nothing was fenced from here: not fenced, with what to run
+    // on the old host.
+    c.primary.kill_tree().unwrap();
+    let (code, out, _) = cli(&no_flags);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("not fenced") && out.contains("standby.signal"),
+        "{out}"
+    );
     assert!(in_recovery(c.standby("s1")));
 
     // Crashed primary, no evidence ever recorded: unverifiable, refused before the fence,
@@ -466,6 +475,48 @@ fn evidence_is_written_on_change_only_and_reaches_the_standby() {
     c.set_sync_names("").unwrap();
     check_and_record(&c);
     assert_eq!(count(&c.primary), "2");
+}
+
+#[test]
+fn a_cold_copy_of_the_data_directory_does_not_pass_for_the_stopped_old_primary() {
+    let c = start(&ClusterSpec::pair());
+    check_and_record(&c);
+    c.wait_commits_flow().unwrap();
+    wait_for("the row on s1", Duration::from_secs(10), || {
+        Ok(sql_on_wallet_db(c.standby("s1"), "SELECT count(*) FROM replguard.evidence") == "1")
+    })
+    .unwrap();
+    // A copy shares the cluster's system identifier, and no postmaster runs in it.
+    let copy = c.scratch_dir("copy").unwrap().join("data");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&c.primary.datadir)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    std::fs::remove_file(copy.join("postmaster.pid")).unwrap();
+    let rpc = c
+        .scratch_dir("no-lightningd")
+        .unwrap()
+        .join("lightning-rpc");
+    let (code, out, err) = cli(&[
+        "failover",
+        "--standby-dsn",
+        &admin_dsn(c.standby("s1")),
+        "--old-primary-data",
+        &copy.display().to_string(),
+        "--lightning-rpc",
+        &rpc.display().to_string(),
+        "--then",
+        "wait-for-standby",
+        "--timeout",
+        "10",
+    ]);
+    assert_eq!(code, 2, "refused: {out}{err}");
+    assert!(out.contains("still answers"), "{out}");
+    assert!(in_recovery(c.standby("s1")), "nothing promoted");
+    assert!(!in_recovery(&c.primary), "the real primary untouched");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Facts about a standby, read through the DSN the operator gave for it.
 
 use crate::dsn::PgTarget;
-use crate::facts::{ProbeFailure, StandbyFacts, WalReceiver};
+use crate::facts::{ProbeFailure, StandbyFacts, Upstream, WalReceiver};
 use crate::lsn::timeline_of_walfile;
 use crate::policy::Policy;
 
@@ -27,27 +27,32 @@ pub(crate) async fn observe(
     let server_version_num: i32 = row.get(0);
     let in_recovery: bool = row.get(1);
     let system_identifier = super::primary::system_identifier(&session).await?;
-    let receiver = session
+    let receiver_row = session
         .query(
             "wal receiver",
             "SELECT status, received_tli,
                     (extract(epoch FROM clock_timestamp() - last_msg_receipt_time) * 1000)::float8,
-                    flushed_lsn::text, slot_name, conninfo
+                    flushed_lsn::text, slot_name, conninfo, sender_host, sender_port
                FROM pg_stat_wal_receiver",
             &[],
         )
-        .await?
-        .first()
-        .map(|r| WalReceiver {
-            status: r.get(0),
-            received_tli: r.get::<_, Option<i32>>(1).map(|t| t as u32),
-            last_msg_age_ms: r.get(2),
-            flushed_lsn: parse_lsn(r.get(3)),
-            slot_name: r.get(4),
-            application_name: r
-                .get::<_, Option<String>>(5)
-                .and_then(|c| conninfo_value(&c, "application_name")),
-        });
+        .await?;
+    let sender = receiver_row.first().and_then(|r| {
+        Some(Upstream {
+            host: r.get::<_, Option<String>>(6)?,
+            port: u16::try_from(r.get::<_, Option<i32>>(7)?).ok()?,
+        })
+    });
+    let receiver = receiver_row.first().map(|r| WalReceiver {
+        status: r.get(0),
+        received_tli: r.get::<_, Option<i32>>(1).map(|t| t as u32),
+        last_msg_age_ms: r.get(2),
+        flushed_lsn: parse_lsn(r.get(3)),
+        slot_name: r.get(4),
+        application_name: r
+            .get::<_, Option<String>>(5)
+            .and_then(|c| conninfo_value(&c, "application_name")),
+    });
     let replay_paused = if !in_recovery {
         None
     } else {
@@ -58,12 +63,10 @@ pub(crate) async fn observe(
         };
         Some(session.query_one("replay", sql, &[]).await?.get(0))
     };
-    // With the primary gone the receiver shows nothing: the name and the timeline then come
-    // from the standby's own configuration and control file.
-    let receiver_name = receiver.as_ref().and_then(|r| r.application_name.clone());
-    let configured_name = match receiver_name {
-        Some(_) => None,
-        None if in_recovery => optional(
+    // With the primary gone the receiver shows nothing: the name, the upstream and the
+    // timeline then come from the standby's own configuration and control file.
+    let primary_conninfo = if in_recovery && (receiver.is_none() || sender.is_none()) {
+        optional(
             session
                 .query_one(
                     "primary_conninfo",
@@ -72,8 +75,23 @@ pub(crate) async fn observe(
                 )
                 .await,
         )?
-        .and_then(|r| conninfo_value(&r.get::<_, String>(0), "application_name")),
-        None => None,
+        .map(|r| r.get::<_, String>(0))
+    } else {
+        None
+    };
+    let receiver_name = receiver.as_ref().and_then(|r| r.application_name.clone());
+    let configured_name = match receiver_name {
+        Some(_) => None,
+        None => primary_conninfo
+            .as_deref()
+            .and_then(|c| conninfo_value(c, "application_name")),
+    };
+    let upstream = match sender {
+        Some(s) => vec![s],
+        None => primary_conninfo
+            .as_deref()
+            .map(upstreams_of)
+            .unwrap_or_default(),
     };
     let received_tli = receiver.as_ref().and_then(|r| r.received_tli);
     let timeline = if in_recovery && received_tli.is_some() {
@@ -105,7 +123,29 @@ pub(crate) async fn observe(
         replay_paused,
         receive_lsn: parse_lsn(row.get(4)),
         replay_lsn: parse_lsn(row.get(5)),
+        upstream,
     })
+}
+
+/// The addresses a `primary_conninfo` names, as libpq pairs them: `host=a,b port=1,2`, one
+/// port for every host, or libpq's defaults (a local socket, 5432).
+fn upstreams_of(conninfo: &str) -> Vec<Upstream> {
+    let hosts = conninfo_value(conninfo, "host")
+        .or_else(|| conninfo_value(conninfo, "hostaddr"))
+        .unwrap_or_else(|| "/var/run/postgresql".into());
+    let ports: Vec<u16> = conninfo_value(conninfo, "port")
+        .unwrap_or_default()
+        .split(',')
+        .map(|p| p.trim().parse().unwrap_or(5432))
+        .collect();
+    hosts
+        .split(',')
+        .enumerate()
+        .map(|(i, h)| Upstream {
+            host: h.trim().to_string(),
+            port: *ports.get(i).or(ports.first()).unwrap_or(&5432),
+        })
+        .collect()
 }
 
 /// One value of a libpq key=value string as PostgreSQL prints `conninfo` (values may be
@@ -143,7 +183,23 @@ fn conninfo_value(conninfo: &str, key: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    use super::conninfo_value;
+    use super::{conninfo_value, upstreams_of};
+    use crate::facts::Upstream;
+
+    #[test]
+    fn upstreams_pair_hosts_and_ports_as_libpq_does() {
+        let up = |h: &str, p| Upstream {
+            host: h.into(),
+            port: p,
+        };
+        assert_eq!(
+            upstreams_of("host=10.0.0.1 port=5433 application_name=s1"),
+            [up("10.0.0.1", 5433)]
+        );
+        assert_eq!(upstreams_of("host=a,b port=1,2"), [up("a", 1), up("b", 2)]);
+        assert_eq!(upstreams_of("host=a,b port=7"), [up("a", 7), up("b", 7)]);
+        assert_eq!(upstreams_of("host=/tmp/s"), [up("/tmp/s", 5432)]);
+    }
 
     #[test]
     fn reads_values_from_a_printed_conninfo() {

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use super::reach::{self, Reach};
+use crate::facts::Upstream;
 use crate::plugin::lightningd;
 
 /// What one fencing step established.
@@ -32,14 +34,23 @@ pub async fn lightningd(rpc: Option<&Path>, wait: Duration) -> Fenced {
                 .into(),
         );
     };
-    if !answers(rpc) {
-        if let Some(pid) = lightningd_pid(rpc).filter(|p| crate::pgbin::process_alive(*p)) {
+    match reach::unix(rpc) {
+        Reach::Answers => {}
+        Reach::CannotTell(why) => {
             return Fenced::Refused(format!(
-                "nothing answers at {} but lightningd (pid {pid}) still runs: stop it",
-                rpc.display()
+                "cannot tell whether lightningd runs ({why}): run this as lightningd's user or \
+                 root, or stop lightningd on its host and leave out --lightning-rpc"
             ));
         }
-        return Fenced::Verified(format!("no lightningd answers at {}", rpc.display()));
+        Reach::Gone => {
+            if let Some(pid) = lightningd_pid(rpc).filter(|p| crate::pgbin::process_alive(*p)) {
+                return Fenced::Refused(format!(
+                    "nothing answers at {} but lightningd (pid {pid}) still runs: stop it",
+                    rpc.display()
+                ));
+            }
+            return Fenced::Verified(format!("no lightningd answers at {}", rpc.display()));
+        }
     }
     if let Err(e) = lightningd::call(rpc, "stop", json!({}), Duration::from_secs(10)).await {
         // A lightningd frozen on a commit does not answer; it must still go.
@@ -89,8 +100,9 @@ fn lightningd_pid(rpc: &Path) -> Option<i32> {
     fs::read_to_string(pid_file).ok()?.trim().parse().ok()
 }
 
+/// Until proven gone, a socket counts as answering.
 fn answers(rpc: &Path) -> bool {
-    std::os::unix::net::UnixStream::connect(rpc).is_ok()
+    reach::unix(rpc) != Reach::Gone
 }
 
 /// Stops the old primary (`pg_ctl stop -m fast`, which first sends its remaining WAL to the
@@ -101,6 +113,7 @@ pub fn old_primary(
     bindir: Option<&Path>,
     wait: Duration,
     cluster: Option<&str>,
+    upstream: &[Upstream],
 ) -> Fenced {
     if !data.join("PG_VERSION").is_file() {
         return Fenced::Refused(format!(
@@ -132,6 +145,14 @@ pub fn old_primary(
         }
     }
     let was_running = postmaster_alive(data);
+    if let (Some(pid), Some(false)) = (was_running, serves_upstream(data, upstream)) {
+        return Fenced::Refused(format!(
+            "the postmaster in {} (pid {pid}) is not the one the standby streamed from ({}): \
+             give the old primary's own data directory",
+            data.display(),
+            list(upstream)
+        ));
+    }
     if let Some(pid) = was_running {
         let Some(pg_ctl) = bindir.as_ref().map(|d| d.join("pg_ctl")) else {
             return Fenced::Refused(format!(
@@ -175,6 +196,57 @@ pub fn old_primary(
         },
         signal.display()
     ))
+}
+
+/// The old primary's address after the fence: "stopped" needs positive proof that nothing
+/// answers where the standby streamed from. A cold copy of the cluster shares its system
+/// identifier, so a stopped data directory alone proves nothing about the running server.
+pub fn old_primary_address(upstream: &[Upstream], wait: Duration) -> Fenced {
+    let timeout = wait.min(Duration::from_secs(3));
+    match reach::any_server(upstream, timeout) {
+        Reach::Gone => Fenced::Verified(format!(
+            "nothing answers at {}, where the standby streamed from",
+            list(upstream)
+        )),
+        Reach::Answers => Fenced::Refused(format!(
+            "a server still answers at {}, where the standby streamed from: the old primary \
+             runs (was --old-primary-data a copy of its directory?); stop it on its host",
+            list(upstream)
+        )),
+        Reach::CannotTell(why) => Fenced::Unverified(format!(
+            "cannot tell whether the old primary still answers where the standby streamed \
+             from: {why}"
+        )),
+    }
+}
+
+fn list(upstream: &[Upstream]) -> String {
+    let all: Vec<String> = upstream.iter().map(|u| format!("'{u}'")).collect();
+    if all.is_empty() {
+        "an unknown address".into()
+    } else {
+        all.join(", ")
+    }
+}
+
+/// Whether the postmaster running in `data` serves one of the standby's upstream addresses:
+/// its `postmaster.pid` names its port (line 4) and socket directory (line 5). `None`: cannot
+/// tell (no upstream known, no pid file).
+fn serves_upstream(data: &Path, upstream: &[Upstream]) -> Option<bool> {
+    let pid_file = fs::read_to_string(data.join("postmaster.pid")).ok()?;
+    listens_on(&pid_file, upstream)
+}
+
+fn listens_on(pid_file: &str, upstream: &[Upstream]) -> Option<bool> {
+    if upstream.is_empty() {
+        return None;
+    }
+    let lines: Vec<&str> = pid_file.lines().collect();
+    let port: u16 = lines.get(3)?.trim().parse().ok()?;
+    let socket_dirs: Vec<&str> = lines.get(4).map_or(vec![], |l| l.split(',').collect());
+    Some(upstream.iter().any(|u| {
+        u.port == port && (!u.host.starts_with('/') || socket_dirs.contains(&u.host.as_str()))
+    }))
 }
 
 /// `pg_controldata`'s "Database system identifier" of a data directory.
@@ -237,4 +309,67 @@ pub fn old_host_commands(data: Option<&PathBuf>) -> Vec<String> {
         format!("touch {data}/standby.signal     # it may only come back as a standby"),
         "systemctl disable postgresql@<version>-<cluster>   # or your unit's name".into(),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PID_FILE: &str =
+        "4242\n/srv/pg/data\n1733000000\n5433\n/tmp/sock\n*\n  5433001  32768\nready\n";
+
+    fn up(host: &str, port: u16) -> Upstream {
+        Upstream {
+            host: host.into(),
+            port,
+        }
+    }
+
+    #[test]
+    fn a_running_postmaster_must_serve_the_address_the_standby_streamed_from() {
+        assert_eq!(listens_on(PID_FILE, &[up("127.0.0.1", 5433)]), Some(true));
+        assert_eq!(listens_on(PID_FILE, &[up("/tmp/sock", 5433)]), Some(true));
+        assert_eq!(listens_on(PID_FILE, &[up("127.0.0.1", 5432)]), Some(false));
+        assert_eq!(listens_on(PID_FILE, &[up("/other", 5433)]), Some(false));
+        assert_eq!(listens_on(PID_FILE, &[]), None);
+        assert_eq!(listens_on("4242\n", &[up("h", 1)]), None);
+    }
+
+    #[tokio::test]
+    async fn a_socket_that_cannot_be_opened_is_no_proof_that_lightningd_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("regtest");
+        fs::write(&file, "").unwrap();
+        // connect() through a regular file fails with ENOTDIR: neither "no such file" nor
+        // "refused", like a permission error.
+        let f = lightningd(Some(&file.join("lightning-rpc")), Duration::from_secs(1)).await;
+        assert!(
+            matches!(&f, Fenced::Refused(m) if m.contains("cannot tell")),
+            "{f:?}"
+        );
+        let f = lightningd(
+            Some(&dir.path().join("lightning-rpc")),
+            Duration::from_secs(1),
+        )
+        .await;
+        assert!(matches!(f, Fenced::Verified(_)), "{f:?}");
+    }
+
+    #[test]
+    fn an_address_that_answers_after_the_fence_refuses() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let f = old_primary_address(&[up("127.0.0.1", port)], Duration::from_secs(1));
+        assert!(
+            matches!(&f, Fenced::Refused(m) if m.contains("still answers")),
+            "{f:?}"
+        );
+        drop(l);
+        let f = old_primary_address(&[up("127.0.0.1", port)], Duration::from_secs(1));
+        assert!(matches!(f, Fenced::Verified(_)), "{f:?}");
+        assert!(matches!(
+            old_primary_address(&[], Duration::from_secs(1)),
+            Fenced::Unverified(_)
+        ));
+    }
 }

@@ -13,6 +13,7 @@
 //!    new standby, or run alone for a bounded time (`replguard-accept-no-standby-until`).
 
 mod fence;
+mod reach;
 
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
@@ -143,7 +144,13 @@ pub async fn run(a: FailoverArgs) -> Result<i32> {
 
     // 3. Fence the old primary.
     let primary = match &a.old_primary_data {
-        Some(d) => fence::old_primary(d, a.pg_bindir.as_deref(), wait, side.system_id),
+        Some(d) => fence::old_primary(
+            d,
+            a.pg_bindir.as_deref(),
+            wait,
+            side.system_id,
+            &facts.upstream,
+        ),
         None if live_answered => Fenced::Refused(
             "the old primary still answers and its data directory is not on this host \
              (--old-primary-data): stop it on its host first"
@@ -161,6 +168,12 @@ pub async fn run(a: FailoverArgs) -> Result<i32> {
         _ => String::new(),
     };
     if let Some(stop) = tally("old primary", &primary, &mut unverified) {
+        say_refused(&format!("{stop}; nothing was promoted.{undo}"));
+        return Ok(EXIT_REFUSED);
+    }
+    // Whatever was fenced, nothing may still answer where the standby streamed from.
+    let address = fence::old_primary_address(&facts.upstream, wait);
+    if let Some(stop) = tally("old primary's address", &address, &mut unverified) {
         say_refused(&format!("{stop}; nothing was promoted.{undo}"));
         return Ok(EXIT_REFUSED);
     }

@@ -52,6 +52,7 @@ fn primary() -> PrimaryFacts {
         commit_probe: CommitProbe::Acknowledged {
             ms: 1.1,
             lsn: Lsn(0x3000100),
+            released_waiting: false,
         },
         walsenders: vec![sender("s1", "sync")],
         slots: vec![Slot {
@@ -98,6 +99,7 @@ fn standby_facts() -> StandbyFacts {
         replay_paused: Some(false),
         receive_lsn: Some(Lsn(0x3000100)),
         replay_lsn: Some(Lsn(0x3000100)),
+        upstream: vec![],
     }
 }
 
@@ -429,6 +431,7 @@ fn commit_probe_outcomes() {
             CommitProbe::Acknowledged {
                 ms: 400.0,
                 lsn: Lsn(1),
+                released_waiting: false,
             },
             Level::Degraded,
             Code::CommitProbeSlow,
