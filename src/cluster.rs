@@ -149,6 +149,8 @@ pub struct Server {
     pub log: PathBuf,
     /// The port: it names the Unix socket, and is the TCP port once TCP is enabled.
     pub port: u16,
+    /// Extra environment of its postmaster (and so of every server process).
+    env: Vec<(String, String)>,
     install: Arc<PgInstall>,
     paused: Mutex<Vec<i32>>,
 }
@@ -188,6 +190,7 @@ impl Server {
         run(
             self.install
                 .tool("pg_ctl")
+                .envs(self.env.iter().map(|(k, v)| (k, v)))
                 .arg("-D")
                 .arg(&self.datadir)
                 .arg("-l")
@@ -396,6 +399,9 @@ pub struct ClusterSpec {
     pub primary_conf: Vec<String>,
     /// Extra configuration lines for every standby.
     pub standby_conf: Vec<String>,
+    /// Extra environment of every standby's server (e.g. an `LD_PRELOAD` that skews its
+    /// clock).
+    pub standby_env: Vec<(String, String)>,
 }
 
 impl ClusterSpec {
@@ -412,6 +418,7 @@ impl ClusterSpec {
             archive: true,
             primary_conf: vec![],
             standby_conf: vec![],
+            standby_env: vec![],
         }
     }
 }
@@ -439,7 +446,7 @@ impl Cluster {
         let archive_dir = dir.path().join("archive");
         install.mkdir(&archive_dir)?;
 
-        let primary = Self::server(&install, dir.path(), "primary")?;
+        let primary = Self::server(&install, dir.path(), "primary", &[])?;
         run(
             install
                 .tool("initdb")
@@ -500,7 +507,13 @@ impl Cluster {
             dir,
         };
         for name in &spec.standbys {
-            cluster.add_standby(name, spec.slots, spec.archive, &spec.standby_conf)?;
+            cluster.add_standby_with_env(
+                name,
+                spec.slots,
+                spec.archive,
+                &spec.standby_conf,
+                &spec.standby_env,
+            )?;
         }
         if !spec.sync_names.is_empty() {
             cluster.set_sync_names(&spec.sync_names)?;
@@ -508,7 +521,12 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn server(install: &Arc<PgInstall>, root: &Path, name: &str) -> Result<Server> {
+    fn server(
+        install: &Arc<PgInstall>,
+        root: &Path,
+        name: &str,
+        env: &[(String, String)],
+    ) -> Result<Server> {
         let base = root.join(name);
         install.mkdir(&base)?;
         let socket_dir = base.join("sock");
@@ -519,6 +537,7 @@ impl Cluster {
             socket_dir,
             log: base.join("server.log"),
             port: free_tcp_port()?,
+            env: env.to_vec(),
             install: install.clone(),
             paused: Mutex::new(Vec::new()),
         })
@@ -532,7 +551,19 @@ impl Cluster {
         archive: bool,
         extra_conf: &[String],
     ) -> Result<()> {
-        let standby = Self::server(&self.install, self.dir.path(), name)?;
+        self.add_standby_with_env(name, slot, archive, extra_conf, &[])
+    }
+
+    /// `add_standby`, its server started with extra environment.
+    pub fn add_standby_with_env(
+        &mut self,
+        name: &str,
+        slot: bool,
+        archive: bool,
+        extra_conf: &[String],
+        env: &[(String, String)],
+    ) -> Result<()> {
+        let standby = Self::server(&self.install, self.dir.path(), name, env)?;
         let mut cmd = self.install.tool("pg_basebackup");
         cmd.arg("-D")
             .arg(&standby.datadir)

@@ -211,7 +211,14 @@ pub struct WalSender {
     pub write_lag_ms: Option<f64>,
     pub flush_lag_ms: Option<f64>,
     pub replay_lag_ms: Option<f64>,
+    /// The primary's clock minus the standby's `reply_time`: off by any difference between
+    /// the two clocks (negative when the standby's runs ahead). Freshness is judged with
+    /// this process's own clock too (`probe::freshness`).
     pub reply_age_ms: Option<f64>,
+    /// `reply_time` itself (µs since the epoch, the standby's clock): tells a new reply from
+    /// one seen at the previous check.
+    #[serde(skip)]
+    pub reply_time_us: Option<i64>,
     /// Its flush position reached the position the check waited for: the commit probe's WAL
     /// (`status`), or the primary's flush position when the check began (`failover-check`).
     /// `None` when the check waited for nothing.

@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use cln_replguard::cluster::{ClusterSpec, wait_for};
 use cln_replguard::facts::CommitProbe;
+use cln_replguard::policy::Policy;
 use cln_replguard::verdict::{Code, Level};
+use cln_replguard::{guard, probe, verdict};
 
 use common::*;
 
@@ -519,4 +521,145 @@ async fn waiters_left_after_the_names_are_repaired_are_released_by_one_small_wri
     );
     let (_, v) = check(&dsn, &[]).await;
     assert_eq!(v.level, Level::Safe, "{:#?}", v.findings);
+
+/// An `LD_PRELOAD` shim, compiled here with the system C compiler (the one Rust links with),
+/// that moves the wall clock of the process it is loaded into `skew_s` seconds ahead:
+/// `clock_gettime(CLOCK_REALTIME*)`, `gettimeofday` and `time`. Debian's libfaketime did not
+/// reach the walreceiver's `reply_time`; these three calls do.
+fn clock_ahead_shim(dir: &std::path::Path, skew_s: i64) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let src = dir.join("clock_ahead.c");
+    let lib = dir.join("clock_ahead.so");
+    std::fs::write(
+        &src,
+        format!(
+            r#"#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <time.h>
+#include <sys/time.h>
+#define SKEW {skew_s}
+int clock_gettime(clockid_t id, struct timespec *ts) {{
+    static int (*real)(clockid_t, struct timespec *);
+    if (!real) real = dlsym(RTLD_NEXT, "clock_gettime");
+    int r = real(id, ts);
+    if (r == 0 && (id == CLOCK_REALTIME || id == CLOCK_REALTIME_COARSE)) ts->tv_sec += SKEW;
+    return r;
+}}
+int gettimeofday(struct timeval *restrict tv, void *restrict tz) {{
+    static int (*real)(struct timeval *restrict, void *restrict);
+    if (!real) real = dlsym(RTLD_NEXT, "gettimeofday");
+    int r = real(tv, tz);
+    if (r == 0 && tv) tv->tv_sec += SKEW;
+    return r;
+}}
+time_t time(time_t *t) {{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    if (t) *t = ts.tv_sec;
+    return ts.tv_sec;
+}}
+"#
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new("cc")
+        .args(["-shared", "-fPIC", "-O2", "-o"])
+        .arg(&lib)
+        .arg(&src)
+        .arg("-ldl")
+        .output()
+        .expect("run cc (the C compiler Rust links with) to build the clock shim");
+    assert!(
+        out.status.success(),
+        "cc failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The servers run as an unprivileged user when the tests run as root.
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o755)).unwrap();
+    lib
+}
+
+/// `reply_time` is the standby's clock (DESIGN §6). A standby an hour ahead sends replies
+/// that look younger than zero; judged by that age they were fresh for an hour, the
+/// monitor's checks skipped the test commit, and a hung standby stayed "safe" until
+/// `wal_sender_timeout`. Freshness is judged on the primary's clock: the hang is found out
+/// within a few seconds, as on a standby with a right clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_standby_whose_clock_runs_ahead_is_found_out_by_the_monitor_s_checks() {
+    let shim_dir = tempfile::tempdir().unwrap();
+    let shim = clock_ahead_shim(shim_dir.path(), 3600);
+    let mut spec = ClusterSpec::pair();
+    spec.standby_conf
+        .push("wal_receiver_status_interval = 1s".into());
+    spec.standby_env
+        .push(("LD_PRELOAD".into(), shim.display().to_string()));
+    let c = start(&spec);
+    // The fault is in place: the primary sees the standby's replies an hour in the future.
+    let age_s: f64 = c
+        .primary
+        .psql("SELECT extract(epoch FROM clock_timestamp() - reply_time) FROM pg_stat_replication")
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        age_s < -3000.0,
+        "the standby's clock is not ahead: reply age {age_s} s"
+    );
+
+    // The monitor's checks: kept session and memory, probe skipped on fresh replies.
+    let t = targets(&c.primary.wallet_dsn(), &[]);
+    let policy = Policy {
+        skip_probe_within: Some(Duration::from_millis(1250)),
+        ..Policy::default()
+    };
+    let mut kept = probe::Kept::default();
+    let interval = Duration::from_secs(1);
+    let mut outcomes = Vec::new();
+    for _ in 0..4 {
+        let obs = probe::observe_kept(&t, &policy, &mut kept).await;
+        let v = verdict::evaluate(&obs, &policy);
+        assert_eq!(v.level, Level::Safe, "healthy pair: {:#?}", v.findings);
+        let p = &obs.primary().unwrap().commit_probe;
+        outcomes.push(outcome(p));
+        tokio::time::sleep(guard::next_check_in(p, interval)).await;
+    }
+
+    c.standby("s1").hang_walreceiver().unwrap();
+    let hung_at = Instant::now();
+    loop {
+        let obs = probe::observe_kept(&t, &policy, &mut kept).await;
+        let v = verdict::evaluate(&obs, &policy);
+        let p = &obs.primary().unwrap().commit_probe;
+        outcomes.push(outcome(p));
+        if v.level == Level::Unsafe {
+            assert!(v.has(Code::CommitProbeTimeout), "{:?}", codes(&v));
+            break;
+        }
+        assert!(
+            hung_at.elapsed() < Duration::from_secs(8),
+            "the hang is not seen {:.1} s after it began: {} ({:?}); checks: {outcomes:?}",
+            hung_at.elapsed().as_secs_f64(),
+            v.level,
+            p
+        );
+        tokio::time::sleep(guard::next_check_in(p, interval)).await;
+    }
+    eprintln!(
+        "standby clock 3600 s ahead: hang seen in {:.0} ms; checks: {outcomes:?}",
+        elapsed_ms(hung_at)
+    );
+    c.standby("s1").resume();
+}
+
+fn outcome(p: &CommitProbe) -> &'static str {
+    match p {
+        CommitProbe::Skipped { .. } => "skipped",
+        CommitProbe::Acknowledged { .. } => "acknowledged",
+        CommitProbe::Waiting { .. } => "waiting",
+        CommitProbe::AlreadyWaiting { .. } => "already-waiting",
+        CommitProbe::NotRun => "not-run",
+        CommitProbe::Failed { .. } => "failed",
+    }
 }

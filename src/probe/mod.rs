@@ -3,6 +3,7 @@
 
 mod commit;
 pub mod evidence;
+mod freshness;
 mod primary;
 pub mod promote;
 mod session;
@@ -108,30 +109,42 @@ pub async fn record_evidence(
 
 /// `status`/`check`: the primary's facts with a commit probe, and each standby's.
 pub async fn observe(targets: &Targets, policy: &Policy) -> Observation {
-    observe_with(targets, policy, primary::Mode::Status, &mut None).await
+    observe_with(targets, policy, primary::Mode::Status, &mut Kept::default()).await
 }
 
 /// The primary's session kept from one check to the next (the runtime monitor): a check then
 /// forks no backend and prepares no statement on the primary.
+/// Also the replies seen at the previous check, so that their age is judged on this
+/// process's clock (`freshness`).
 #[derive(Default)]
-pub struct Kept(Option<primary::KeptSession>);
+pub struct Kept {
+    session: Option<primary::KeptSession>,
+    replies: freshness::ReplyMemory,
+}
 
 /// `observe`, reusing (and keeping for the next call) the primary's session in `kept`.
 pub async fn observe_kept(targets: &Targets, policy: &Policy, kept: &mut Kept) -> Observation {
-    observe_with(targets, policy, primary::Mode::Status, &mut kept.0).await
+    observe_with(targets, policy, primary::Mode::Status, kept).await
 }
 
 /// `failover-check`: writes nothing; waits up to `wait` for the named standbys to flush up to
 /// the primary's flush position taken when the check starts.
 pub async fn observe_failover(targets: &Targets, policy: &Policy, wait: Duration) -> Observation {
-    observe_with(targets, policy, primary::Mode::Failover { wait }, &mut None).await
+    let mut one_shot = Kept::default();
+    observe_with(
+        targets,
+        policy,
+        primary::Mode::Failover { wait },
+        &mut one_shot,
+    )
+    .await
 }
 
 async fn observe_with(
     targets: &Targets,
     policy: &Policy,
     mode: primary::Mode,
-    kept: &mut Option<primary::KeptSession>,
+    kept: &mut Kept,
 ) -> Observation {
     let checked_at = SystemTime::now();
     let start = Instant::now();

@@ -14,6 +14,7 @@ use crate::policy::Policy;
 use crate::syncnames::SyncNames;
 
 use super::commit::{self, PROBE_APPLICATION_NAME};
+use super::freshness::{ReplyMemory, fresh_replies};
 use super::session::{Session, optional};
 
 /// `application_name` of our fact-reading sessions.
@@ -41,7 +42,7 @@ pub(crate) async fn observe(
     targets: &super::Targets,
     policy: &Policy,
     mode: Mode,
-    kept: &mut Option<KeptSession>,
+    kept: &mut super::Kept,
 ) -> Result<PrimaryFacts, ProbeFailure> {
     // A one-shot check always probes: start the probe now, beside the reads (its own
     // connection and commit overlap them). On a server in recovery its outcome is dropped.
@@ -54,21 +55,31 @@ pub(crate) async fn observe(
         }
         _ => None,
     };
-    let (mut session, seen) = match kept.take() {
+    let (mut session, seen) = match kept.session.take() {
         Some(k) if !k.session.is_closed() => (k.session, Some(k.overrides)),
         _ => (
             Session::open_monitor(target, policy.query_timeout).await?,
             None,
         ),
     };
-    let mut facts = read(&session, target, targets, policy, mode, early_probe).await;
+    let replies = &mut kept.replies;
+    let mut facts = read(
+        &session,
+        target,
+        targets,
+        policy,
+        mode,
+        early_probe,
+        replies,
+    )
+    .await;
     // Role and database settings reach a session when it starts (DESIGN §2): once they
     // changed, a kept session shows lightningd's next session wrongly. Read again on a new one.
     if let (Ok(f), Some(seen)) = (&facts, &seen)
         && overrides_key(&f.session.overrides) != *seen
     {
         session = Session::open_monitor(target, policy.query_timeout).await?;
-        facts = read(&session, target, targets, policy, mode, None).await;
+        facts = read(&session, target, targets, policy, mode, None, replies).await;
     }
     // A session whose query timed out may still be running it: never reuse that one.
     let reusable = match &facts {
@@ -83,7 +94,7 @@ pub(crate) async fn observe(
             // again on a new session.
             (Err(_), None) => String::new(),
         };
-        *kept = Some(KeptSession { session, overrides });
+        kept.session = Some(KeptSession { session, overrides });
     }
     facts
 }
@@ -108,6 +119,7 @@ async fn read(
     policy: &Policy,
     mode: Mode,
     early_probe: Option<tokio::task::JoinHandle<CommitProbe>>,
+    replies: &mut ReplyMemory,
 ) -> Result<PrimaryFacts, ProbeFailure> {
     // Every read that does not wait on another, pipelined on the one connection: one wait
     // instead of eight. The WAL senders are read now too (a skip is decided on them, and it
@@ -126,7 +138,8 @@ async fn read(
             archiver(session),
             syncrep_waiters(session),
             own_sessions,
-            read_walsenders(session),
+            // When the rows came: the freshness rule measures on this process's clock.
+            async { Ok((read_walsenders(session).await?, Instant::now())) },
         )
     });
     // The version first: on an older server the other reads fail for want of a column.
@@ -146,8 +159,10 @@ async fn read(
     let flush_lsn = parse_lsn(row.get("flush_lsn"));
     let sync_names_raw: String = row.get("sync_names");
     let sync_names = SyncNames::parse(&sync_names_raw);
-    let (system_identifier, own_overrides, slots, archiver, waiters, own_sessions, senders_now) =
+    let (system_identifier, own_overrides, slots, archiver, waiters, own_sessions, senders_read) =
         rest?;
+    let (senders_now, read_at) = senders_read;
+    let reply_ages = replies.observe(&senders_now, read_at);
     let (role, db): (String, String) = (row.get("role"), row.get("db"));
     let (session_facts, wallet_cluster) = match &targets.lightningd_dsn {
         None => (
@@ -181,10 +196,12 @@ async fn read(
                 Some(started) => started.await.unwrap_or_else(|e| CommitProbe::Failed {
                     error: format!("commit probe task: {e}"),
                 }),
-                None => match fresh_replies(policy, &sync_names, &waiters, &senders_now) {
-                    Some(skipped) => skipped,
-                    None => probe_twice_if_slow(target, policy).await,
-                },
+                None => {
+                    match fresh_replies(policy, &sync_names, &waiters, &senders_now, &reply_ages) {
+                        Some(skipped) => skipped,
+                        None => probe_twice_if_slow(target, policy).await,
+                    }
+                }
             };
             // Standbys get the rest of the deadline to confirm an acknowledged probe; a probe
             // still waiting already says all there is to say.
@@ -309,46 +326,6 @@ async fn lightningd_sessions(
     Ok(row.get(0))
 }
 
-/// The write-free alternative to the probe (`Policy::skip_probe_within`): `Some(Skipped)`,
-/// with the WAL senders it read, when enough synchronous standbys replied recently and no
-/// commit has waited for them longer than `probe_slow`. Under load commits always wait a
-/// little; short waits are commits being acknowledged, the same proof the probe would give.
-/// A standby that replies but stops confirming flushes makes the waits grow past that at
-/// once, and the probe runs.
-fn fresh_replies(
-    policy: &Policy,
-    sync_names: &Result<SyncNames, String>,
-    waiters: &SyncRepWaiters,
-    senders: &[WalSender],
-) -> Option<CommitProbe> {
-    let (Some(within), Ok(SyncNames::Required(req))) = (policy.skip_probe_within, sync_names)
-    else {
-        return None;
-    };
-    let slow_ms = policy.probe_slow.as_secs_f64() * 1000.0;
-    if waiters.count > 0 && waiters.longest_ms.is_none_or(|ms| ms >= slow_ms) {
-        return None;
-    }
-    let within_ms = within.as_secs_f64() * 1000.0;
-    let counted: Vec<f64> = senders
-        .iter()
-        .filter(|s| {
-            s.is_streaming()
-                && s.is_synchronous()
-                && s.reports_replay()
-                && req.names_standby(&s.application_name)
-        })
-        .filter_map(|s| s.reply_age_ms.filter(|age| *age <= within_ms))
-        .collect();
-    if (counted.len() as u32) < req.num {
-        return None;
-    }
-    Some(CommitProbe::Skipped {
-        oldest_reply_ms: counted.iter().cloned().fold(0.0, f64::max),
-        within_ms,
-    })
-}
-
 /// A single slow acknowledgement is often a scheduling hiccup (measured: the first commit on
 /// a loaded 2-core machine took 300 ms, the next ones under 1 ms). "Slow" is meant as a state
 /// of the pair, so a slow probe is repeated once and the newer evidence decides: the faster
@@ -439,7 +416,8 @@ SELECT pid, coalesce(application_name, '') AS name, client_addr::text AS client_
        (extract(epoch FROM write_lag) * 1000)::float8 AS write_lag,
        (extract(epoch FROM flush_lag) * 1000)::float8 AS flush_lag,
        (extract(epoch FROM replay_lag) * 1000)::float8 AS replay_lag,
-       (extract(epoch FROM clock_timestamp() - reply_time) * 1000)::float8 AS reply_age
+       (extract(epoch FROM clock_timestamp() - reply_time) * 1000)::float8 AS reply_age,
+       (extract(epoch FROM reply_time) * 1000000)::int8 AS reply_time_us
   FROM pg_stat_replication
  ORDER BY pid";
 
@@ -498,6 +476,7 @@ fn walsender(r: &Row) -> WalSender {
         flush_lag_ms: r.get("flush_lag"),
         replay_lag_ms: r.get("replay_lag"),
         reply_age_ms: r.get("reply_age"),
+        reply_time_us: r.get("reply_time_us"),
         reached_target: None,
     }
 }

@@ -26,6 +26,7 @@ fn sender(name: &str, sync_state: &str) -> WalSender {
         flush_lag_ms: None,
         replay_lag_ms: None,
         reply_age_ms: Some(3.0),
+        reply_time_us: Some(1_700_000_000_000_000),
         reached_target: Some(true),
     }
 }
