@@ -78,6 +78,9 @@ pub struct PrimaryFacts {
     pub system_identifier: Option<String>,
     pub timeline: Option<u32>,
     pub postmaster_start: String,
+    /// `pg_postmaster_start_time()` in µs since the epoch (a number: its text depends on the
+    /// session's TimeZone). With the timeline, what tells this server from another.
+    pub postmaster_started_us: i64,
     /// `pg_current_wal_flush_lsn()` when the facts were taken (None on a standby).
     pub flush_lsn: Option<Lsn>,
     /// The role sees `pg_stat_replication`'s details (superuser or `pg_read_all_stats`).
@@ -285,6 +288,9 @@ pub struct StandbyFacts {
     /// (superuser or `pg_read_all_settings`).
     pub configured_name: Option<String>,
     pub cluster_name: String,
+    /// `pg_postmaster_start_time()` in µs since the epoch: equal to the primary's, it is the
+    /// primary itself (a host list, VIP or pooler behind the standby DSN).
+    pub postmaster_started_us: i64,
     /// The timeline it receives (standby; from its control file when not receiving) or writes
     /// (if it answers as a primary).
     pub timeline: Option<u32>,

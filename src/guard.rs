@@ -302,6 +302,17 @@ mod tests {
         }
     }
 
+    /// Only a real promotion is the self-fence's evidence; a standby DSN reaching the primary
+    /// is a configuration error, judged like any other unknown.
+    #[test]
+    fn a_standby_dsn_reaching_the_primary_is_no_alarm_at_once() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::new(Level::Safe, t0);
+        let v = verdict(Level::Unknown, &[Code::StandbyDsnIsPrimary]);
+        assert_eq!(d.observe(&v, t0), None);
+        assert!(!ALARM_AT_ONCE.contains(&Code::StandbyDsnIsPrimary));
+    }
+
     #[test]
     fn clearing_takes_two_good_ticks_and_a_bad_one_resets_the_count() {
         let t0 = Instant::now();

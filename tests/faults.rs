@@ -663,3 +663,37 @@ fn outcome(p: &CommitProbe) -> &'static str {
         CommitProbe::Failed { .. } => "failed",
     }
 }
+
+/// A standby DSN can reach the primary itself: a host list that falls back to it, a VIP, a
+/// pooler. That server answers as a primary with this cluster's identifier, but it is no
+/// promotion — the same postmaster, on the primary's timeline. Only another server that left
+/// recovery is `standby-promoted` (the self-fence's trigger).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_dsn_reaching_the_primary_is_told_from_a_promoted_standby() {
+    let c = start(&ClusterSpec::pair());
+    let wallet = c.primary.wallet_dsn();
+    let primary_as_standby = c.primary.conninfo("postgres", "postgres");
+    let (_, v) = check(&wallet, std::slice::from_ref(&primary_as_standby)).await;
+    assert!(!v.has(Code::StandbyPromoted), "{:#?}", v.findings);
+    assert_verdict(&v, Level::Unknown, Code::StandbyDsnIsPrimary);
+
+    // A real promotion is still one.
+    c.standby("s1").psql("SELECT pg_promote(true, 30)").unwrap();
+    let (_, v) = check(&wallet, &[standby_dsn(&c, "s1")]).await;
+    assert_verdict(&v, Level::Unsafe, Code::StandbyPromoted);
+    assert!(!v.has(Code::StandbyDsnIsPrimary), "{:?}", codes(&v));
+
+    // A host list whose first host (the standby) is down falls back to the primary.
+    c.standby("s1").stop().unwrap();
+    let (s, p) = (c.standby("s1"), &c.primary);
+    let host_list = format!(
+        "host={},{} port={},{} user=postgres dbname=postgres",
+        s.socket_dir.display(),
+        p.socket_dir.display(),
+        s.port,
+        p.port
+    );
+    let (_, v) = check(&wallet, &[host_list]).await;
+    assert!(!v.has(Code::StandbyPromoted), "{:#?}", v.findings);
+    assert!(v.has(Code::StandbyDsnIsPrimary), "{:?}", codes(&v));
+}

@@ -573,3 +573,39 @@ fn the_monitor_records_each_change_of_verdict_as_evidence_and_nothing_while_it_h
         .collect();
     assert!(notices.is_empty(), "{notices:?}");
 }
+
+/// A standby DSN that reaches the primary itself (here its own socket; in the field a host
+/// list falling back to it, a VIP or a pooler) is a configuration error to report, never a
+/// reason to stop a healthy node.
+#[test]
+fn a_standby_dsn_that_reaches_the_primary_does_not_stop_lightningd() {
+    let (c, _s) = healthy();
+    let primary_as_standby = c.primary.conninfo("postgres", "postgres");
+    // `warn`: the standby side cannot be verified (unknown), which `enforce` refuses at
+    // startup; the runtime guard is what is tested here.
+    let setup = Setup::new(&c.primary.wallet_dsn())
+        .option("replguard-mode", json!("warn"))
+        .option("replguard-standby-dsn", json!([primary_as_standby]));
+    let f = started(setup);
+    let status = f.dir.path().join("replguard-status.json");
+    let read = || -> Value {
+        serde_json::from_str(&std::fs::read_to_string(&status).unwrap_or_default())
+            .unwrap_or(Value::Null)
+    };
+    wait_for("a report of the check", Duration::from_secs(10), || {
+        Ok(read()["findings"].is_array())
+    })
+    .unwrap();
+    let first = read();
+    let codes = first["findings"].to_string();
+    assert!(!f.stopped(), "lightningd was stopped: {codes}");
+    assert!(codes.contains("standby-dsn-is-primary"), "{first:#}");
+    assert!(!codes.contains("standby-promoted"), "{first:#}");
+    // The self-fence would have run right after that report: one more report, still running.
+    let at = first["checked_at"].clone();
+    wait_for("the next report", Duration::from_secs(10), || {
+        Ok(read()["checked_at"] != at)
+    })
+    .unwrap();
+    assert!(!f.stopped(), "lightningd was stopped");
+}

@@ -20,7 +20,8 @@ pub(crate) async fn observe(
                     current_setting('cluster_name'),
                     CASE WHEN pg_is_in_recovery() THEN NULL
                          ELSE pg_walfile_name(pg_current_wal_lsn()) END,
-                    pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text",
+                    pg_last_wal_receive_lsn()::text, pg_last_wal_replay_lsn()::text,
+                    (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::int8",
             &[],
         )
         .await?;
@@ -118,6 +119,7 @@ pub(crate) async fn observe(
         system_identifier,
         configured_name,
         cluster_name: row.get(2),
+        postmaster_started_us: row.get(6),
         timeline,
         receiver,
         replay_paused,

@@ -625,21 +625,7 @@ fn standby_findings(ctx: &Context, target: &str, s: &StandbyFacts) -> Vec<Findin
         )];
     }
     if !s.in_recovery {
-        return vec![Finding::new(
-            Code::StandbyPromoted,
-            Level::Unsafe,
-            format!(
-                "standby {target} answers as a primary{}: two servers may accept writes for \
-                 this wallet",
-                if same_cluster == Some(true) {
-                    " with this cluster's system identifier"
-                } else {
-                    ""
-                }
-            ),
-            "stop lightningd now; decide which server holds the newest channel state before \
-             anything else writes (see FAILOVER.md)",
-        )];
+        return vec![answers_as_primary(ctx, target, s, same_cluster)];
     }
     let mut out = Vec::new();
     if same_cluster.is_none() {
@@ -692,6 +678,79 @@ fn standby_findings(ctx: &Context, target: &str, s: &StandbyFacts) -> Vec<Findin
         ));
     }
     out
+}
+
+/// Whether the server behind a standby DSN that answers as a primary is the primary itself.
+#[derive(Debug, PartialEq)]
+pub(crate) enum OtherServer {
+    /// Another server left recovery; the evidence, for the message.
+    Yes(String),
+    /// The primary's own postmaster, on its timeline: the DSN reaches the primary.
+    No,
+    /// The primary's facts are missing: nothing to compare with.
+    CannotTell,
+}
+
+/// The self-fence stops lightningd, so it needs evidence of another server: a higher
+/// timeline than the primary's, or another postmaster (its start time, to the µs). Not the
+/// address: one postmaster listens on several, and Unix sockets have none.
+pub(crate) fn other_server(primary: Option<&PrimaryFacts>, s: &StandbyFacts) -> OtherServer {
+    let Some(p) = primary else {
+        return OtherServer::CannotTell;
+    };
+    if let (Some(theirs), Some(ours)) = (s.timeline, p.timeline)
+        && theirs > ours
+    {
+        return OtherServer::Yes(format!("on timeline {theirs}, the primary on {ours}"));
+    }
+    if s.postmaster_started_us != p.postmaster_started_us {
+        return OtherServer::Yes("a server other than the primary (another postmaster)".into());
+    }
+    OtherServer::No
+}
+
+fn answers_as_primary(
+    ctx: &Context,
+    target: &str,
+    s: &StandbyFacts,
+    same_cluster: Option<bool>,
+) -> Finding {
+    match other_server(ctx.primary, s) {
+        OtherServer::Yes(evidence) => Finding::new(
+            Code::StandbyPromoted,
+            Level::Unsafe,
+            format!(
+                "standby {target} answers as a primary{} ({evidence}): two servers may accept \
+                 writes for this wallet",
+                if same_cluster == Some(true) {
+                    " with this cluster's system identifier"
+                } else {
+                    ""
+                }
+            ),
+            "stop lightningd now; decide which server holds the newest channel state before \
+             anything else writes (see FAILOVER.md)",
+        ),
+        OtherServer::No => Finding::new(
+            Code::StandbyDsnIsPrimary,
+            Level::Unknown,
+            format!(
+                "standby DSN {target} reaches the primary itself (same postmaster, same \
+                 timeline): the standby cannot be checked through it"
+            ),
+            "point --standby-dsn / replguard-standby-dsn at the standby alone: no host list, \
+             VIP or pooler that can lead to the primary",
+        ),
+        OtherServer::CannotTell => Finding::new(
+            Code::StandbyIdentityUnverified,
+            Level::Unknown,
+            format!(
+                "standby {target} answers as a primary; without the primary's facts it cannot \
+                 be told from the primary itself"
+            ),
+            "make the primary reachable through the wallet DSN; check --standby-dsn",
+        ),
+    }
 }
 
 fn display_name(name: &str) -> &str {

@@ -8,6 +8,7 @@ use crate::lsn::Lsn;
 use crate::syncnames::SyncNames;
 
 const SYSID: &str = "7312345678901234567";
+const PRIMARY_STARTED_US: i64 = 1_795_000_000_000_000;
 
 fn sender(name: &str, sync_state: &str) -> WalSender {
     WalSender {
@@ -39,6 +40,7 @@ fn primary() -> PrimaryFacts {
         system_identifier: Some(SYSID.into()),
         timeline: Some(1),
         postmaster_start: "2026-11-26 12:00:00+00".into(),
+        postmaster_started_us: PRIMARY_STARTED_US,
         flush_lsn: Some(Lsn(0x3000100)),
         can_read_stats: true,
         session: SessionFacts {
@@ -88,6 +90,7 @@ fn standby_facts() -> StandbyFacts {
         in_recovery: true,
         system_identifier: Some(SYSID.into()),
         cluster_name: "s1".into(),
+        postmaster_started_us: PRIMARY_STARTED_US + 7_000_000,
         timeline: Some(1),
         receiver: Some(WalReceiver {
             status: Some("streaming".into()),
@@ -542,6 +545,72 @@ fn standby_side_findings() {
         Level::Unknown,
         Code::StandbyUnreachable,
     );
+}
+
+/// A standby DSN that answers as a primary is a promotion (the self-fence's trigger) only on
+/// evidence of another server; the primary itself behind that DSN is a DSN to fix.
+#[test]
+fn a_standby_dsn_answering_as_a_primary_by_behaviour() {
+    let out_of_recovery = |started_us: i64, timeline: u32| {
+        let mut s = standby_facts();
+        s.in_recovery = false;
+        s.receiver = None;
+        s.replay_paused = None;
+        s.postmaster_started_us = started_us;
+        s.timeline = Some(timeline);
+        s
+    };
+    let no_primary = Observation {
+        wallet: WalletObservation::Postgres {
+            target: "host=/tmp port=5432 user=lightningd".into(),
+            primary: Err(failure(FailureKind::Timeout)),
+        },
+        ..observe(primary())
+    };
+    for (behaviour, obs, facts, code, not) in [
+        (
+            "another postmaster on a higher timeline: promoted",
+            observe(primary()),
+            out_of_recovery(PRIMARY_STARTED_US + 9, 2),
+            Code::StandbyPromoted,
+            Code::StandbyDsnIsPrimary,
+        ),
+        (
+            "another postmaster on the same timeline (a copy started as primary): promoted",
+            observe(primary()),
+            out_of_recovery(PRIMARY_STARTED_US + 9, 1),
+            Code::StandbyPromoted,
+            Code::StandbyDsnIsPrimary,
+        ),
+        (
+            "the primary's own postmaster and timeline: the DSN reaches the primary",
+            observe(primary()),
+            out_of_recovery(PRIMARY_STARTED_US, 1),
+            Code::StandbyDsnIsPrimary,
+            Code::StandbyPromoted,
+        ),
+        (
+            "no primary facts to compare with: cannot tell",
+            no_primary,
+            out_of_recovery(PRIMARY_STARTED_US + 9, 2),
+            Code::StandbyIdentityUnverified,
+            Code::StandbyPromoted,
+        ),
+    ] {
+        let v = judge(&with_standby(obs, Ok(facts)));
+        assert!(v.has(code), "{behaviour}: {:?}", codes(&v));
+        assert!(!v.has(not), "{behaviour}: {:?}", codes(&v));
+    }
+    let mut p = primary();
+    p.timeline = Some(3);
+    let v = judge(&with_standby(
+        observe(p),
+        Ok(out_of_recovery(PRIMARY_STARTED_US, 3)),
+    ));
+    let f = v
+        .finding(Code::StandbyDsnIsPrimary)
+        .expect("standby-dsn-is-primary");
+    assert_eq!(f.severity, Level::Unknown);
 }
 
 #[test]
