@@ -521,6 +521,7 @@ async fn waiters_left_after_the_names_are_repaired_are_released_by_one_small_wri
     );
     let (_, v) = check(&dsn, &[]).await;
     assert_eq!(v.level, Level::Safe, "{:#?}", v.findings);
+}
 
 /// An `LD_PRELOAD` shim, compiled here with the system C compiler (the one Rust links with),
 /// that moves the wall clock of the process it is loaded into `skew_s` seconds ahead:
