@@ -8,9 +8,12 @@
 //! - `include PATH` is relative to the including file's directory and must exist.
 //! - Command line values come last; the last `wallet=` wins; none means lightningd's sqlite3
 //!   default in the network directory.
+//! - Files are bytes to lightningd: only the lines read here (`wallet`, `network`,
+//!   `lightning-dir`, `conf`, `replguard-*`) must be UTF-8.
 
 use std::fmt;
 use std::fs;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 
 /// Where lightningd would look, as given on its command line.
@@ -171,13 +174,23 @@ fn network_of(lines: &[ConfigLine]) -> Option<String> {
     })
 }
 
+/// Keys whose values cln-replguard uses: these lines must be text. lightningd itself reads
+/// its files as bytes, so any other line (a Latin-1 `alias=Café`) is kept as lossy text and
+/// is no reason to stop.
+fn needed(key: &[u8]) -> bool {
+    const KEYS: &[&str] = &["wallet", "network", "lightning-dir", "conf"];
+    KEYS.iter().any(|k| key == k.as_bytes())
+        || NETWORK_ALIASES.iter().any(|(a, _)| key == a.as_bytes())
+        || key.starts_with(b"replguard-")
+}
+
 fn read_file(
     path: &Path,
     must_exist: bool,
     depth: usize,
     out: &mut Vec<ConfigLine>,
 ) -> Result<(), ConfigError> {
-    let text = match fs::read_to_string(path) {
+    let bytes = match fs::read(path) {
         Ok(t) => t,
         Err(e) if !must_exist && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => {
@@ -187,28 +200,51 @@ fn read_file(
             )));
         }
     };
-    for (i, line) in text.split(['\r', '\n']).enumerate() {
-        if line.is_empty() || line.starts_with('#') {
+    for (i, line) in bytes.split(|b| *b == b'\r' || *b == b'\n').enumerate() {
+        if line.is_empty() || line.starts_with(b"#") {
             continue;
         }
         let origin = format!("{}:{}", path.display(), i + 1);
-        if let Some(included) = line.strip_prefix("include ") {
+        if let Some(included) = line.strip_prefix(b"include ") {
+            // A path is bytes on Unix, as lightningd passes it to open(2).
+            let included = Path::new(std::ffi::OsStr::from_bytes(included));
             if depth >= MAX_INCLUDE_DEPTH {
                 return Err(ConfigError(format!(
-                    "{origin}: include loop with {included}"
+                    "{origin}: include loop with {}",
+                    included.display()
                 )));
             }
             let dir = path.parent().unwrap_or(Path::new("/"));
             read_file(&dir.join(included), true, depth + 1, out)?;
             continue;
         }
-        let (key, value) = match line.split_once('=') {
-            Some((k, v)) => (k.to_string(), Some(v.to_string())),
-            None => (line.to_string(), None),
-        };
-        out.push(ConfigLine { key, value, origin });
+        out.push(config_line(line, origin)?);
     }
     Ok(())
+}
+
+/// One `key[=value]` line: text when cln-replguard needs it, lossy text otherwise.
+fn config_line(line: &[u8], origin: String) -> Result<ConfigLine, ConfigError> {
+    let key = line.split(|b| *b == b'=').next().unwrap_or_default();
+    let line = if needed(key) {
+        std::str::from_utf8(line)
+            .map_err(|e| {
+                ConfigError(format!(
+                    "{origin}: {}: not valid UTF-8 at byte {} of the line; cln-replguard reads \
+                     this line and needs it as text",
+                    String::from_utf8_lossy(key),
+                    e.valid_up_to() + 1
+                ))
+            })?
+            .to_string()
+    } else {
+        String::from_utf8_lossy(line).into_owned()
+    };
+    let (key, value) = match line.split_once('=') {
+        Some((k, v)) => (k.to_string(), Some(v.to_string())),
+        None => (line, None),
+    };
+    Ok(ConfigLine { key, value, origin })
 }
 
 #[cfg(test)]
@@ -341,6 +377,30 @@ mod tests {
             ..Location::default()
         };
         assert!(load(&l, None).is_err());
+    }
+
+    #[test]
+    fn a_latin1_byte_on_an_unrelated_line_does_not_stop_the_preflight() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("config");
+        fs::write(
+            &path,
+            b"alias=Caf\xe9\nwallet=postgres://host=/run/postgresql dbname=ln\n",
+        )
+        .unwrap();
+        let c = load(&loc(d.path()), None).unwrap();
+        assert_eq!(c.wallet, "postgres://host=/run/postgresql dbname=ln");
+        assert!(c.wallet_origin.ends_with("config:2"), "{}", c.wallet_origin);
+    }
+
+    #[test]
+    fn a_non_utf8_byte_in_a_line_we_read_names_the_file_and_line() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("config");
+        fs::write(&path, b"alias=ok\nwallet=postgres://user=caf\xe9\n").unwrap();
+        let e = load(&loc(d.path()), None).unwrap_err().to_string();
+        assert!(e.contains(&format!("{}:2", path.display())), "{e}");
+        assert!(e.contains("wallet") && e.contains("UTF-8"), "{e}");
     }
 
     #[test]

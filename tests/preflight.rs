@@ -123,3 +123,24 @@ fn bad_options_in_the_config_fail_with_their_place() {
     assert!(err.contains("replguard-probe-deadline-ms=soon"), "{err}");
     assert!(err.contains("bitcoin/config:1"), "{err}");
 }
+
+#[test]
+fn a_latin1_alias_is_no_reason_to_keep_the_node_down() {
+    // lightningd reads its files as bytes: `alias=Café` in Latin-1 is fine for it.
+    let d = lightning_dir("", "");
+    fs::write(d.path().join("config"), b"alias=Caf\xe9\n").unwrap();
+    let (code, out, err) = preflight(d.path(), &[]);
+    // The configuration was read: the verdict is about the wallet (sqlite3), not the file.
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(out.contains("not-postgres"), "{out}");
+
+    fs::write(
+        d.path().join("config"),
+        b"alias=x\nwallet=postgres://user=caf\xe9\n",
+    )
+    .unwrap();
+    let (code, _, err) = preflight(d.path(), &[]);
+    assert_eq!(code, 3, "{err}");
+    let place = format!("{}:2", d.path().join("config").display());
+    assert!(err.contains(&place) && err.contains("UTF-8"), "{err}");
+}
