@@ -152,6 +152,13 @@ pub fn parse_uri(s: &str) -> Result<Params, ConninfoError> {
         Some((a, d)) => (a, Some(d)),
         None => (before_query, None),
     };
+    // libpq ends the user:password part at the first '/' or '?'. An '@' only after that point
+    // most likely ends a password holding an unencoded '/' or '?': the port, database name or
+    // query would then be pieces of the password, so no error below may quote them.
+    let spilled = !authority.contains('@') && rest[authority.len()..].contains('@');
+    if spilled && dbname.is_some_and(|d| d.contains('@')) {
+        return Err(err(SPILLED_USERINFO));
+    }
     let mut out = Vec::new();
     let hosts = match authority.rsplit_once('@') {
         Some((userinfo, hosts)) => {
@@ -174,6 +181,9 @@ pub fn parse_uri(s: &str) -> Result<Params, ConninfoError> {
         let mut port_list = Vec::new();
         for spec in hosts.split(',') {
             let (host, port) = split_host_port(spec)?;
+            if spilled && port.is_some_and(|p| !p.bytes().all(|b| b.is_ascii_digit())) {
+                return Err(err(SPILLED_USERINFO));
+            }
             host_list.push(decode(host)?);
             port_list.push(port.map(decode).transpose()?.unwrap_or_default());
         }
@@ -187,11 +197,23 @@ pub fn parse_uri(s: &str) -> Result<Params, ConninfoError> {
     if let Some(d) = dbname.filter(|d| !d.is_empty()) {
         out.push(("dbname".into(), decode(d)?));
     }
-    for pair in query
-        .into_iter()
-        .flat_map(|q| q.split('&'))
-        .filter(|p| !p.is_empty())
-    {
+    let query_params = uri_query(query.unwrap_or_default());
+    if spilled && query_params.is_err() {
+        return Err(err(SPILLED_USERINFO));
+    }
+    out.extend(query_params?);
+    Ok(out)
+}
+
+/// What an `@` after a URI's first '/' or '?' most likely means; says nothing of the text.
+const SPILLED_USERINFO: &str = "the URI has an \"@\" after its first \"/\" or \"?\": in a \
+     user:password part, percent-encode \"/\" as %2F, \"?\" as %3F and \"@\" as %40 (in a \
+     database name too)";
+
+/// The `?key=value&…` part of a URI.
+fn uri_query(query: &str) -> Result<Params, ConninfoError> {
+    let mut out = Vec::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').ok_or_else(|| {
             err(format!(
                 "missing key/value separator \"=\" in URI query parameter \"{}\"",

@@ -268,6 +268,36 @@ fn display_and_errors_never_show_the_password() {
     }
 }
 
+/// libpq ends the user:password part at the first `/` or `?`: an unencoded one in the password
+/// makes the rest of it a port, a database name or a query. None of it may be echoed.
+#[test]
+fn a_password_with_an_unencoded_slash_or_question_mark_is_never_echoed() {
+    for bad in [
+        "postgres://user:Xq7/Zw9@host/db",
+        "postgres://user:Xq7/Zw9@host",
+        "postgres://user:7193/Zw9@host/db",
+        "postgres://user:Xq7?Zw9@host/db",
+        "postgres://user:Xq7?Kv5=Zw9@host/db",
+        "postgresql://user:Xq7/Zw9@host/db",
+    ] {
+        let err = match PgTarget::parse_with(bad, &env()) {
+            Err(e) => e.to_string(),
+            Ok(t) => panic!("{bad}: accepted as {t}"),
+        };
+        assert!(err.starts_with("invalid PostgreSQL DSN"), "{err}");
+        for part in ["Xq7", "Zw9", "7193", "Kv5"] {
+            assert!(!err.contains(part), "{bad}: {part:?} echoed in {err}");
+        }
+        assert!(err.contains("%2F"), "{bad}: the remedy is missing in {err}");
+    }
+    // A '@' that belongs to a query value stays allowed (user@server names).
+    let t = pg("postgres://h:5432/db?user=ln@srv", &env());
+    assert_eq!(
+        summary(&t),
+        ("h".into(), 5432, "ln@srv".into(), "db".into())
+    );
+}
+
 #[test]
 fn standby_dsns_take_any_libpq_form() {
     for dsn in [
