@@ -7,6 +7,7 @@
 //!   findings reach lightningd's log, then the node is stopped before "Server started".
 //! - `replication-status`, `failover-check` (`methods`).
 
+mod alert;
 mod hooks;
 pub mod input;
 pub(crate) mod lightningd;

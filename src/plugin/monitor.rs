@@ -14,6 +14,7 @@ use cln_plugin::Plugin;
 use serde_json::{Value, json};
 
 use super::NOTIFY_STATE_CHANGED;
+use super::alert;
 use super::lightningd;
 use super::startup::State;
 use crate::guard::{self, Debouncer, OnUnsafe, Transition};
@@ -88,7 +89,7 @@ pub async fn run(plugin: Plugin<State>) {
         if let Some(t) = change {
             announce(&plugin, t, &v);
             if let Some(cmd) = &st.settings.alert_command {
-                tokio::spawn(alert(cmd.clone(), t, rep.clone()));
+                tokio::spawn(alert::run(cmd.clone(), t, rep.clone()));
             }
         }
         *st.guard.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, rep));
@@ -203,40 +204,6 @@ fn announce(plugin: &Plugin<State>, t: Transition, v: &Verdict) {
             log::debug!("{NOTIFY_STATE_CHANGED} not delivered within {NOTIFY_DEADLINE:?}");
         }
     });
-}
-
-/// A command that cannot finish by then is killed: alerts must not pile up.
-const ALERT_DEADLINE: Duration = Duration::from_secs(10);
-
-/// Runs `replguard-alert-command` with the report on stdin and the transition in the
-/// environment, bounded in time.
-async fn alert(cmd: String, t: Transition, report: Value) {
-    use tokio::io::AsyncWriteExt;
-    let child = tokio::process::Command::new("sh")
-        .args(["-c", &cmd])
-        .env("REPLGUARD_PREVIOUS", t.from.as_str())
-        .env("REPLGUARD_CURRENT", t.to.as_str())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn();
-    let mut child = match child {
-        Ok(c) => c,
-        Err(e) => {
-            log::warn!("replguard-alert-command could not start: {e}");
-            return;
-        }
-    };
-    if let Some(mut stdin) = child.stdin.take() {
-        let _ = stdin.write_all(report.to_string().as_bytes()).await;
-    }
-    match tokio::time::timeout(ALERT_DEADLINE, child.wait()).await {
-        Ok(Ok(s)) if s.success() => {}
-        Ok(Ok(s)) => log::warn!("replguard-alert-command ended with {s}"),
-        Ok(Err(e)) => log::warn!("replguard-alert-command: {e}"),
-        Err(_) => log::warn!("replguard-alert-command killed after {ALERT_DEADLINE:?}"),
-    }
 }
 
 /// Asks lightningd to stop; if it does not answer (frozen on a commit), ends it.
