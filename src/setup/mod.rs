@@ -29,6 +29,10 @@ pub enum SetupCommand {
     /// The standby host's steps: pg_basebackup -R -c fast with the slot, standby settings,
     /// start, wait until it streams.
     Standby(StandbyArgs),
+    /// Prints the SCRAM-SHA-256 verifier of the password read from stdin: what `ALTER ROLE …
+    /// PASSWORD` should get, so that the password never reaches the server (or its log). The
+    /// printed `setup primary` script uses it.
+    ScramVerifier,
 }
 
 #[derive(Args, Debug)]
@@ -168,6 +172,7 @@ pub async fn run(cmd: SetupCommand) -> Result<i32> {
         SetupCommand::Local(a) => &a.common,
         SetupCommand::Primary(a) => &a.common,
         SetupCommand::Standby(a) => &a.common,
+        SetupCommand::ScramVerifier => return print_scram_verifier(),
     };
     valid_name(&common.name)?;
     match &cmd {
@@ -177,7 +182,7 @@ pub async fn run(cmd: SetupCommand) -> Result<i32> {
                 no_password("--rewind-from", c)?;
             }
         }
-        SetupCommand::Local(_) => {}
+        SetupCommand::Local(_) | SetupCommand::ScramVerifier => {}
     }
     match cmd {
         SetupCommand::Local(a) => local(a).await,
@@ -220,7 +225,27 @@ pub async fn run(cmd: SetupCommand) -> Result<i32> {
             };
             emit("the standby host", &steps, a.apply)
         }
+        SetupCommand::ScramVerifier => unreachable!("handled above"),
     }
+}
+
+/// The password from stdin (one trailing newline dropped, as `echo` adds it) → its verifier.
+fn print_scram_verifier() -> Result<i32> {
+    use std::io::Read as _;
+    let mut password = Vec::new();
+    std::io::stdin()
+        .read_to_end(&mut password)
+        .context("reading the password from stdin")?;
+    for end in [&b"\n"[..], b"\r"] {
+        if password.ends_with(end) {
+            password.pop();
+        }
+    }
+    if password.is_empty() {
+        anyhow::bail!("no password on stdin");
+    }
+    println!("{}", plan::scram_verifier(&password));
+    Ok(0)
 }
 
 fn emit(title: &str, steps: &[Step], apply: bool) -> Result<i32> {
@@ -306,20 +331,19 @@ SELECT 'CREATE DATABASE {WALLET} OWNER {WALLET}'
   WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{WALLET}') \\gexec
 SELECT pg_create_physical_replication_slot('{name}')
   WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = '{name}');
-\\set pw `printf %s \"${{REPLGUARD_REPLICATION_PASSWORD:-}}\"`
-SELECT length(:'pw') > 0 AS set_pw \\gset
-\\if :set_pw
-ALTER ROLE {REPLICATOR} PASSWORD :'pw';
-\\endif
-\\set pw `printf %s \"${{REPLGUARD_WALLET_PASSWORD:-}}\"`
-SELECT length(:'pw') > 0 AS set_pw \\gset
-\\if :set_pw
-ALTER ROLE {WALLET} PASSWORD :'pw';
-\\endif
-\\unset pw
 "
         ),
     });
+    for (role, from_env) in [
+        (REPLICATOR, "REPLGUARD_REPLICATION_PASSWORD"),
+        (WALLET, "REPLGUARD_WALLET_PASSWORD"),
+    ] {
+        steps.push(Step::SetPassword {
+            role,
+            from_env,
+            conninfo: admin.into(),
+        });
+    }
     if rejoin {
         steps.push(Step::Note(format!(
             "synchronous_standby_names left as they are: `setup standby --rewind-from` names \

@@ -28,6 +28,14 @@ pub enum Step {
         conninfo: String,
         script: String,
     },
+    /// `ALTER ROLE role PASSWORD` from the environment variable `from_env`, when it is set.
+    /// The server gets a SCRAM-SHA-256 verifier computed here, never the password, which
+    /// `log_statement`, `pg_stat_statements` or an error report would otherwise record.
+    SetPassword {
+        role: &'static str,
+        from_env: &'static str,
+        conninfo: String,
+    },
     /// A line added to a configuration file unless it is already there.
     AppendOnce { path: PathBuf, line: String },
     /// Starts the server unless it runs. With `restart_if_pending` (a conninfo), a running
@@ -113,6 +121,21 @@ pub fn render(title: &str, steps: &[Step]) -> String {
                     "\n# {what}\npsql -X -q -v ON_ERROR_STOP=1 -d {} -f - <<'SQL'\n{}\nSQL",
                     shell_quote(conninfo),
                     script.trim_end()
+                );
+            }
+            Step::SetPassword {
+                role,
+                from_env,
+                conninfo,
+            } => {
+                let _ = writeln!(
+                    out,
+                    "\n# password of {role} from ${from_env}, if set: `cln-replguard setup \
+                     scram-verifier` hashes it here, so only its SCRAM verifier reaches the \
+                     server\nif [ -n \"${{{from_env}:-}}\" ]; then\n  V=\"$(printf %s \
+                     \"${from_env}\" | cln-replguard setup scram-verifier)\"\n  printf '%s\\n' \
+                     \"ALTER ROLE {role} PASSWORD '$V';\" | psql -X -q -v ON_ERROR_STOP=1 -d {} -f -\nfi",
+                    shell_quote(conninfo)
                 );
             }
             Step::AppendOnce { path, line } => {
@@ -225,6 +248,24 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
             } => {
                 println!("cln-replguard setup: {what}");
                 psql_script(pg, conninfo, script).with_context(|| what.clone())?;
+            }
+            Step::SetPassword {
+                role,
+                from_env,
+                conninfo,
+            } => {
+                let password = std::env::var_os(from_env).unwrap_or_default();
+                if password.is_empty() {
+                    continue;
+                }
+                println!("cln-replguard setup: password of {role} (from ${from_env})");
+                let verifier = scram_verifier(password.as_encoded_bytes());
+                psql_script(
+                    pg,
+                    conninfo,
+                    &format!("ALTER ROLE {role} PASSWORD '{verifier}';"),
+                )
+                .with_context(|| format!("setting the password of {role}"))?;
             }
             Step::AppendOnce { path, line } => {
                 append_once(pg, path, line)?;
@@ -353,6 +394,13 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
     Ok(())
 }
 
+/// What `ALTER ROLE … PASSWORD` should get: a SCRAM-SHA-256 verifier (random salt, 4096
+/// iterations, SASLprep as libpq's PQencryptPasswordConn). It holds only characters that
+/// need no quoting in SQL or in a shell's double quotes.
+pub fn scram_verifier(password: &[u8]) -> String {
+    postgres_protocol::password::scram_sha_256(password)
+}
+
 /// `pg_controldata`'s cluster state of a standby (rewound or running as one); a promoted
 /// server says "in production" or "shut down".
 const RECOVERY_STATE_RE: &str = "cluster state: +(in archive recovery|shut down in recovery)";
@@ -474,12 +522,10 @@ mod tests {
     #[test]
     fn the_script_quotes_what_the_shell_would_split_and_keeps_secrets_out() {
         let steps = [
-            Step::Psql {
-                what: "roles".into(),
+            Step::SetPassword {
+                role: "replicator",
+                from_env: "REPLGUARD_REPLICATION_PASSWORD",
                 conninfo: "host=/run/postgresql dbname=postgres".into(),
-                script: "\\set pw `echo \"$REPLGUARD_REPLICATION_PASSWORD\"`\nALTER ROLE r \
-                         PASSWORD :'pw';"
-                    .into(),
             },
             Step::AppendOnce {
                 path: "/srv/pg data/pg_hba.conf".into(),
@@ -488,8 +534,24 @@ mod tests {
         ];
         let s = render("primary", &steps);
         assert!(s.contains("set -euo pipefail"));
-        assert!(s.contains("-d 'host=/run/postgresql dbname=postgres' -f - <<'SQL'"));
+        assert!(s.contains("-d 'host=/run/postgresql dbname=postgres' -f -"));
         assert!(s.contains("'/srv/pg data/pg_hba.conf'"));
-        assert!(s.contains("$REPLGUARD_REPLICATION_PASSWORD"));
+        assert!(s.contains(
+            "printf %s \"$REPLGUARD_REPLICATION_PASSWORD\" | cln-replguard setup scram-verifier"
+        ));
+        assert!(s.contains("ALTER ROLE replicator PASSWORD '$V';"));
+    }
+
+    #[test]
+    fn a_scram_verifier_is_salted_and_holds_nothing_to_quote() {
+        let (a, b) = (scram_verifier(b"pa'ss word"), scram_verifier(b"pa'ss word"));
+        assert!(a.starts_with("SCRAM-SHA-256$4096:"), "{a}");
+        assert_ne!(a, b, "a random salt each time");
+        assert!(!a.contains("pa'ss"));
+        assert!(
+            a.chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-$:+/=".contains(c)),
+            "{a}"
+        );
     }
 }

@@ -1,0 +1,109 @@
+//! `setup primary --apply` on a real server: what reaches the server and its log, and that
+//! the server it changed comes back.
+
+mod common;
+
+use std::fs;
+use std::process::Command;
+
+use cln_replguard::cluster::{Cluster, ClusterSpec};
+
+use common::*;
+
+/// A primary alone (no standby: naming `s1` blocks nothing here, nothing writes after it).
+fn primary_alone(extra_conf: &[&str]) -> Cluster {
+    let mut spec = ClusterSpec::with_standbys(&[], "");
+    spec.archive = false;
+    spec.primary_conf = extra_conf.iter().map(|s| s.to_string()).collect();
+    start(&spec)
+}
+
+/// `setup primary --apply` against the cluster's primary, with extra arguments and env.
+fn setup_primary(c: &Cluster, extra: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let p = &c.primary;
+    let admin = p.conninfo("postgres", "postgres");
+    let data = p.datadir.display().to_string();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_cln-replguard"));
+    cmd.args([
+        "setup", "primary", "--pgdata", &data, "--admin", &admin, "--apply",
+    ])
+    .args(extra)
+    .env_remove("LIGHTNINGD_PLUGIN")
+    .env_remove("REPLGUARD_REPLICATION_PASSWORD")
+    .env_remove("REPLGUARD_WALLET_PASSWORD");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("run cln-replguard");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Logs in over TCP with SCRAM; Ok(()) or psql's complaint.
+fn login(c: &Cluster, user: &str, password: &str) -> Result<(), String> {
+    let psql = c.bindir().join("psql");
+    let out = Command::new(psql)
+        .args(["-X", "-A", "-t", "-c", "SELECT current_user", "-d"])
+        .arg(format!(
+            "host=127.0.0.1 port={} user={user} dbname=postgres",
+            c.primary.port
+        ))
+        .env("PGPASSWORD", password)
+        .env_remove("PGPASSFILE")
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() && said == user {
+        Ok(())
+    } else {
+        Err(format!("{said}{}", String::from_utf8_lossy(&out.stderr)))
+    }
+}
+
+#[test]
+fn setup_sends_a_scram_verifier_and_the_password_never_reaches_the_server_log() {
+    let c = primary_alone(&["log_statement = 'ddl'", "listen_addresses = '127.0.0.1'"]);
+    let (repl_pw, wallet_pw) = ("Sekret-repl-4711", "Sekret-wallet-0815");
+    let (code, out, err) = setup_primary(
+        &c,
+        &[],
+        &[
+            ("REPLGUARD_REPLICATION_PASSWORD", repl_pw),
+            ("REPLGUARD_WALLET_PASSWORD", wallet_pw),
+        ],
+    );
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(!format!("{out}{err}").contains("Sekret"), "{out}{err}");
+
+    let log = fs::read_to_string(&c.primary.log).unwrap();
+    // log_statement=ddl logs the ALTER ROLE: only its verifier may be there.
+    assert!(
+        log.contains("ALTER ROLE replicator PASSWORD 'SCRAM-SHA-256$4096:"),
+        "the statement was not logged as expected:\n{log}"
+    );
+    assert!(
+        !log.contains("Sekret"),
+        "a password reached the server log:\n{log}"
+    );
+    for role in ["replicator", "lightningd"] {
+        let stored = c
+            .primary
+            .psql(&format!(
+                "SELECT rolpassword LIKE 'SCRAM-SHA-256$%' FROM pg_authid WHERE rolname = '{role}'"
+            ))
+            .unwrap();
+        assert_eq!(stored, "t", "{role}");
+    }
+
+    // Both passwords log in with SCRAM; a wrong one does not.
+    c.primary
+        .prepend_hba("host all replicator,lightningd 127.0.0.1/32 scram-sha-256")
+        .unwrap();
+    login(&c, "replicator", repl_pw).unwrap();
+    login(&c, "lightningd", wallet_pw).unwrap();
+    let wrong = login(&c, "lightningd", "not-it").unwrap_err();
+    assert!(wrong.contains("password authentication failed"), "{wrong}");
+}
