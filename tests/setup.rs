@@ -5,6 +5,7 @@ mod common;
 
 use std::fs;
 use std::process::Command;
+use std::time::Duration;
 
 use cln_replguard::cluster::{Cluster, ClusterSpec};
 
@@ -106,4 +107,67 @@ fn setup_sends_a_scram_verifier_and_the_password_never_reaches_the_server_log() 
     login(&c, "lightningd", wallet_pw).unwrap();
     let wrong = login(&c, "lightningd", "not-it").unwrap_err();
     assert!(wrong.contains("password authentication failed"), "{wrong}");
+}
+
+#[test]
+fn a_host_name_standby_addr_makes_an_hba_line_postgresql_loads_and_the_restart_succeeds() {
+    let c = primary_alone(&[]);
+    // An archive directory a shell and SQL would both split: quoted for each, it archives.
+    let archive = c.scratch_dir("wal it's 100%").unwrap();
+    // --listen and archive_mode need a restart, which reads pg_hba.conf again.
+    let (code, out, err) = setup_primary(
+        &c,
+        &[
+            "--standby-addr",
+            "db2.example.com",
+            "--listen",
+            "127.0.0.1",
+            "--archive-dir",
+            archive.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}{err}\n--- log:\n{}", c.primary.log_tail());
+    assert!(out.contains("restarting"), "{out}");
+    assert_eq!(
+        c.primary.psql("SHOW listen_addresses").unwrap(),
+        "127.0.0.1"
+    );
+    let segment = c
+        .primary
+        .psql("SELECT pg_walfile_name(pg_current_wal_lsn()) FROM pg_switch_wal()")
+        .unwrap();
+    cln_replguard::cluster::wait_for("the segment archived", Duration::from_secs(30), || {
+        Ok(archive.join(&segment).is_file())
+    })
+    .unwrap_or_else(|e| panic!("{e:#}\n--- log:\n{}", c.primary.log_tail()));
+    let rules = c
+        .primary
+        .psql(
+            "SELECT coalesce(error, array_to_string(address || database || user_name, ' ')) \
+             FROM pg_hba_file_rules WHERE error IS NOT NULL OR 'replicator' = ANY(user_name)",
+        )
+        .unwrap();
+    assert_eq!(rules, "db2.example.com replication replicator", "{rules}");
+
+    // Garbage is refused before anything is touched, naming the option and the forms.
+    let hba = fs::read_to_string(c.primary.datadir.join("pg_hba.conf")).unwrap();
+    for bad in [
+        "db2.example.com/32",
+        "10.0.0.2\nlocal all all trust",
+        "10.0.0.0/33",
+    ] {
+        let (code, out, err) = setup_primary(&c, &["--standby-addr", bad], &[]);
+        assert_ne!(code, 0, "{bad:?} accepted: {out}");
+        assert!(err.contains("--standby-addr"), "{err}");
+        assert!(
+            err.contains("host name") || err.contains("control character"),
+            "{err}"
+        );
+        assert!(out.is_empty(), "nothing may run: {out}");
+    }
+    assert_eq!(
+        fs::read_to_string(c.primary.datadir.join("pg_hba.conf")).unwrap(),
+        hba
+    );
 }

@@ -4,7 +4,9 @@
 //! run again; a non-empty standby data directory is refused unless `--force`. The result is
 //! judged by the same check as everything else.
 
+mod input;
 mod plan;
+mod quote;
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +20,7 @@ use crate::probe::{self, Targets};
 use crate::{report, verdict};
 
 use plan::Step;
+use quote::{conf_literal, conninfo_value, sql_literal, wal_command_dir};
 
 #[derive(Subcommand, Debug)]
 pub enum SetupCommand {
@@ -167,32 +170,69 @@ fn valid_name(name: &str) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(cmd: SetupCommand) -> Result<i32> {
-    let common = match &cmd {
+/// Every value is checked before any step is built (`input`): nothing runs on bad input.
+fn check_input(cmd: &SetupCommand) -> Result<()> {
+    let common = match cmd {
         SetupCommand::Local(a) => &a.common,
         SetupCommand::Primary(a) => &a.common,
         SetupCommand::Standby(a) => &a.common,
-        SetupCommand::ScramVerifier => return print_scram_verifier(),
+        SetupCommand::ScramVerifier => return Ok(()),
     };
     valid_name(&common.name)?;
-    match &cmd {
-        SetupCommand::Primary(a) => no_password("--admin", &a.admin)?,
+    if let Some(d) = &common.archive_dir {
+        input::path("--archive-dir", d, true)?;
+    }
+    input::wal_size("--max-slot-wal-keep-size", &common.max_slot_wal_keep_size)?;
+    match cmd {
+        SetupCommand::Local(a) => input::path("--dir", &a.dir, false)?,
+        SetupCommand::Primary(a) => {
+            input::path("--pgdata", &a.pgdata, false)?;
+            input::no_control_chars("--admin", &a.admin)?;
+            no_password("--admin", &a.admin)?;
+            if let Some(l) = &a.listen {
+                input::listen_addresses("--listen", l)?;
+            }
+            if let Some(addr) = &a.standby_addr {
+                input::hba_address("--standby-addr", addr)?;
+            }
+        }
         SetupCommand::Standby(a) => {
+            input::path("--pgdata", &a.pgdata, false)?;
+            input::host("--primary-host", &a.primary_host)?;
+            input::listen_addresses("--listen", &a.listen)?;
+            if let Some(d) = &a.socket_dir {
+                input::path("--socket-dir", d, true)?;
+            }
+            if let Some(c) = &a.start_command {
+                input::no_control_chars("--start-command", c)?;
+            }
             if let Some(c) = &a.rewind_from {
+                input::no_control_chars("--rewind-from", c)?;
                 no_password("--rewind-from", c)?;
             }
         }
-        SetupCommand::Local(_) | SetupCommand::ScramVerifier => {}
+        SetupCommand::ScramVerifier => {}
     }
+    Ok(())
+}
+
+pub async fn run(cmd: SetupCommand) -> Result<i32> {
+    check_input(&cmd)?;
     match cmd {
+        SetupCommand::ScramVerifier => print_scram_verifier(),
         SetupCommand::Local(a) => local(a).await,
         SetupCommand::Primary(a) => {
+            let hba_address = a
+                .standby_addr
+                .as_deref()
+                .map(|v| input::hba_address("--standby-addr", v))
+                .transpose()?;
             let steps = primary_steps(
                 &a.common,
                 &a.admin,
                 &a.pgdata,
                 a.listen.as_deref(),
-                a.standby_addr.as_deref(),
+                hba_address.as_deref(),
                 a.rejoin,
             );
             emit("the primary host", &steps, a.apply)
@@ -200,18 +240,21 @@ pub async fn run(cmd: SetupCommand) -> Result<i32> {
         SetupCommand::Standby(a) => {
             let source = format!(
                 "host={} port={} user={REPLICATOR} application_name={}",
-                a.primary_host, a.primary_port, a.common.name
+                conninfo_value(&a.primary_host),
+                a.primary_port,
+                a.common.name
             );
-            let mut own = vec![format!("listen_addresses = '{}'", a.listen)];
+            let mut own = vec![format!("listen_addresses = {}", conf_literal(&a.listen))];
             if let Some(p) = a.port {
                 own.push(format!("port = {p}"));
             }
-            if let Some(d) = &a.socket_dir {
-                own.push(format!("unix_socket_directories = '{}'", d.display()));
+            let socket_dir = a.socket_dir.as_ref().map(|d| d.display().to_string());
+            if let Some(d) = &socket_dir {
+                own.push(format!("unix_socket_directories = {}", conf_literal(d)));
             }
             let mut itself = "dbname=postgres".to_string();
-            if let Some(d) = &a.socket_dir {
-                itself += &format!(" host={}", d.display());
+            if let Some(d) = &socket_dir {
+                itself += &format!(" host={}", conninfo_value(d));
             }
             if let Some(p) = a.port {
                 itself += &format!(" port={p}");
@@ -225,7 +268,6 @@ pub async fn run(cmd: SetupCommand) -> Result<i32> {
             };
             emit("the standby host", &steps, a.apply)
         }
-        SetupCommand::ScramVerifier => unreachable!("handled above"),
     }
 }
 
@@ -260,12 +302,13 @@ fn emit(title: &str, steps: &[Step], apply: bool) -> Result<i32> {
 
 /// ALTER SYSTEM for everything the pair relies on, then the roles, the wallet database,
 /// the slot, and last the synchronous standby name (from then on, commits wait for it).
+/// `hba_address` is the standby's address as pg_hba.conf takes it (`input::hba_address`).
 fn primary_steps(
     c: &Common,
     admin: &str,
     pgdata: &Path,
     listen: Option<&str>,
-    standby_addr: Option<&str>,
+    hba_address: Option<&str>,
     rejoin: bool,
 ) -> Vec<Step> {
     let mut settings = vec![
@@ -273,18 +316,22 @@ fn primary_steps(
         "max_wal_senders = 10".into(),
         "max_replication_slots = 10".into(),
         "wal_keep_size = '1GB'".into(),
-        format!("max_slot_wal_keep_size = '{}'", c.max_slot_wal_keep_size),
+        format!(
+            "max_slot_wal_keep_size = {}",
+            sql_literal(&c.max_slot_wal_keep_size)
+        ),
         "wal_log_hints = on".into(),
         "synchronous_commit = on".into(),
     ];
     if let Some(l) = listen {
-        settings.push(format!("listen_addresses = '{l}'"));
+        settings.push(format!("listen_addresses = {}", sql_literal(l)));
     }
     if let Some(a) = &c.archive_dir {
         settings.push("archive_mode = on".into());
+        let dir = wal_command_dir(&a.display().to_string());
         settings.push(format!(
-            "archive_command = 'test ! -f {0}/%f && cp %p {0}/%f'",
-            a.display()
+            "archive_command = {}",
+            sql_literal(&format!("test ! -f {dir}/%f && cp %p {dir}/%f"))
         ));
     }
     let alter: String = settings
@@ -296,11 +343,10 @@ fn primary_steps(
         conninfo: admin.into(),
         script: alter,
     }];
-    if let Some(addr) = standby_addr {
-        let mask = if addr.contains(':') { 128 } else { 32 };
+    if let Some(addr) = hba_address {
         steps.push(Step::AppendToHba {
             conninfo: admin.into(),
-            line: format!("host replication {REPLICATOR} {addr}/{mask} scram-sha-256"),
+            line: format!("host replication {REPLICATOR} {addr} scram-sha-256"),
         });
     }
     if rejoin {
@@ -318,22 +364,7 @@ fn primary_steps(
         });
     }
     let name = &c.name;
-    steps.push(Step::Psql {
-        what: format!("roles {REPLICATOR} and {WALLET}, database {WALLET}, slot {name}"),
-        conninfo: admin.into(),
-        script: format!(
-            "SELECT 'CREATE ROLE {REPLICATOR} REPLICATION LOGIN'
-              WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATOR}') \\gexec
-SELECT 'CREATE ROLE {WALLET} LOGIN'
-  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{WALLET}') \\gexec
-GRANT pg_monitor TO {WALLET};
-SELECT 'CREATE DATABASE {WALLET} OWNER {WALLET}'
-  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{WALLET}') \\gexec
-SELECT pg_create_physical_replication_slot('{name}')
-  WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = '{name}');
-"
-        ),
-    });
+    steps.push(roles_database_slot(name, admin));
     for (role, from_env) in [
         (REPLICATOR, "REPLGUARD_REPLICATION_PASSWORD"),
         (WALLET, "REPLGUARD_WALLET_PASSWORD"),
@@ -357,6 +388,27 @@ SELECT pg_create_physical_replication_slot('{name}')
         )));
     }
     steps
+}
+
+/// The roles, the wallet database and the slot, each created only when missing.
+/// `name` is a checked standby name (`valid_name`), safe inside SQL as it is.
+fn roles_database_slot(name: &str, admin: &str) -> Step {
+    Step::Psql {
+        what: format!("roles {REPLICATOR} and {WALLET}, database {WALLET}, slot {name}"),
+        conninfo: admin.into(),
+        script: format!(
+            "SELECT 'CREATE ROLE {REPLICATOR} REPLICATION LOGIN'
+              WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{REPLICATOR}') \\gexec
+SELECT 'CREATE ROLE {WALLET} LOGIN'
+  WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{WALLET}') \\gexec
+GRANT pg_monitor TO {WALLET};
+SELECT 'CREATE DATABASE {WALLET} OWNER {WALLET}'
+  WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{WALLET}') \\gexec
+SELECT pg_create_physical_replication_slot('{name}')
+  WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = '{name}');
+"
+        ),
+    }
 }
 
 /// `synchronous_standby_names = 'FIRST 1 (name)'` on the primary, and a reload.
@@ -405,7 +457,11 @@ fn standby_steps(
         format!("cluster_name = '{name}'"),
     ]);
     if let Some(a) = &c.archive_dir {
-        conf.push(format!("restore_command = 'cp {}/%f %p'", a.display()));
+        let dir = wal_command_dir(&a.display().to_string());
+        conf.push(format!(
+            "restore_command = {}",
+            conf_literal(&format!("cp {dir}/%f %p"))
+        ));
     }
     for line in conf {
         steps.push(Step::AppendOnce {
@@ -439,7 +495,7 @@ fn rejoin_steps(
     itself: &str,
     start_command: Option<&str>,
 ) -> Vec<Step> {
-    let marker = format!("primary_conninfo = '{source}'");
+    let marker = format!("primary_conninfo = {}", conf_literal(source));
     let mut steps = vec![Step::Rewind {
         dir: pgdata.to_path_buf(),
         source: admin.to_string(),
@@ -478,7 +534,8 @@ async fn local(a: LocalArgs) -> Result<i32> {
     let (p_data, s_data) = (p_dir.join("data"), s_dir.join("data"));
     let p_sock = p_dir.join("sock").display().to_string();
     let admin = format!(
-        "host={p_sock} port={} dbname=postgres user=postgres",
+        "host={} port={} dbname=postgres user=postgres",
+        conninfo_value(&p_sock),
         a.primary_port
     );
     let mut common = a.common;
@@ -508,7 +565,7 @@ async fn local(a: LocalArgs) -> Result<i32> {
     }
     for line in [
         "listen_addresses = ''".to_string(),
-        format!("unix_socket_directories = '{p_sock}'"),
+        format!("unix_socket_directories = {}", conf_literal(&p_sock)),
         format!("port = {}", a.primary_port),
     ] {
         steps.push(Step::AppendOnce {
@@ -531,16 +588,22 @@ async fn local(a: LocalArgs) -> Result<i32> {
                 .with_context(|| format!("removing {}", s_data.display()))?;
         }
         let source = format!(
-            "host={p_sock} port={} user={REPLICATOR} application_name={}",
-            a.primary_port, common.name
+            "host={} port={} user={REPLICATOR} application_name={}",
+            conninfo_value(&p_sock),
+            a.primary_port,
+            common.name
         );
         let s_sock = s_dir.join("sock").display().to_string();
         let local_conf = [
             "listen_addresses = ''".to_string(),
-            format!("unix_socket_directories = '{s_sock}'"),
+            format!("unix_socket_directories = {}", conf_literal(&s_sock)),
             format!("port = {}", a.standby_port),
         ];
-        let itself = format!("host={s_sock} port={} dbname=postgres", a.standby_port);
+        let itself = format!(
+            "host={} port={} dbname=postgres",
+            conninfo_value(&s_sock),
+            a.standby_port
+        );
         steps.extend(standby_steps(
             &common,
             &source,
@@ -570,7 +633,8 @@ async fn local(a: LocalArgs) -> Result<i32> {
     plan::apply(&pg, &steps)?;
 
     let wallet = format!(
-        "postgres://host={p_sock} port={} user={WALLET} dbname={WALLET}",
+        "postgres://host={} port={} user={WALLET} dbname={WALLET}",
+        conninfo_value(&p_sock),
         a.primary_port
     );
     let targets = Targets::new(WalletDsn::parse(&wallet).context("the wallet DSN")?, vec![]);
@@ -616,7 +680,7 @@ mod tests {
             "dbname=postgres",
             Path::new("/var/lib/postgresql/15/main"),
             Some("10.0.0.1"),
-            Some("10.0.0.2"),
+            Some("10.0.0.2/32"),
             false,
         );
         let script = plan::render("primary", &steps);
@@ -673,6 +737,88 @@ mod tests {
             script.contains("|| pg_ctlcluster 15 main start"),
             "{script}"
         );
+    }
+
+    #[test]
+    fn values_with_quotes_stay_values_in_sql_config_and_shell() {
+        let c = Common {
+            name: "s1".into(),
+            archive_dir: Some("/mnt/it's 100%".into()),
+            max_slot_wal_keep_size: "10GB".into(),
+        };
+        let steps = primary_steps(
+            &c,
+            "dbname=postgres",
+            Path::new("/srv/pg"),
+            Some("*"),
+            None,
+            false,
+        );
+        let script = plan::render("primary", &steps);
+        // A shell word with % doubled for PostgreSQL, in a SQL literal with '' for each '.
+        let archive = r"ALTER SYSTEM SET archive_command = 'test ! -f ''/mnt/it''\''''s 100%%''/%f && cp %p ''/mnt/it''\''''s 100%%''/%f';";
+        assert!(script.contains(archive), "{script}");
+        let steps = standby_steps(
+            &c,
+            "host=p",
+            Path::new("/srv/pg"),
+            &[],
+            "dbname=postgres",
+            None,
+        );
+        let restore = steps.iter().find_map(|s| match s {
+            Step::AppendOnce { line, .. } if line.starts_with("restore_command") => {
+                Some(line.clone())
+            }
+            _ => None,
+        });
+        // In a configuration file a backslash is doubled too.
+        assert_eq!(
+            restore.as_deref(),
+            Some(r"restore_command = 'cp ''/mnt/it''\\''''s 100%%''/%f %p'")
+        );
+    }
+
+    #[test]
+    fn bad_values_are_refused_naming_their_option() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(subcommand)]
+            cmd: SetupCommand,
+        }
+        let primary = |extra: &[&str]| {
+            let mut args = vec!["x", "primary", "--pgdata", "/srv/pg"];
+            args.extend_from_slice(extra);
+            let cli = <Cli as clap::Parser>::try_parse_from(args).unwrap();
+            check_input(&cli.cmd).map_err(|e| e.to_string())
+        };
+        assert!(primary(&["--standby-addr", "db2.example.com"]).is_ok());
+        for (args, option) in [
+            (
+                &["--standby-addr", "db2.example.com/32"][..],
+                "--standby-addr",
+            ),
+            (&["--listen", "10.0.0.1\nrm -rf /"], "--listen"),
+            (
+                &["--listen", "10.0.0.1'; ALTER SYSTEM SET fsync = off; --"],
+                "--listen",
+            ),
+            (
+                &[
+                    "--max-slot-wal-keep-size",
+                    "10GB'; DROP DATABASE lightningd; --",
+                ],
+                "--max-slot-wal-keep-size",
+            ),
+            (
+                &["--archive-dir", "/mnt/wal\nSQL\nrm -rf /"],
+                "--archive-dir",
+            ),
+            (&["--admin", "dbname=postgres\n"], "--admin"),
+        ] {
+            let e = primary(args).unwrap_err();
+            assert!(e.starts_with(option), "{args:?}: {e}");
+        }
     }
 
     #[test]

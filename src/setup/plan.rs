@@ -4,12 +4,13 @@
 use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
+use super::quote::shell_word;
 use crate::cluster::{PgInstall, wait_for};
 
 pub enum Step {
@@ -78,16 +79,10 @@ pub enum Step {
 const PENDING_SQL: &str =
     "SELECT count(*) > 0 FROM pg_file_settings WHERE error = 'setting could not be applied'";
 
-fn shell_quote(s: &str) -> String {
-    if !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@%+".contains(c))
-    {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', "'\\''"))
-    }
-}
+/// pg_hba.conf as the server would load it now: the errors, one per line (empty when none).
+/// `pg_hba_file_rules` reads the file at query time, so nothing is reloaded to learn it.
+const HBA_ERRORS_SQL: &str = "SELECT string_agg('line ' || line_number || ': ' || error, \
+     E'\\n') FROM pg_hba_file_rules WHERE error IS NOT NULL";
 
 /// The steps as a shell script, to be run as the PostgreSQL user on that host.
 pub fn render(title: &str, steps: &[Step]) -> String {
@@ -108,7 +103,7 @@ pub fn render(title: &str, steps: &[Step]) -> String {
                 program,
                 args,
             } => {
-                let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+                let args: Vec<String> = args.iter().map(|a| shell_word(a)).collect();
                 let _ = writeln!(out, "\n# {what}\n{program} {}", args.join(" "));
             }
             Step::Psql {
@@ -119,7 +114,7 @@ pub fn render(title: &str, steps: &[Step]) -> String {
                 let _ = writeln!(
                     out,
                     "\n# {what}\npsql -X -q -v ON_ERROR_STOP=1 -d {} -f - <<'SQL'\n{}\nSQL",
-                    shell_quote(conninfo),
+                    shell_word(conninfo),
                     script.trim_end()
                 );
             }
@@ -135,77 +130,39 @@ pub fn render(title: &str, steps: &[Step]) -> String {
                      server\nif [ -n \"${{{from_env}:-}}\" ]; then\n  V=\"$(printf %s \
                      \"${from_env}\" | cln-replguard setup scram-verifier)\"\n  printf '%s\\n' \
                      \"ALTER ROLE {role} PASSWORD '$V';\" | psql -X -q -v ON_ERROR_STOP=1 -d {} -f -\nfi",
-                    shell_quote(conninfo)
+                    shell_word(conninfo)
                 );
             }
             Step::AppendOnce { path, line } => {
-                let (p, l) = (shell_quote(&path.display().to_string()), shell_quote(line));
+                let (p, l) = (shell_word(&path.display().to_string()), shell_word(line));
                 let _ = writeln!(out, "\ngrep -qxF {l} {p} || echo {l} >> {p}");
             }
-            Step::AppendToHba { conninfo, line } => {
-                let (c, l) = (shell_quote(conninfo), shell_quote(line));
-                let _ = writeln!(
-                    out,
-                    "\nHBA=\"$(psql -X -A -t -d {c} -c 'SHOW hba_file')\"\ngrep -qxF {l} \"$HBA\" || \
-                     {{ echo {l} >> \"$HBA\"; psql -X -q -d {c} -c 'SELECT pg_reload_conf()'; }}"
-                );
-            }
+            Step::AppendToHba { conninfo, line } => render_hba(&mut out, conninfo, line),
             Step::Start {
                 data,
                 log,
                 restart_if_pending,
                 command,
-            } => {
-                let (d, l) = (
-                    shell_quote(&data.display().to_string()),
-                    shell_quote(&log.display().to_string()),
-                );
-                let _ = if let Some(cmd) = command {
-                    writeln!(out, "\npg_ctl -D {d} status >/dev/null || {cmd}")
-                } else if let Some(c) = restart_if_pending {
-                    writeln!(
-                        out,
-                        "\n# restart when a setting waits for it (or: systemctl restart \
-                         postgresql)\nif [ \"$(psql -X -A -t -d {} -c {})\" = t ]; then pg_ctl -D \
-                         {d} -l {l} -w restart; fi",
-                        shell_quote(c),
-                        shell_quote(PENDING_SQL)
-                    )
-                } else {
-                    writeln!(
-                        out,
-                        "\npg_ctl -D {d} status >/dev/null || pg_ctl -D {d} -l {l} -w start"
-                    )
-                };
-            }
+            } => render_start(
+                &mut out,
+                data,
+                log,
+                restart_if_pending.as_deref(),
+                command.as_deref(),
+            ),
             Step::Rewind {
                 dir,
                 source,
                 done_marker,
-            } => {
-                let d = dir.display().to_string();
-                let _ = writeln!(
-                    out,
-                    "\n# rewind the old primary to the new primary's timeline, unless done already\n\
-                     if ! {{ grep -qxF {} {} && pg_controldata -D {} | grep -Eq {}; }}; then\n  \
-                     rm -f {}\n  pg_rewind -D {} --source-server={} -R\nfi",
-                    shell_quote(done_marker),
-                    shell_quote(&format!("{d}/postgresql.auto.conf")),
-                    shell_quote(&d),
-                    shell_quote(RECOVERY_STATE_RE),
-                    shell_quote(&format!("{d}/standby.signal")),
-                    shell_quote(&d),
-                    shell_quote(source)
-                );
-            }
+            } => render_rewind(&mut out, dir, source, done_marker),
             Step::Clone { dir, args } => {
-                let d = shell_quote(&dir.display().to_string());
-                let args: Vec<String> = args.iter().map(|a| shell_quote(a)).collect();
+                let d = shell_word(&dir.display().to_string());
+                let args: Vec<String> = args.iter().map(|a| shell_word(a)).collect();
                 let _ = writeln!(
                     out,
                     "\n# clone the primary unless this is already its standby\nif [ ! -f {d}/standby.signal ]; then\n  \
-                     if [ -n \"$(ls -A {d} 2>/dev/null)\" ]; then echo \"{d} is not empty: \
-                     refusing to overwrite it\" >&2; exit 1; fi\n  pg_basebackup {}\nfi",
+                     if [ -n \"$(ls -A {d} 2>/dev/null)\" ]; then printf '%s is not empty: \
+                     refusing to overwrite it\\n' {d} >&2; exit 1; fi\n  pg_basebackup {}\nfi",
                     args.join(" ")
                 );
             }
@@ -218,14 +175,83 @@ pub fn render(title: &str, steps: &[Step]) -> String {
                 let _ = writeln!(
                     out,
                     "\n# {what}\nuntil [ \"$(psql -X -A -t -d {} -c {})\" = {} ]; do sleep 1; done",
-                    shell_quote(conninfo),
-                    shell_quote(sql),
-                    shell_quote(expect)
+                    shell_word(conninfo),
+                    shell_word(sql),
+                    shell_word(expect)
                 );
             }
         }
     }
     out
+}
+
+/// pg_rewind unless the marker shows it done and the directory is a standby already.
+fn render_rewind(out: &mut String, dir: &Path, source: &str, done_marker: &str) {
+    let d = dir.display().to_string();
+    let _ = writeln!(
+        out,
+        "\n# rewind the old primary to the new primary's timeline, unless done already\n\
+             if ! {{ grep -qxF {} {} && pg_controldata -D {} | grep -Eq {}; }}; then\n  \
+             rm -f {}\n  pg_rewind -D {} --source-server={} -R\nfi",
+        shell_word(done_marker),
+        shell_word(&format!("{d}/postgresql.auto.conf")),
+        shell_word(&d),
+        shell_word(RECOVERY_STATE_RE),
+        shell_word(&format!("{d}/standby.signal")),
+        shell_word(&d),
+        shell_word(source)
+    );
+}
+
+/// The hba line appended once, kept only if the file still loads, then a reload.
+fn render_hba(out: &mut String, conninfo: &str, line: &str) {
+    let (c, l) = (shell_word(conninfo), shell_word(line));
+    let _ = writeln!(
+        out,
+        "\nHBA=\"$(psql -X -A -t -d {c} -c 'SHOW hba_file')\"\nif ! grep -qxF {l} \"$HBA\"; \
+             then\n  cp -p \"$HBA\" \"$HBA.before-replguard\"\n  echo {l} >> \"$HBA\"\n  \
+             ERRORS=\"$(psql -X -A -t -d {c} -c {})\"\n  if [ -n \"$ERRORS\" ]; then\n    mv \
+             \"$HBA.before-replguard\" \"$HBA\"\n    echo \"$HBA would not load with that line, so \
+             it was left as it was: $ERRORS\" >&2\n    exit 1\n  fi\n  rm -f \
+             \"$HBA.before-replguard\"\n  psql -X -q -d {c} -c 'SELECT pg_reload_conf()'\nfi",
+        shell_word(HBA_ERRORS_SQL)
+    );
+}
+
+/// Start unless running; restart when a setting waits for it; a start command is waited for.
+fn render_start(
+    out: &mut String,
+    data: &Path,
+    log: &Path,
+    restart_if_pending: Option<&str>,
+    command: Option<&str>,
+) {
+    let (d, l) = (
+        shell_word(&data.display().to_string()),
+        shell_word(&log.display().to_string()),
+    );
+    let _ = if let Some(cmd) = command {
+        writeln!(
+            out,
+            "\npg_ctl -D {d} status >/dev/null || {cmd}\nfor _ in $(seq 60); do pg_ctl -D \
+                 {d} status >/dev/null && break; sleep 1; done\npg_ctl -D {d} status \
+                 >/dev/null || {{ echo \"the server did not start: see its log\" >&2; exit 1; }}"
+        )
+    } else if let Some(c) = restart_if_pending {
+        writeln!(
+            out,
+            "\n# restart when a setting waits for it (or: systemctl restart \
+                 postgresql)\nif [ \"$(psql -X -A -t -d {} -c {})\" = t ]; then pg_ctl -D \
+                 {d} -l {l} -w restart; fi",
+            shell_word(c),
+            shell_word(PENDING_SQL)
+        )
+    } else {
+        writeln!(
+            out,
+            "\npg_ctl -D {d} status >/dev/null || pg_ctl -D {d} -l {l} -w start"
+        )
+    };
 }
 
 /// Runs the steps here, in order; the first failure stops with what failed.
@@ -270,96 +296,24 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
             Step::AppendOnce { path, line } => {
                 append_once(pg, path, line)?;
             }
-            Step::AppendToHba { conninfo, line } => {
-                let hba = PathBuf::from(psql_script(pg, conninfo, "SHOW hba_file")?.trim());
-                // The file the server reads: it exists, or something is off.
-                fs::metadata(&hba).with_context(|| format!("reading {}", hba.display()))?;
-                if append_once(pg, &hba, line)? {
-                    println!("cln-replguard setup: {line} >> {}", hba.display());
-                    psql_script(pg, conninfo, "SELECT pg_reload_conf()")?;
-                }
-            }
+            Step::AppendToHba { conninfo, line } => append_to_hba(pg, conninfo, line)?,
             Step::Start {
                 data,
                 log,
                 restart_if_pending,
                 command,
-            } => {
-                let running = pg
-                    .tool("pg_ctl")
-                    .arg("-D")
-                    .arg(data)
-                    .arg("status")
-                    .stdout(Stdio::null())
-                    .status()?
-                    .success();
-                let pending = match restart_if_pending {
-                    Some(c) if running => psql_script(pg, c, PENDING_SQL)?.trim() == "t",
-                    _ => false,
-                };
-                if running && !pending {
-                    continue;
-                }
-                println!(
-                    "cln-replguard setup: {} {}",
-                    if running { "restarting" } else { "starting" },
-                    data.display()
-                );
-                if let (Some(cmd), false) = (command, running) {
-                    let out = std::process::Command::new("sh")
-                        .args(["-c", cmd])
-                        .output()?;
-                    if !out.status.success() {
-                        bail!("{cmd}: {}", String::from_utf8_lossy(&out.stderr).trim());
-                    }
-                    continue;
-                }
-                let out = pg
-                    .tool("pg_ctl")
-                    .arg("-D")
-                    .arg(data)
-                    .arg("-l")
-                    .arg(log)
-                    .args(["-w", "-t", "60"])
-                    .arg(if running { "restart" } else { "start" })
-                    .output()?;
-                if !out.status.success() {
-                    bail!(
-                        "pg_ctl could not start {}: {} (see {})",
-                        data.display(),
-                        String::from_utf8_lossy(&out.stderr).trim(),
-                        log.display()
-                    );
-                }
-            }
+            } => start(
+                pg,
+                data,
+                log,
+                restart_if_pending.as_deref(),
+                command.as_deref(),
+            )?,
             Step::Rewind {
                 dir,
                 source,
                 done_marker,
-            } => {
-                let conf = fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap_or_default();
-                if conf.lines().any(|l| l == done_marker) && in_recovery_state(pg, dir)? {
-                    continue;
-                }
-                println!(
-                    "cln-replguard setup: rewind {} (pg_rewind -R)",
-                    dir.display()
-                );
-                remove_stale_pid_file(dir)?;
-                match fs::remove_file(dir.join("standby.signal")) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                        bail!("removing standby.signal: {e}")
-                    }
-                    _ => {}
-                }
-                let args = [
-                    "-D".to_string(),
-                    dir.display().to_string(),
-                    format!("--source-server={source}"),
-                    "-R".to_string(),
-                ];
-                run_tool(pg, "pg_rewind", &args)?;
-            }
+            } => rewind(pg, dir, source, done_marker)?,
             Step::Clone { dir, args } => {
                 if dir.join("standby.signal").is_file() {
                     continue;
@@ -399,6 +353,126 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
 /// need no quoting in SQL or in a shell's double quotes.
 pub fn scram_verifier(password: &[u8]) -> String {
     postgres_protocol::password::scram_sha_256(password)
+}
+
+/// Adds the line to the server's own hba_file, and reloads only when the file still loads:
+/// a file PostgreSQL refuses would be ignored by the reload, then stop the next start. Then
+/// the line is taken out again.
+fn append_to_hba(pg: &PgInstall, conninfo: &str, line: &str) -> Result<()> {
+    let hba = PathBuf::from(psql_script(pg, conninfo, "SHOW hba_file")?.trim());
+    // The file the server reads: it exists, or something is off.
+    let before = fs::read_to_string(&hba).with_context(|| format!("reading {}", hba.display()))?;
+    if !append_once(pg, &hba, line)? {
+        return Ok(());
+    }
+    let errors = match psql_script(pg, conninfo, HBA_ERRORS_SQL) {
+        Ok(e) if e.trim().is_empty() => None,
+        Ok(e) => Some(e.trim().to_string()),
+        Err(e) => Some(format!("cannot tell ({e:#})")),
+    };
+    if let Some(errors) = errors {
+        fs::write(&hba, before).with_context(|| format!("restoring {}", hba.display()))?;
+        bail!(
+            "{} would not load with {line:?}, so it was left as it was: {errors}",
+            hba.display()
+        );
+    }
+    println!("cln-replguard setup: {line} >> {}", hba.display());
+    psql_script(pg, conninfo, "SELECT pg_reload_conf()")?;
+    Ok(())
+}
+
+/// Starts the server unless it runs (restarts it when `restart_if_pending` finds a setting
+/// waiting for a restart), then makes sure it came back before anything goes on.
+fn start(
+    pg: &PgInstall,
+    data: &Path,
+    log: &Path,
+    restart_if_pending: Option<&str>,
+    command: Option<&str>,
+) -> Result<()> {
+    let running = server_running(pg, data)?;
+    let pending = match restart_if_pending {
+        Some(c) if running => psql_script(pg, c, PENDING_SQL)?.trim() == "t",
+        _ => false,
+    };
+    if running && !pending {
+        return Ok(());
+    }
+    let verb = if running { "restart" } else { "start" };
+    println!("cln-replguard setup: {verb}ing {}", data.display());
+    let out = match (command, running) {
+        (Some(cmd), false) => std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .output()
+            .with_context(|| format!("running {cmd}"))?,
+        _ => pg
+            .tool("pg_ctl")
+            .arg("-D")
+            .arg(data)
+            .arg("-l")
+            .arg(log)
+            .args(["-w", "-t", "60", verb])
+            .output()?,
+    };
+    if !out.status.success() {
+        bail!(
+            "could not {verb} {}: {} (see {})",
+            data.display(),
+            String::from_utf8_lossy(&out.stderr).trim(),
+            log.display()
+        );
+    }
+    let back = wait_for("the server", Duration::from_secs(60), || {
+        Ok(server_running(pg, data)?
+            && restart_if_pending.is_none_or(|c| psql_script(pg, c, "SELECT 1").is_ok()))
+    });
+    back.map_err(|_| {
+        anyhow::anyhow!(
+            "{} did not come back after the {verb}: stopping here; see {} (or the log of your \
+             start command)",
+            data.display(),
+            log.display()
+        )
+    })
+}
+
+fn server_running(pg: &PgInstall, data: &Path) -> Result<bool> {
+    Ok(pg
+        .tool("pg_ctl")
+        .arg("-D")
+        .arg(data)
+        .arg("status")
+        .stdout(Stdio::null())
+        .status()
+        .context("running pg_ctl status")?
+        .success())
+}
+
+/// `pg_rewind -R` unless the marker shows it was done and the directory is a standby.
+fn rewind(pg: &PgInstall, dir: &Path, source: &str, done_marker: &str) -> Result<()> {
+    let conf = fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap_or_default();
+    if conf.lines().any(|l| l == done_marker) && in_recovery_state(pg, dir)? {
+        return Ok(());
+    }
+    println!(
+        "cln-replguard setup: rewind {} (pg_rewind -R)",
+        dir.display()
+    );
+    remove_stale_pid_file(dir)?;
+    match fs::remove_file(dir.join("standby.signal")) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            bail!("removing standby.signal: {e}")
+        }
+        _ => {}
+    }
+    let args = [
+        "-D".to_string(),
+        dir.display().to_string(),
+        format!("--source-server={source}"),
+        "-R".to_string(),
+    ];
+    run_tool(pg, "pg_rewind", &args)
 }
 
 /// `pg_controldata`'s cluster state of a standby (rewound or running as one); a promoted
