@@ -3,11 +3,53 @@
 //! that stopped changing means the plugin stopped checking: "unknown", never the old verdict.
 
 use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
 use crate::verdict::Level;
+
+/// The status file's name in lightningd's network directory, unless `replguard-status-file`
+/// says otherwise.
+pub const DEFAULT_NAME: &str = "replguard-status.json";
+
+/// Owner reads and writes, lightningd's group reads (a monitoring user in that group runs
+/// `status --from-file`), nobody else.
+const MODE: u32 = 0o640;
+
+/// Where the status file goes for `replguard-status-file` (`options::Settings::status_file`):
+/// relative paths under `dir`, lightningd's network directory; `None` when it is `off`.
+pub fn location(setting: &Option<Option<String>>, dir: &Path) -> Option<PathBuf> {
+    match setting {
+        None => Some(dir.join(DEFAULT_NAME)),
+        Some(None) => None,
+        Some(Some(p)) => Some(dir.join(p)),
+    }
+}
+
+/// Replaces the file at once: readers see the old report or the new one, never half. The
+/// temporary file is created exclusively under a random name in the same directory, so a
+/// link planted there is never followed (a predictable name let one overwrite another file),
+/// and the rename stays within one filesystem.
+pub fn write(path: &Path, report: &Value) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut doc = report.clone();
+    doc["written_at"] = json!(crate::report::rfc3339(SystemTime::now()));
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".replguard-status.")
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(MODE))
+        .tempfile_in(dir)?;
+    tmp.write_all(&serde_json::to_vec_pretty(&doc)?)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
 
 /// A report older than this many check intervals is stale.
 pub const STALE_AFTER_INTERVALS: u32 = 3;
@@ -116,6 +158,45 @@ mod tests {
         assert_eq!(l, Level::Unknown);
         assert_eq!(d["verdict"], "unknown");
         assert_eq!(d["findings"][0]["code"], "status-file-stale");
+    }
+
+    #[test]
+    fn written_without_following_a_planted_link_and_read_back() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let path = dir.path().join(DEFAULT_NAME);
+        // Where a predictable temporary name would be.
+        std::os::unix::fs::symlink(&victim, dir.path().join("replguard-status.json.tmp")).unwrap();
+        std::os::unix::fs::symlink(&victim, &path).unwrap();
+        write(&path, &json!({"verdict": "safe", "interval_ms": 1000})).unwrap();
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_file());
+        assert_eq!(meta.permissions().mode() & 0o137, 0);
+        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(judge(doc, SystemTime::now()).1, Level::Safe);
+        // Nothing left behind but the file, the victim and the planted link.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
+    }
+
+    #[test]
+    fn the_option_places_the_file_or_turns_it_off() {
+        let dir = Path::new("/ln/regtest");
+        assert_eq!(
+            location(&None, dir),
+            Some(dir.join("replguard-status.json"))
+        );
+        assert_eq!(location(&Some(None), dir), None);
+        assert_eq!(
+            location(&Some(Some("s.json".into())), dir),
+            Some(dir.join("s.json"))
+        );
+        assert_eq!(
+            location(&Some(Some("/var/lib/s.json".into())), dir),
+            Some(PathBuf::from("/var/lib/s.json"))
+        );
     }
 
     #[test]

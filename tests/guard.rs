@@ -609,3 +609,82 @@ fn a_standby_dsn_that_reaches_the_primary_does_not_stop_lightningd() {
     .unwrap();
     assert!(!f.stopped(), "lightningd was stopped");
 }
+
+/// The status file is replaced through a temporary file. A link planted where the old code
+/// put it (`replguard-status.json.tmp`) must not be followed: the file it points to stays as
+/// it was, and the status file is a plain file that only its owner can change.
+#[test]
+fn a_link_planted_at_the_status_files_temporary_path_is_not_followed() {
+    use std::os::unix::fs::PermissionsExt;
+    let victim_dir = tempfile::tempdir().unwrap();
+    let victim = victim_dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    // Unreachable wallet, warn mode: the monitor runs and writes the status file each check.
+    let mut f = Fake::start(
+        Setup::new("postgres://host=/nonexistent").option("replguard-mode", json!("warn")),
+    );
+    let status = f.dir.path().join("replguard-status.json");
+    std::os::unix::fs::symlink(&victim, f.dir.path().join("replguard-status.json.tmp")).unwrap();
+    f.getmanifest();
+    assert!(matches!(
+        f.init(Duration::from_secs(30)),
+        InitOutcome::Answered(_)
+    ));
+    wait_for("a status file", Duration::from_secs(10), || {
+        let Ok(text) = std::fs::read_to_string(&status) else {
+            return Ok(false);
+        };
+        let doc: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Ok(doc["verdict"] == "unknown")
+    })
+    .unwrap();
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    let meta = std::fs::symlink_metadata(&status).unwrap();
+    assert!(meta.file_type().is_file(), "{meta:?}");
+    let mode = meta.permissions().mode() & 0o777;
+    assert_eq!(
+        mode & 0o137,
+        0,
+        "mode {mode:o}: writable by others or executable"
+    );
+}
+
+/// Before `init`, `replguard-status-file` from lightningd's configuration decides where the
+/// report goes, `off` included.
+#[test]
+fn before_init_the_status_file_option_is_honoured() {
+    let elsewhere = tempfile::tempdir().unwrap();
+    let chosen = elsewhere.path().join("chosen.json");
+    for (value, expected) in [
+        (chosen.to_str().unwrap(), Some(chosen.clone())),
+        ("off", None),
+    ] {
+        let f = Fake::start(Setup::new("unused: the plugin reads the config files"));
+        std::fs::write(
+            f.dir.path().join("config"),
+            format!(
+                "wallet=postgres://host=/nonexistent\nreplguard-startup-wait=0\n\
+                 replguard-status-file={value}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::create_dir_all(f.dir.path().join("regtest")).unwrap();
+        let mut f = f;
+        f.getmanifest();
+        // The report on stderr comes after the status file was written (or not).
+        wait_for("the stderr report", Duration::from_secs(20), || {
+            Ok(f.stderr
+                .lock()
+                .unwrap()
+                .contains("has not initialised its plugins"))
+        })
+        .unwrap();
+        let default = f.dir.path().join("regtest/replguard-status.json");
+        assert!(!default.exists(), "{value}: written to the default place");
+        if let Some(path) = expected {
+            let doc: Value =
+                serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            assert_eq!(doc["phase"], "before-init");
+        }
+    }
+}

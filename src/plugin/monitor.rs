@@ -8,7 +8,7 @@
 //! ours.
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use cln_plugin::Plugin;
 use serde_json::{Value, json};
@@ -20,7 +20,7 @@ use super::startup::State;
 use crate::guard::{self, Debouncer, OnUnsafe, Transition};
 use crate::policy::Policy;
 use crate::verdict::{Code, Verdict};
-use crate::{evidence, probe, report, verdict};
+use crate::{evidence, probe, report, statusfile, verdict};
 
 /// A notification not taken by then is dropped: lightningd is frozen or gone.
 const NOTIFY_DEADLINE: Duration = Duration::from_secs(2);
@@ -82,7 +82,7 @@ pub async fn run(plugin: Plugin<State>) {
         rep["reported_for_ms"] = json!(debounce.held_for(now).as_millis() as u64);
         rep["interval_ms"] = json!(st.settings.interval.as_millis() as u64);
         if let Some(path) = &st.status_file
-            && let Err(e) = write_atomically(path, &rep)
+            && let Err(e) = statusfile::write(path, &rep)
         {
             log::warn!("cannot write the status file {}: {e}", path.display());
         }
@@ -227,13 +227,4 @@ async fn stop_lightningd(rpc_path: &Path, why: &str, v: &Verdict) {
             }
         }
     }
-}
-
-/// Replaces the file at once: readers see the old report or the new one, never half.
-pub fn write_atomically(path: &Path, report: &Value) -> std::io::Result<()> {
-    let mut doc = report.clone();
-    doc["written_at"] = json!(report::rfc3339(SystemTime::now()));
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)?;
-    std::fs::rename(&tmp, path)
 }

@@ -11,12 +11,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::json;
 
-use super::monitor::write_atomically;
-use super::startup::DEFAULT_STATUS_FILE;
+use crate::facts::Observation;
 use crate::lnconfig::{self, Location};
 use crate::options::{self, Settings};
 use crate::probe::{self, Targets};
-use crate::{dsn, report, verdict};
+use crate::{dsn, report, statusfile, verdict};
 
 pub async fn watch(init_seen: Arc<AtomicBool>) {
     let args = parent_args();
@@ -27,18 +26,13 @@ pub async fn watch(init_seen: Arc<AtomicBool>) {
     };
     // Command-line options come after the files, as lightningd applies them.
     let cmdline = cmdline_options(&args);
-    let given = config
+    let pairs: Vec<(String, Option<String>)> = config
         .lines
         .iter()
         .map(|l| (l.key.clone(), l.value.clone()))
-        .chain(cmdline.iter().cloned());
-    let pairs: Vec<(String, Option<String>)> = given.collect();
-    let settings = options::settings(pairs.iter().map(|(k, v)| options::Given {
-        name: k,
-        value: v.as_deref(),
-        origin: "lightningd's configuration",
-    }))
-    .unwrap_or_else(|_| Settings::default());
+        .chain(cmdline.iter().cloned())
+        .collect();
+    let settings = settings_of(&pairs);
     let wallet = pairs
         .iter()
         .rev()
@@ -54,30 +48,28 @@ pub async fn watch(init_seen: Arc<AtomicBool>) {
         return;
     };
     let targets = Targets::new(wallet, vec![]);
-    let status_file = config
-        .lightning_dir
-        .join(&config.network)
-        .join(DEFAULT_STATUS_FILE);
-    let waited = settings.startup_wait.as_secs();
+    // Where the plugin writes it after init too: relative to lightningd's network directory.
+    let status_file = statusfile::location(
+        &settings.status_file,
+        &config.lightning_dir.join(&config.network),
+    );
     let mut told = false;
     while !init_seen.load(Ordering::SeqCst) {
         let obs = probe::observe(&targets, &settings.policy).await;
         let v = verdict::evaluate(&obs, &settings.policy);
-        let waiting = obs.primary().map_or(0, |p| p.syncrep_waiters.count);
-        let message = format!(
-            "lightningd has not initialised its plugins {waited} s after starting; its wallet's \
-             storage is {}{}",
-            v.level,
-            if waiting > 0 {
-                format!(
-                    ", and {waiting} commit(s) wait for the synchronous standby: lightningd is \
-                     blocked on its wallet"
-                )
-            } else {
-                String::new()
-            }
-        );
-        if !told && (waiting > 0 || v.level != verdict::Level::Safe) {
+        let message = blocked_message(&obs, &v, settings.startup_wait);
+        // The file first: whoever reads our stderr report finds the file already there.
+        if let Some(path) = &status_file {
+            let mut rep = report::status_json(&obs, &v, &settings.policy);
+            rep["phase"] = json!("before-init");
+            rep["before_init"] =
+                json!({"waited_s": settings.startup_wait.as_secs(), "message": message});
+            rep["reported"] = json!(v.level);
+            rep["interval_ms"] = json!(settings.interval.as_millis() as u64);
+            let _ = statusfile::write(path, &rep);
+        }
+        let waiting = obs.primary().is_some_and(|p| p.syncrep_waiters.count > 0);
+        if !told && (waiting || v.level != verdict::Level::Safe) {
             eprintln!("cln-replguard: {message}");
             for f in &v.findings {
                 eprintln!(
@@ -87,14 +79,51 @@ pub async fn watch(init_seen: Arc<AtomicBool>) {
             }
             told = true;
         }
-        let mut rep = report::status_json(&obs, &v, &settings.policy);
-        rep["phase"] = json!("before-init");
-        rep["before_init"] = json!({"waited_s": waited, "message": message});
-        rep["reported"] = json!(v.level);
-        rep["interval_ms"] = json!(settings.interval.as_millis() as u64);
-        let _ = write_atomically(&status_file, &rep);
         tokio::time::sleep(settings.interval).await;
     }
+}
+
+/// The plugin's options among lightningd's configuration. When one of them is invalid (init
+/// will refuse it), the defaults — but `replguard-status-file` is still honoured, `off`
+/// included, so no file appears where the operator said none should.
+fn settings_of(pairs: &[(String, Option<String>)]) -> Settings {
+    let given = |only: Option<&str>| {
+        options::settings(
+            pairs
+                .iter()
+                .filter(|(k, _)| only.is_none_or(|o| k == o))
+                .map(|(k, v)| options::Given {
+                    name: k,
+                    value: v.as_deref(),
+                    origin: "lightningd's configuration",
+                }),
+        )
+    };
+    given(None).unwrap_or_else(|_| Settings {
+        status_file: given(Some(options::STATUS_FILE))
+            .map(|s| s.status_file)
+            .unwrap_or(Some(None)),
+        ..Settings::default()
+    })
+}
+
+/// What the plugin says when `init` has not come after the startup wait.
+fn blocked_message(obs: &Observation, v: &verdict::Verdict, waited: std::time::Duration) -> String {
+    let waiting = obs.primary().map_or(0, |p| p.syncrep_waiters.count);
+    format!(
+        "lightningd has not initialised its plugins {} s after starting; its wallet's storage \
+         is {}{}",
+        waited.as_secs(),
+        v.level,
+        if waiting > 0 {
+            format!(
+                ", and {waiting} commit(s) wait for the synchronous standby: lightningd is \
+                 blocked on its wallet"
+            )
+        } else {
+            String::new()
+        }
+    )
 }
 
 /// lightningd's command line, from /proc.
@@ -164,6 +193,27 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn pairs(p: &[(&str, &str)]) -> Vec<(String, Option<String>)> {
+        p.iter()
+            .map(|(k, v)| (k.to_string(), Some(v.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn the_status_file_option_holds_even_beside_an_invalid_option() {
+        let off = [("replguard-status-file", "off")];
+        assert_eq!(settings_of(&pairs(&off)).status_file, Some(None));
+        let both = [
+            ("replguard-status-file", "/srv/s.json"),
+            ("replguard-interval", "soon"),
+            ("alias", "x"),
+        ];
+        let s = settings_of(&pairs(&both));
+        assert_eq!(s.status_file, Some(Some("/srv/s.json".into())));
+        assert_eq!(s.interval, Settings::default().interval);
+        assert_eq!(settings_of(&pairs(&[("alias", "x")])).status_file, None);
     }
 
     #[test]

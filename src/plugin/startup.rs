@@ -214,15 +214,8 @@ pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
 
 /// `replguard-status-file`, relative paths under the lightning-dir.
 fn status_file(settings: &Settings, lightning_dir: &std::path::Path) -> Option<PathBuf> {
-    match &settings.status_file {
-        None => Some(lightning_dir.join(DEFAULT_STATUS_FILE)),
-        Some(None) => None,
-        Some(Some(p)) => Some(lightning_dir.join(p)),
-    }
+    crate::statusfile::location(&settings.status_file, lightning_dir)
 }
-
-/// The status file's name in the lightning-dir.
-pub const DEFAULT_STATUS_FILE: &str = "replguard-status.json";
 
 /// The options as lightningd passed them, validated. On error: the mode to act in (enforce
 /// unless warn was given plainly) and the problem.
