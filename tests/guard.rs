@@ -688,3 +688,57 @@ fn before_init_the_status_file_option_is_honoured() {
         }
     }
 }
+
+/// The monitor is supervised: when it ends (here a panic after its second check, through the
+/// debug-build-only `REPLGUARD_TEST_MONITOR_PANIC_AFTER`), the level becomes unknown — the
+/// gate closes — and the reason is logged, in `replication-status` and in the status file.
+#[test]
+fn an_ended_monitor_closes_the_gate_and_says_why() {
+    let (c, _s) = healthy();
+    let mut setup = Setup::new(&c.primary.wallet_dsn());
+    setup
+        .env
+        .push(("REPLGUARD_TEST_MONITOR_PANIC_AFTER".into(), "2".into()));
+    let mut f = started(setup);
+    let r = f.poll(
+        "replication-status",
+        json!({}),
+        Duration::from_secs(15),
+        |r| {
+            r["result"]["findings"]
+                .to_string()
+                .contains("monitor-ended")
+        },
+    );
+    let s = &r["result"];
+    assert_eq!(s["verdict"], "unknown", "{s:#}");
+    assert_eq!(s["reported"], "unknown", "{s:#}");
+    let finding = &s["findings"][0];
+    assert_eq!(finding["code"], "monitor-ended", "{s:#}");
+    assert!(
+        finding["message"].as_str().unwrap().contains("panicked"),
+        "{finding}"
+    );
+    let answer = f.hook("rpc_command", fundchannel());
+    assert!(gated(&answer), "the gate stays open: {answer}");
+    let status = f.dir.path().join("replguard-status.json");
+    let doc: Value = serde_json::from_str(&std::fs::read_to_string(&status).unwrap()).unwrap();
+    assert_eq!(doc["verdict"], "unknown", "{doc:#}");
+    assert!(
+        doc["findings"].to_string().contains("monitor-ended"),
+        "{doc:#}"
+    );
+    let (code, out, _) = cli(&["status", "--from-file", status.to_str().unwrap()]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("monitor-ended"), "{out}");
+    f.drain();
+    assert!(
+        f.logs_at("broken")
+            .iter()
+            .chain(f.logs_at("error").iter())
+            .any(|l| l.contains("monitor") && l.contains("panicked")),
+        "{:?}",
+        f.logs
+    );
+    assert!(!f.stopped());
+}

@@ -17,6 +17,7 @@ mod monitor;
 pub mod params;
 mod preinit;
 mod startup;
+mod supervisor;
 
 use anyhow::Result;
 use cln_plugin::options::{ConfigOption, StringArrayConfigOption, StringConfigOption};
@@ -97,7 +98,8 @@ async fn serve() -> Result<i32> {
     };
     let state = startup::check(&configured).await;
     let plugin = configured.start(state).await?;
-    tokio::spawn(monitor::run(plugin.clone()));
+    // The supervisor keeps the monitor's handle and fails closed when it ends.
+    tokio::spawn(supervisor::supervised(plugin.clone()));
     plugin.join().await?;
     Ok(0)
 }

@@ -27,7 +27,7 @@ const NOTIFY_DEADLINE: Duration = Duration::from_secs(2);
 /// `stop` not answered by then (lightningd frozen on a commit): end it with SIGTERM.
 const STOP_DEADLINE: Duration = Duration::from_secs(5);
 
-pub async fn run(plugin: Plugin<State>) {
+pub(super) async fn run(plugin: Plugin<State>) {
     let st = plugin.state().0.clone();
     let Ok(targets) = &st.targets else { return };
     let mut debounce = Debouncer::new(st.level(), Instant::now());
@@ -93,6 +93,7 @@ pub async fn run(plugin: Plugin<State>) {
             }
         }
         *st.guard.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, rep));
+        panic_if_told(st.guard.counters().checks);
         if stopping || st.settings.gate.on_unsafe == OnUnsafe::Log {
             continue;
         }
@@ -121,6 +122,22 @@ pub async fn run(plugin: Plugin<State>) {
             stop_lightningd(&st.rpc_path, &why, &v).await;
         }
     }
+}
+
+/// Tests only: `REPLGUARD_TEST_MONITOR_PANIC_AFTER=n` makes the monitor panic after its n-th
+/// check, so a test can watch the supervisor at work. Read in debug builds only: a release
+/// build ignores it.
+fn panic_if_told(checks: u64) {
+    #[cfg(debug_assertions)]
+    if std::env::var("REPLGUARD_TEST_MONITOR_PANIC_AFTER")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        == Some(checks)
+    {
+        panic!("REPLGUARD_TEST_MONITOR_PANIC_AFTER={checks}: the monitor panics as told");
+    }
+    #[cfg(not(debug_assertions))]
+    let _ = checks;
 }
 
 /// Pause before writing again after a failed write.

@@ -103,6 +103,8 @@ pub enum Code {
     WalletClusterDifferent,
     WalletClusterUnverified,
     LightningdSessionNotFound,
+    /// The plugin's runtime monitor ended: no check runs any more (plugin mode).
+    MonitorEnded,
 }
 
 impl Code {
@@ -148,6 +150,7 @@ impl Code {
             Code::WalletClusterDifferent => "wallet-cluster-different",
             Code::WalletClusterUnverified => "wallet-cluster-unverified",
             Code::LightningdSessionNotFound => "lightningd-session-not-found",
+            Code::MonitorEnded => "monitor-ended",
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct Setup {
     pub important: bool,
     pub version: String,
     pub options: Value,
+    /// Extra environment for the plugin (test-only switches).
+    pub env: Vec<(String, String)>,
 }
 
 impl Setup {
@@ -32,6 +34,7 @@ impl Setup {
             important: true,
             version: "v26.06.6".into(),
             options: json!({}),
+            env: Vec::new(),
         }
     }
 
@@ -92,6 +95,7 @@ impl Fake {
             .env("LIGHTNINGD_PLUGIN", "1")
             .env("LIGHTNINGD_VERSION", &setup.version)
             .env_remove("REPLGUARD_DSN")
+            .envs(setup.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -1,0 +1,107 @@
+//! The monitor's supervisor: it keeps the monitor task's handle and notices its end.
+
+use std::time::Instant;
+
+use cln_plugin::Plugin;
+use serde_json::{Value, json};
+
+use super::monitor;
+use super::startup::State;
+use crate::statusfile;
+use crate::verdict::{Code, Finding, Level};
+
+/// Runs the monitor and watches it. Were it to end — a panic or a return — no check would run
+/// any more and the hooks would decide on its last level forever. So an ended monitor fails
+/// closed: the level becomes unknown (the gate closes), and why is logged, in the report the
+/// methods serve and in the status file. It takes no `stop`: the storage was not judged, the
+/// plugin failed (a node stopped for the plugin's own fault cannot watch its channels).
+pub async fn supervised(plugin: Plugin<State>) {
+    let st = plugin.state().0.clone();
+    if st.targets.is_err() {
+        // Nothing to check (warn mode): no monitor, and the level is unknown already.
+        return;
+    }
+    let why = match tokio::spawn(monitor::run(plugin)).await {
+        Ok(()) => "the runtime monitor ended".to_string(),
+        Err(e) if e.is_panic() => format!(
+            "the runtime monitor panicked: {}",
+            panic_text(e.into_panic().as_ref())
+        ),
+        Err(e) => format!("the runtime monitor was cancelled: {e}"),
+    };
+    log::error!(
+        "{why}; no check runs any more: the level is unknown (the gate refuses) until the \
+         plugin restarts"
+    );
+    *st.guard.level.lock().unwrap_or_else(|e| e.into_inner()) = Level::Unknown;
+    let latest = st.guard.latest().map(|(_, r)| r);
+    let rep = ended_report(latest, &why);
+    if let Some(path) = &st.status_file
+        && let Err(e) = statusfile::write(path, &rep)
+    {
+        log::warn!("cannot write the status file {}: {e}", path.display());
+    }
+    *st.guard.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), rep));
+}
+
+fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(no message)".to_string())
+}
+
+/// The last report, or an empty one, turned unknown with a finding that says the monitor
+/// ended and why; what it saw before stays for the reader.
+fn ended_report(latest: Option<Value>, why: &str) -> Value {
+    let mut rep = latest.unwrap_or_else(|| json!({}));
+    let finding = Finding::new(
+        Code::MonitorEnded,
+        Level::Unknown,
+        format!(
+            "{why}: the storage is no longer checked; the values below are from its last check"
+        ),
+        "restart the plugin (lightning-cli plugin start, or restart lightningd) and report \
+         the error in lightningd's log",
+    );
+    rep["verdict"] = json!(Level::Unknown);
+    rep["reported"] = json!(Level::Unknown);
+    rep["reported_for_ms"] = json!(0);
+    match rep["findings"].as_array_mut() {
+        Some(f) => f.insert(0, json!(finding)),
+        None => rep["findings"] = json!([finding]),
+    }
+    rep
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_ended_monitor_turns_the_last_report_unknown_and_says_why() {
+        let last = json!({"verdict": "safe", "reported": "safe", "findings": [], "x": 1});
+        let r = ended_report(Some(last), "the runtime monitor panicked: boom");
+        assert_eq!(r["verdict"], "unknown");
+        assert_eq!(r["reported"], "unknown");
+        assert_eq!(r["findings"][0]["code"], "monitor-ended");
+        assert_eq!(r["findings"][0]["severity"], "unknown");
+        assert!(
+            r["findings"][0]["message"]
+                .as_str()
+                .unwrap()
+                .contains("boom")
+        );
+        assert_eq!(r["x"], 1);
+        let r = ended_report(None, "the runtime monitor ended");
+        assert_eq!(r["findings"].as_array().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_panic_message_is_read_from_either_payload() {
+        assert_eq!(panic_text(&"static"), "static");
+        assert_eq!(panic_text(&String::from("owned")), "owned");
+        assert_eq!(panic_text(&7u8), "(no message)");
+    }
+}
