@@ -66,6 +66,9 @@ pub enum FailureKind {
     Privilege,
     /// Anything else the server said.
     Query,
+    /// The plugin's own side failed — out of file descriptors or memory, a task of ours that
+    /// died: nothing was learnt about the server.
+    PluginFault,
 }
 
 /// The wallet's server, seen through the wallet DSN.
@@ -177,6 +180,10 @@ pub enum CommitProbe {
         waiting_ms: Option<f64>,
     },
     Failed {
+        error: String,
+    },
+    /// Not run: the plugin's own side failed (`FailureKind::PluginFault`).
+    PluginFault {
         error: String,
     },
 }

@@ -195,6 +195,37 @@ pub fn not_safe(level: Level, on_unknown: OnUnknown) -> bool {
     }
 }
 
+/// What stop mode does after a check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopDecision {
+    /// Not stop mode, not (yet) not safe for the grace period.
+    Wait,
+    Stop,
+    /// It would stop, but this check is not safe only because the plugin's own side failed
+    /// (descriptors, memory): the storage was not judged. Stopping a healthy node for that
+    /// would let anyone who can exhaust the plugin's resources (a local connection flood)
+    /// take the node down, and a stopped node cannot watch its channels.
+    NotForAPluginFault,
+}
+
+/// Whether stop mode stops lightningd now: the reported level has been not safe for `grace`,
+/// and what this check learnt about the storage does not contradict it.
+pub fn stop_decision(
+    gate: &GatePolicy,
+    reported: Level,
+    held: Duration,
+    grace: Duration,
+    v: &Verdict,
+) -> StopDecision {
+    if gate.on_unsafe != OnUnsafe::Stop || !not_safe(reported, gate.on_unknown) || held < grace {
+        return StopDecision::Wait;
+    }
+    if v.has(Code::PluginFault) && !not_safe(v.storage_level(), gate.on_unknown) {
+        return StopDecision::NotForAPluginFault;
+    }
+    StopDecision::Stop
+}
+
 /// How the guard is set up.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GatePolicy {
@@ -365,6 +396,71 @@ mod tests {
             ..GatePolicy::default()
         };
         assert!(log.refuse_command("fundchannel", Level::Unsafe).is_none());
+    }
+
+    #[test]
+    fn stop_mode_never_stops_for_a_plugin_fault_alone() {
+        let stop = GatePolicy {
+            on_unsafe: OnUnsafe::Stop,
+            ..GatePolicy::default()
+        };
+        let (grace, held) = (Duration::from_secs(30), Duration::from_secs(31));
+        let fault = verdict(Level::Unknown, &[Code::PluginFault]);
+        assert_eq!(
+            stop_decision(&stop, Level::Unknown, held, grace, &fault),
+            StopDecision::NotForAPluginFault
+        );
+        // A plugin fault beside a storage finding: the storage's verdict decides.
+        let mut both = verdict(Level::Unsafe, &[Code::SyncNamesEmpty]);
+        both.findings
+            .push(Finding::new(Code::PluginFault, Level::Unknown, "m", "r"));
+        assert_eq!(
+            stop_decision(&stop, Level::Unsafe, held, grace, &both),
+            StopDecision::Stop
+        );
+        // The storage's own unknown (a timeout) stops as before; so does a long unsafe.
+        let timeout = verdict(Level::Unknown, &[Code::PrimaryTimeout]);
+        assert_eq!(
+            stop_decision(&stop, Level::Unknown, held, grace, &timeout),
+            StopDecision::Stop
+        );
+        assert_eq!(
+            stop_decision(
+                &stop,
+                Level::Unknown,
+                Duration::from_secs(1),
+                grace,
+                &timeout
+            ),
+            StopDecision::Wait
+        );
+        // Not stop mode, or on-unknown=allow: nothing to stop.
+        let gate = GatePolicy::default();
+        assert_eq!(
+            stop_decision(&gate, Level::Unsafe, held, grace, &both),
+            StopDecision::Wait
+        );
+        let allow = GatePolicy {
+            on_unknown: OnUnknown::Allow,
+            ..stop.clone()
+        };
+        assert_eq!(
+            stop_decision(&allow, Level::Unknown, held, grace, &fault),
+            StopDecision::Wait
+        );
+    }
+
+    #[test]
+    fn the_storage_level_leaves_plugin_faults_out() {
+        let mut v = verdict(Level::Unknown, &[Code::PluginFault]);
+        assert_eq!(v.storage_level(), Level::Safe);
+        v.findings.push(Finding::new(
+            Code::CommitProbeSlow,
+            Level::Degraded,
+            "m",
+            "r",
+        ));
+        assert_eq!(v.storage_level(), Level::Degraded);
     }
 
     #[test]

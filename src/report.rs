@@ -369,6 +369,7 @@ fn probe_text(p: &crate::facts::CommitProbe) -> String {
             waiting_ms.map_or(String::new(), |ms| format!(" ({:.1} s)", ms / 1000.0))
         ),
         Failed { error } => format!("failed: {error}"),
+        PluginFault { error } => format!("not run, plugin fault: {error}"),
         Skipped {
             oldest_reply_ms, ..
         } => format!(

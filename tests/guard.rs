@@ -742,3 +742,167 @@ fn an_ended_monitor_closes_the_gate_and_says_why() {
     );
     assert!(!f.stopped());
 }
+
+/// The plugin's CPU time so far, in seconds (utime + stime).
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which ends with the last ')'.
+    let rest: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn open_descriptors(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Sets a running process's soft descriptor limit (the hard one stays).
+fn set_soft_nofile(pid: u32, soft: u64) {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit with a valid pid and pointers to rlimit structs we own.
+    unsafe {
+        assert_eq!(
+            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old),
+            0
+        );
+        let new = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(
+            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()),
+            0,
+            "{}",
+            std::io::Error::last_os_error()
+        );
+    }
+}
+
+/// lightningd hands its descriptor limit down to its plugins. A local flood of connections to
+/// the metrics port, four times that limit, must not use the plugin's descriptors up (its
+/// probe would fail, the verdict go unknown and stop mode stop a healthy node), nor make it
+/// spin on accept errors.
+#[test]
+fn a_connection_flood_on_the_metrics_port_leaves_the_guard_working() {
+    let (c, _s) = healthy();
+    let port = free_port();
+    let mut setup = Setup::new(&c.primary.wallet_dsn())
+        .option("replguard-metrics", json!(format!("127.0.0.1:{port}")))
+        .option("replguard-on-unsafe", json!("stop"))
+        .option("replguard-unsafe-grace", json!("1"));
+    setup.nofile = Some(256);
+    let mut f = started(setup);
+    wait_for("a safe scrape", Duration::from_secs(10), || {
+        Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+            && scrape(port).contains("replguard_verdict{level=\"safe\"} 1"))
+    })
+    .unwrap();
+    let pid = f.plugin_pid();
+    let cpu_before = cpu_seconds(pid);
+    let t = Instant::now();
+    // 1000 connections that never send a request, held open by this side.
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let held: Vec<_> = (0..1000)
+        .filter_map(|_| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+        .collect();
+    let mut most = 0;
+    while t.elapsed() < Duration::from_secs(10) {
+        most = most.max(open_descriptors(pid));
+        let r = f.call("replication-status", json!({}));
+        assert_eq!(
+            r["result"]["reported"],
+            "safe",
+            "during the flood, after {:?}: {r:#}",
+            t.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let wall = t.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(pid) - cpu_before;
+    eprintln!(
+        "flood: {} connections held for {wall:.1} s; the plugin used at most {most} descriptors \
+         (limit 256) and {cpu:.2} s of CPU",
+        held.len()
+    );
+    assert!(held.len() > 256, "only {} connections", held.len());
+    assert!(f.alive() && !f.stopped(), "lightningd was stopped");
+    assert!(cpu < wall * 0.3, "{cpu:.2} s of CPU in {wall:.1} s");
+    drop(held);
+    assert!(scrape(port).starts_with("HTTP/1.0 200 OK"));
+}
+
+/// The plugin's own descriptors run out (its limit is lowered while it runs): the probe
+/// cannot open its session. That is a plugin fault, reported as one — not a judgement of the
+/// storage — and stop mode does not stop lightningd for it. With descriptors free again the
+/// verdict comes back.
+#[test]
+fn a_plugin_out_of_descriptors_is_a_plugin_fault_that_stops_nothing() {
+    let (c, _s) = healthy();
+    let setup = Setup::new(&c.primary.wallet_dsn())
+        .option("replguard-on-unsafe", json!("stop"))
+        .option("replguard-unsafe-grace", json!("1"));
+    let mut f = started(setup);
+    f.poll(
+        "replication-status",
+        json!({}),
+        Duration::from_secs(10),
+        |r| r["result"]["interval_ms"].is_number(),
+    );
+    let pid = f.plugin_pid();
+    // Only stdin, stdout and stderr fit under the limit: every new descriptor fails.
+    set_soft_nofile(pid, 3);
+    let r = f.poll(
+        "replication-status",
+        json!({}),
+        Duration::from_secs(20),
+        |r| {
+            r["result"]["reported"] == "unknown"
+                && r["result"]["reported_for_ms"].as_u64() > Some(3000)
+        },
+    );
+    set_soft_nofile(pid, 1024);
+    let s = &r["result"];
+    let fault = s["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "plugin-fault")
+        .unwrap_or_else(|| panic!("no plugin-fault finding: {s:#}"));
+    assert!(
+        fault["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("plugin fault: "),
+        "{fault}"
+    );
+    assert!(
+        fault["message"]
+            .as_str()
+            .unwrap()
+            .contains("Too many open files"),
+        "{fault}"
+    );
+    assert!(f.alive() && !f.stopped(), "lightningd was stopped: {s:#}");
+    f.poll(
+        "replication-status",
+        json!({}),
+        Duration::from_secs(10),
+        |r| r["result"]["reported"] == "safe",
+    );
+    f.drain();
+    assert!(
+        f.logs_at("warn")
+            .iter()
+            .any(|l| l.contains("plugin fault") && l.contains("not stopping")),
+        "{:?}",
+        f.logs
+    );
+}

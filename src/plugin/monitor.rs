@@ -16,8 +16,8 @@ use serde_json::{Value, json};
 use super::NOTIFY_STATE_CHANGED;
 use super::alert;
 use super::lightningd;
-use super::startup::State;
-use crate::guard::{self, Debouncer, OnUnsafe, Transition};
+use super::startup::{Inner, State};
+use crate::guard::{self, Debouncer, OnUnsafe, StopDecision, Transition};
 use crate::policy::Policy;
 use crate::verdict::{Code, Verdict};
 use crate::{evidence, probe, report, statusfile, verdict};
@@ -33,6 +33,7 @@ pub(super) async fn run(plugin: Plugin<State>) {
     let mut debounce = Debouncer::new(st.level(), Instant::now());
     let mut next_check = tokio::time::Instant::now();
     let mut stopping = false;
+    let mut fault = FaultStreak::default();
     // The primary's session, kept across checks: no backend fork per check.
     let mut kept = probe::Kept::default();
     // Periodic checks may rely on fresh standby replies instead of writing a test commit.
@@ -62,6 +63,7 @@ pub(super) async fn run(plugin: Plugin<State>) {
             };
         obs.pinned_commit = st.pinned.clone();
         let v = verdict::evaluate(&obs, &policy);
+        fault.observe(&v);
         if let Some(tx) = &evidence_tx {
             tx.send_replace(evidence::Record::of(&obs, &v));
         }
@@ -108,18 +110,74 @@ pub(super) async fn run(plugin: Plugin<State>) {
             .await;
             continue;
         }
-        if st.settings.gate.on_unsafe == OnUnsafe::Stop
-            && guard::not_safe(debounce.reported, st.settings.gate.on_unknown)
-            && debounce.held_for(now) >= st.settings.unsafe_grace
-        {
-            stopping = true;
+        stopping = stop_if_due(&st, &debounce, now, &v, &mut fault).await;
+    }
+}
+
+/// Stop mode: stops lightningd once the storage has been not safe for the grace period —
+/// never for a plugin fault alone (`guard::stop_decision`). Returns whether it stopped.
+async fn stop_if_due(
+    st: &Inner,
+    debounce: &Debouncer,
+    now: Instant,
+    v: &Verdict,
+    fault: &mut FaultStreak,
+) -> bool {
+    let held = debounce.held_for(now);
+    match guard::stop_decision(
+        &st.settings.gate,
+        debounce.reported,
+        held,
+        st.settings.unsafe_grace,
+        v,
+    ) {
+        StopDecision::Wait => false,
+        StopDecision::NotForAPluginFault => {
+            if !fault.told_stop {
+                fault.told_stop = true;
+                log::warn!(
+                    "plugin fault: not stopping lightningd (replguard-on-unsafe=stop): the \
+                     level is {} because of the plugin's own fault, not the storage's",
+                    debounce.reported
+                );
+            }
+            false
+        }
+        StopDecision::Stop => {
             let why = format!(
                 "storage {} for {} s (replguard-unsafe-grace {} s)",
                 debounce.reported,
-                debounce.held_for(now).as_secs(),
+                held.as_secs(),
                 st.settings.unsafe_grace.as_secs()
             );
-            stop_lightningd(&st.rpc_path, &why, &v).await;
+            stop_lightningd(&st.rpc_path, &why, v).await;
+            true
+        }
+    }
+}
+
+/// A streak of checks with a plugin fault: told once when it begins and ends, not every check.
+#[derive(Default)]
+struct FaultStreak {
+    on: bool,
+    told_stop: bool,
+}
+
+impl FaultStreak {
+    fn observe(&mut self, v: &Verdict) {
+        match (v.finding(Code::PluginFault), self.on) {
+            (Some(f), false) => {
+                *self = FaultStreak {
+                    on: true,
+                    told_stop: false,
+                };
+                log::warn!("{}; retrying every check", f.message);
+            }
+            (None, true) => {
+                *self = FaultStreak::default();
+                log::info!("the plugin fault cleared: checks run again");
+            }
+            _ => {}
         }
     }
 }

@@ -49,7 +49,7 @@ pub(crate) async fn run(target: &PgTarget, policy: &Policy) -> CommitProbe {
         let session = match Session::open(&config, tls, query_timeout).await {
             Ok(s) => s,
             Err(f) => {
-                let _ = tx.send(Step::Early(failed(&f.stage, &f.detail))).await;
+                let _ = tx.send(Step::Early(failed_with(&f))).await;
                 return;
             }
         };
@@ -71,7 +71,7 @@ pub(crate) async fn run(target: &PgTarget, policy: &Policy) -> CommitProbe {
                 let _ = tx.send(Step::Early(early)).await;
             }
             Err(f) => {
-                let _ = tx.send(Step::Early(failed(&f.stage, &f.detail))).await;
+                let _ = tx.send(Step::Early(failed_with(&f))).await;
             }
         }
     });
@@ -238,6 +238,16 @@ fn write_if_locked() -> String {
         "SELECT CASE WHEN pg_try_advisory_xact_lock({PROBE_LOCK_KEY}) \
          THEN pg_logical_emit_message(true, 'cln-replguard', 'probe')::text END"
     )
+}
+
+/// A failure of the plugin's own side stays one: it says nothing about the standbys.
+fn failed_with(f: &crate::facts::ProbeFailure) -> CommitProbe {
+    match f.kind {
+        crate::facts::FailureKind::PluginFault => CommitProbe::PluginFault {
+            error: format!("{}: {}", f.stage, f.detail),
+        },
+        _ => failed(&f.stage, &f.detail),
+    }
 }
 
 fn failed(stage: &str, detail: &str) -> CommitProbe {

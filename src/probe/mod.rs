@@ -167,9 +167,10 @@ async fn observe_with(
     };
     let mut standbys = Vec::new();
     for (t, task) in targets.standbys.iter().zip(standby_tasks) {
+        // The task died (a panic of ours): a plugin fault, nothing learnt about the standby.
         let facts = task.await.unwrap_or_else(|e| {
             Err(crate::facts::ProbeFailure {
-                kind: crate::facts::FailureKind::Query,
+                kind: crate::facts::FailureKind::PluginFault,
                 stage: "standby".into(),
                 detail: format!("probe task failed: {e}"),
             })

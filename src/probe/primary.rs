@@ -193,7 +193,8 @@ async fn read(
         _ if in_recovery => (CommitProbe::NotRun, None),
         Mode::Status => {
             let probe = match early_probe {
-                Some(started) => started.await.unwrap_or_else(|e| CommitProbe::Failed {
+                // The task died (a panic of ours): nothing was learnt about the standbys.
+                Some(started) => started.await.unwrap_or_else(|e| CommitProbe::PluginFault {
                     error: format!("commit probe task: {e}"),
                 }),
                 None => {

@@ -221,6 +221,7 @@ pub(crate) fn classify(stage: &str, e: &tokio_postgres::Error) -> ProbeFailure {
                 format!("{}{detail} (SQLSTATE {})", db.message(), code.code()),
             )
         }
+        None if local_fault(e).is_some() => (FailureKind::PluginFault, chain(e)),
         None => {
             let text = chain(e);
             // The driver's own words when the server asks for a password we do not have.
@@ -239,6 +240,26 @@ pub(crate) fn classify(stage: &str, e: &tokio_postgres::Error) -> ProbeFailure {
     }
 }
 
+/// Errors of this process's own resources, not of the server or the path to it: out of
+/// descriptors (per process, per system), of buffer space, of memory.
+const LOCAL_ERRNOS: &[i32] = &[libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM];
+
+/// The operating system error in `e`'s chain that says this process ran out of something.
+pub(crate) fn local_fault<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a std::io::Error> {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>()
+            && io.raw_os_error().is_some_and(|n| LOCAL_ERRNOS.contains(&n))
+        {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
+}
+
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
     let mut parts = vec![e.to_string()];
     let mut cur = e.source();
@@ -250,4 +271,48 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
         cur = s.source();
     }
     parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error that wraps another, as the driver's connect error wraps the socket's.
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("error connecting to server")
+        }
+    }
+
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn running_out_of_our_own_descriptors_or_memory_is_a_local_fault() {
+        for errno in [libc::EMFILE, libc::ENFILE, libc::ENOBUFS, libc::ENOMEM] {
+            let e = Wrapped(std::io::Error::from_raw_os_error(errno));
+            assert!(local_fault(&e).is_some(), "errno {errno}");
+        }
+    }
+
+    #[test]
+    fn the_servers_side_and_the_path_to_it_are_not() {
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::ENOENT,
+            libc::ETIMEDOUT,
+            libc::EHOSTUNREACH,
+        ] {
+            let e = Wrapped(std::io::Error::from_raw_os_error(errno));
+            assert!(local_fault(&e).is_none(), "errno {errno}");
+        }
+        let plain = std::io::Error::other("too many open files, says the text");
+        assert!(local_fault(&plain).is_none());
+    }
 }

@@ -103,6 +103,8 @@ pub enum Code {
     WalletClusterDifferent,
     WalletClusterUnverified,
     LightningdSessionNotFound,
+    /// The plugin's own side failed (descriptors, memory): not a judgement of the storage.
+    PluginFault,
     /// The plugin's runtime monitor ended: no check runs any more (plugin mode).
     MonitorEnded,
 }
@@ -150,6 +152,7 @@ impl Code {
             Code::WalletClusterDifferent => "wallet-cluster-different",
             Code::WalletClusterUnverified => "wallet-cluster-unverified",
             Code::LightningdSessionNotFound => "lightningd-session-not-found",
+            Code::PluginFault => "plugin-fault",
             Code::MonitorEnded => "monitor-ended",
         }
     }
@@ -202,6 +205,17 @@ impl Verdict {
 
     pub fn finding(&self, code: Code) -> Option<&Finding> {
         self.findings.iter().find(|f| f.code == code)
+    }
+
+    /// The level from what was learnt about the storage: the plugin's own faults left out
+    /// (they say nothing about it). Equal to `level` unless a plugin fault raised it.
+    pub fn storage_level(&self) -> Level {
+        self.findings
+            .iter()
+            .filter(|f| f.code != Code::PluginFault)
+            .map(|f| f.severity)
+            .max()
+            .unwrap_or(Level::Safe)
     }
 }
 

@@ -88,6 +88,12 @@ fn primary_reachable(ctx: &Context) -> Vec<Finding> {
     else {
         return vec![];
     };
+    if f.kind == FailureKind::PluginFault {
+        return vec![plugin_fault(format!(
+            "cannot check the wallet server ({target}): {}: {}",
+            f.stage, f.detail
+        ))];
+    }
     let (code, remedy) = match f.kind {
         FailureKind::Auth => (
             Code::AuthFailed,
@@ -116,7 +122,7 @@ fn primary_reachable(ctx: &Context) -> Vec<Finding> {
             Code::PrivilegesInsufficient,
             "GRANT pg_monitor TO the role of the DSN".to_string(),
         ),
-        FailureKind::Query => (
+        FailureKind::Query | FailureKind::PluginFault => (
             Code::QueryFailed,
             "see the detail; the server's log has more".to_string(),
         ),
@@ -130,6 +136,19 @@ fn primary_reachable(ctx: &Context) -> Vec<Finding> {
         ),
         remedy,
     )]
+}
+
+/// The plugin's own side failed: unknown, since nothing was learnt, and said to be ours — the
+/// runtime guard does not act on it as on the storage's verdict (`Verdict::storage_level`).
+fn plugin_fault(what: String) -> Finding {
+    Finding::new(
+        Code::PluginFault,
+        Level::Unknown,
+        format!("plugin fault: {what} — not a judgement of the storage"),
+        "the plugin's process ran out of something (open files: raise LimitNOFILE of \
+         lightningd's service; memory); it retries every check, and stop mode does not stop \
+         lightningd for it",
+    )
 }
 
 fn wallet_server_is_primary(ctx: &Context) -> Vec<Finding> {
@@ -464,6 +483,11 @@ fn commit_probe(ctx: &Context) -> Vec<Finding> {
             ),
             "bring the standby back (it may be hung or cut off); do not cancel waiting backends",
         )],
+        CommitProbe::PluginFault { error } => {
+            vec![plugin_fault(format!(
+                "the test commit did not run: {error}"
+            ))]
+        }
         CommitProbe::Failed { error } => vec![Finding::new(
             Code::CommitProbeFailed,
             Level::Unknown,
@@ -590,6 +614,10 @@ fn standbys(ctx: &Context) -> Vec<Finding> {
                 ),
                 "on the standby: ALTER SYSTEM SET hot_standby = on; then restart it",
             )),
+            Err(f) if f.kind == FailureKind::PluginFault => out.push(plugin_fault(format!(
+                "cannot check standby {}: {}: {}",
+                s.target, f.stage, f.detail
+            ))),
             Err(f) => out.push(Finding::new(
                 Code::StandbyUnreachable,
                 Level::Unknown,

@@ -185,6 +185,7 @@ fn unknown_when_the_primary_cannot_be_reached_with_a_code_per_cause() {
         (FailureKind::Unreachable, Code::PrimaryUnreachable),
         (FailureKind::Unavailable, Code::PrimaryUnavailable),
         (FailureKind::Query, Code::QueryFailed),
+        (FailureKind::PluginFault, Code::PluginFault),
     ] {
         let obs = Observation {
             wallet: WalletObservation::Postgres {
@@ -195,6 +196,32 @@ fn unknown_when_the_primary_cannot_be_reached_with_a_code_per_cause() {
         };
         assert_verdict(&obs, Level::Unknown, code);
     }
+}
+
+/// The plugin's own side failing (out of descriptors) is said to be the plugin's: unknown,
+/// with its own code and nothing about the storage, wherever it happened.
+#[test]
+fn a_plugin_fault_is_reported_as_the_plugins_not_the_storages() {
+    let mut p = primary();
+    p.commit_probe = CommitProbe::PluginFault {
+        error: "connect: Too many open files (os error 24)".into(),
+    };
+    let v = judge(&with_standby(
+        observe(p),
+        Err(failure(FailureKind::PluginFault)),
+    ));
+    assert_eq!(v.level, Level::Unknown);
+    assert_eq!(v.storage_level(), Level::Safe);
+    assert!(
+        v.findings.iter().all(|f| f.code == Code::PluginFault),
+        "{:?}",
+        codes(&v)
+    );
+    assert_eq!(v.findings.len(), 2);
+    for f in &v.findings {
+        assert!(f.message.starts_with("plugin fault: "), "{}", f.message);
+    }
+    assert!(!v.has(Code::StandbyUnreachable) && !v.has(Code::CommitProbeFailed));
 }
 
 #[test]
@@ -459,6 +486,11 @@ fn commit_probe_outcomes() {
             CommitProbe::Failed { error: "x".into() },
             Level::Unknown,
             Code::CommitProbeFailed,
+        ),
+        (
+            CommitProbe::PluginFault { error: "x".into() },
+            Level::Unknown,
+            Code::PluginFault,
         ),
     ];
     for (probe, level, code) in cases {

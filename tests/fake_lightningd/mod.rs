@@ -25,6 +25,8 @@ pub struct Setup {
     pub options: Value,
     /// Extra environment for the plugin (test-only switches).
     pub env: Vec<(String, String)>,
+    /// The plugin's descriptor limit (RLIMIT_NOFILE), as lightningd would hand it down.
+    pub nofile: Option<u64>,
 }
 
 impl Setup {
@@ -35,6 +37,7 @@ impl Setup {
             version: "v26.06.6".into(),
             options: json!({}),
             env: Vec::new(),
+            nofile: None,
         }
     }
 
@@ -83,7 +86,24 @@ impl Fake {
         std::os::unix::fs::symlink("/bin/sh", bin.join("lightningd")).unwrap();
         // lightningd's own arguments follow, as the plugin reads them from /proc before init.
         let lightning_dir = format!("--lightning-dir={}", dir.path().display());
-        let mut child = Command::new(bin.join("lightningd"))
+        let mut command = Command::new(bin.join("lightningd"));
+        if let Some(n) = setup.nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; it runs in the child before exec.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args([
                 "-c",
                 "\"$0\"; exit $?",
@@ -368,6 +388,23 @@ impl Fake {
     /// The pid of our "lightningd" (the plugin's parent).
     pub fn child_id(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The plugin's own pid (our "lightningd" is its parent).
+    pub fn plugin_pid(&self) -> u32 {
+        let id = self.child.id();
+        let children =
+            std::fs::read_to_string(format!("/proc/{id}/task/{id}/children")).unwrap_or_default();
+        children
+            .split_whitespace()
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("the plugin runs")
+    }
+
+    /// Whether our "lightningd" still runs (the plugin may end it with SIGTERM).
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
     }
 
     pub fn stopped(&self) -> bool {
