@@ -662,6 +662,7 @@ fn outcome(p: &CommitProbe) -> &'static str {
         CommitProbe::AlreadyWaiting { .. } => "already-waiting",
         CommitProbe::NotRun => "not-run",
         CommitProbe::Failed { .. } => "failed",
+        CommitProbe::PluginFault { .. } => "plugin-fault",
     }
 }
 

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use cln_plugin::Plugin;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::NOTIFY_STATE_CHANGED;
 use super::alert;
