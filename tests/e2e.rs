@@ -38,6 +38,21 @@ fn real_lightningd_with_the_plugin_on_a_real_pair() {
     assert_eq!(code, 0, "{out}");
     eprintln!("lightning-cli failover-check:\n{out}");
 
+    // 1b. A typo in a gated command's parameter reaches the rpc_command hook as raw tokens,
+    // not JSON (DESIGN §6): the plugin answers, lightningd rejects the parameter itself, and
+    // both live on (issue 11, item 9).
+    let malformed = ["-k", "fundchannel", "id=[123x1]", "amount=100000"];
+    let (code, out) = node.cli(&malformed);
+    eprintln!("malformed fundchannel on a safe pair: exit {code}\n{out}");
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains("cln-replguard refuses"), "{out}");
+    let (code, out) = node.cli(&["replication-status"]);
+    assert_eq!(code, 0, "the plugin lives on: {out}");
+    assert!(
+        node.log().contains("not valid JSON"),
+        "the plugin said what it did"
+    );
+
     // 5. Weakening the role's synchronous_commit while running: restart-required.
     c.primary
         .psql("ALTER ROLE lightningd SET synchronous_commit = local")
@@ -76,6 +91,11 @@ fn real_lightningd_with_the_plugin_on_a_real_pair() {
         refused.1
     );
     assert_ne!(refused.0, 0);
+    // The same typo while unsafe: still gated, by the plugin, and the node lives on.
+    let (code, out) = node.cli(&malformed);
+    eprintln!("malformed fundchannel while unsafe: exit {code}\n{out}");
+    assert!(out.contains("cln-replguard refuses fundchannel"), "{out}");
+    assert_eq!(node.cli(&["getinfo"]).0, 0, "lightningd lives on");
     let out = node.cli_until(&["replication-status"], |o| o.contains("sync-names-empty"));
     assert!(out.contains("sync-names-empty"), "{out}");
     node.stop(run);
