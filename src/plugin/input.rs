@@ -69,6 +69,9 @@ where
     let (reader, mut writer) = tokio::io::duplex(64 * 1024);
     let task = tokio::spawn(async move {
         let mut pending: Vec<u8> = Vec::new();
+        // Where the search for the next separator resumes: a message of megabytes arriving
+        // in small reads is scanned once, not once per read.
+        let mut scanned = 0;
         let mut chunk = vec![0u8; 16 * 1024];
         loop {
             let n = match input.read(&mut chunk).await {
@@ -77,9 +80,10 @@ where
             };
             pending.extend_from_slice(&chunk[..n]);
             let mut start = 0;
-            while let Some(end) = find(&pending[start..], SEPARATOR) {
-                let message = &pending[start..start + end];
-                start += end + SEPARATOR.len();
+            while let Some(end) = find(&pending[scanned..], SEPARATOR).map(|i| scanned + i) {
+                let message = &pending[start..end];
+                start = end + SEPARATOR.len();
+                scanned = start;
                 let out: Cow<[u8]> = match pass(message) {
                     Passed::AsIs(m) => Cow::Borrowed(m),
                     Passed::Repaired(m) => {
@@ -101,6 +105,8 @@ where
                 }
             }
             pending.drain(..start);
+            // The last byte may be the first half of a separator.
+            scanned = pending.len().saturating_sub(SEPARATOR.len() - 1);
         }
         let _ = writer.shutdown().await;
     });
@@ -344,6 +350,30 @@ mod tests {
     #[test]
     fn a_call_without_params_gets_null_params() {
         assert_eq!(repaired(r#"{"method":"m","id":1}"#)["params"], Value::Null);
+    }
+
+    #[tokio::test]
+    async fn a_large_message_in_small_reads_is_passed_whole_and_in_linear_time() {
+        let big = format!(
+            r#"{{"method":"m","id":1,"params":{{"psbt":"{}"}}}}"#,
+            "a".repeat(8 * 1024 * 1024)
+        );
+        let expected = big.len() + SEPARATOR.len();
+        let (client, server) = tokio::io::duplex(4096);
+        let (mut out, task) = pump(server);
+        let writer = tokio::spawn(async move {
+            let mut client = client;
+            for piece in format!("{big}\n\n").as_bytes().chunks(1000) {
+                client.write_all(piece).await.unwrap();
+            }
+        });
+        let started = std::time::Instant::now();
+        let mut text = Vec::new();
+        out.read_to_end(&mut text).await.unwrap();
+        writer.await.unwrap();
+        task.await.unwrap();
+        assert_eq!(text.len(), expected);
+        assert!(started.elapsed() < std::time::Duration::from_secs(10));
     }
 
     #[tokio::test]
