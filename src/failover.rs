@@ -180,21 +180,24 @@ pub fn covered_standbys(p: &PrimaryFacts) -> Vec<String> {
     if p.in_recovery || !r.membership_is_fixed() || !blockers(p, Some(r)).is_empty() {
         return vec![];
     }
-    let req = Some(r);
-    // A name is evidence about a standby only when it names one: two WAL senders under one
-    // name (a default cluster_name on two standbys) cannot be told apart later.
-    let (covered, not): (Vec<&WalSender>, Vec<&WalSender>) = p
-        .walsenders
+    // PostgreSQL counts WAL senders, not names: two senders under one name (a default
+    // cluster_name on two standbys) make `ANY 1 (a)` a choice between them, and neither can be
+    // told apart from the other later. Then no row vouches for any standby.
+    if p.walsenders.iter().any(|w| shares_its_name(p, w)) {
+        return vec![];
+    }
+    p.walsenders
         .iter()
-        .partition(|w| acknowledgement_reasons(w, req).is_empty());
-    covered
-        .iter()
-        .filter(|w| {
-            !not.iter()
-                .any(|n| n.application_name.eq_ignore_ascii_case(&w.application_name))
-        })
+        .filter(|w| acknowledgement_reasons(w, Some(r)).is_empty())
         .map(|w| w.application_name.clone())
         .collect()
+}
+
+/// Whether another WAL sender streams under the same `application_name`.
+fn shares_its_name(p: &PrimaryFacts, w: &WalSender) -> bool {
+    p.walsenders
+        .iter()
+        .any(|o| o.pid != w.pid && o.application_name.eq_ignore_ascii_case(&w.application_name))
 }
 
 /// Why commits can be acknowledged without this WAL sender's standby (empty: they cannot).
@@ -245,6 +248,13 @@ fn judge_sender(
     blockers: &[String],
 ) -> StandbyReadiness {
     let mut reasons = acknowledgement_reasons(w, req);
+    if shares_its_name(p, w) {
+        reasons.push(format!(
+            "another WAL sender streams under the name {}: the two cannot be told apart (give \
+             each standby its own application_name)",
+            w.application_name
+        ));
+    }
     let missing = w.flush_lsn.map(|f| l.bytes_after(f));
     if w.reached_target != Some(true) {
         reasons.push(format!(

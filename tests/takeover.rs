@@ -519,6 +519,50 @@ fn a_cold_copy_of_the_data_directory_does_not_pass_for_the_stopped_old_primary()
     assert!(!in_recovery(&c.primary), "the real primary untouched");
 }
 
+/// PostgreSQL counts WAL senders, not names: with two standbys streaming as `a` (as two with
+/// libpq's default name would), `ANY 1 (a)` lets either acknowledge alone. No row may then
+/// vouch for `a` (found by the second review of issue 11).
+#[test]
+fn two_standbys_under_one_name_are_never_vouched_for() {
+    let c = start(&ClusterSpec::with_standbys(&["a", "b"], ""));
+    let b = c.standby("b");
+    let conninfo = format!(
+        "{} application_name=a",
+        c.primary.conninfo("postgres", "postgres")
+    );
+    b.psql(&format!("ALTER SYSTEM SET primary_conninfo = '{conninfo}'"))
+        .unwrap();
+    b.reload().unwrap();
+    wait_for("two senders named a", Duration::from_secs(30), || {
+        Ok(c.primary.psql(
+            "SELECT count(*) FROM pg_stat_replication \
+              WHERE application_name = 'a' AND state = 'streaming'",
+        )? == "2")
+    })
+    .unwrap();
+    c.set_sync_names("ANY 1 (a)").unwrap();
+    c.wait_commits_flow().unwrap();
+    check_and_record(&c);
+    c.wait_commits_flow().unwrap();
+    wait_for("the row on a", Duration::from_secs(10), || {
+        Ok(sql_on_wallet_db(c.standby("a"), "SELECT count(*) FROM replguard.evidence") == "1")
+    })
+    .unwrap();
+    // The real `a` goes; the next commit is acknowledged by `b` alone; the primary is lost.
+    c.standby("a").stop().unwrap();
+    psql_as(
+        &c.primary,
+        "lightningd",
+        "CREATE TABLE after_a (x int); INSERT INTO after_a VALUES (1)",
+    )
+    .unwrap();
+    c.primary.crash().unwrap();
+    c.standby("a").start().unwrap();
+    let (code, out) = failover_to(&c, "a", &["--then", "wait-for-standby"]);
+    assert_eq!(code, 2, "refused: {out}");
+    assert!(in_recovery(c.standby("a")), "nothing promoted: {out}");
+}
+
 #[test]
 fn a_row_under_first_1_of_2_does_not_vouch_for_a_standby_postgres_replaced() {
     let c = start(&ClusterSpec::with_standbys(&["a", "b"], "FIRST 1 (a, b)"));

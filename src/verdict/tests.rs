@@ -750,6 +750,14 @@ fn evidence_covers_a_name_only_when_one_standby_bears_it() {
     other.pid += 1;
     twins.walsenders.push(other);
     assert!(crate::failover::covered_standbys(&twins).is_empty());
+    // Both covered under ANY 1 (s1): still a choice between two standbys.
+    let mut any_twins = twins.clone();
+    any_twins.sync_names_raw = "ANY 1 (s1)".into();
+    any_twins.sync_names = SyncNames::parse(&any_twins.sync_names_raw);
+    for w in &mut any_twins.walsenders {
+        w.sync_state = Some("quorum".into());
+    }
+    assert!(crate::failover::covered_standbys(&any_twins).is_empty());
     let mut local = primary();
     local.session.synchronous_commit = "local".into();
     assert!(crate::failover::covered_standbys(&local).is_empty());
