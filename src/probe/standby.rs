@@ -129,25 +129,40 @@ pub(crate) async fn observe(
     })
 }
 
-/// The addresses a `primary_conninfo` names, as libpq pairs them: `host=a,b port=1,2`, one
-/// port for every host, or libpq's defaults (a local socket, 5432).
+/// The addresses a `primary_conninfo` names, as libpq pairs them: `host=a,b port=1,2` (or the
+/// URI form), one port for every host. Empty — cannot tell — when they are not written in it:
+/// no host (libpq's compiled-in default), a `service` (a file decides), or an unreadable string.
 fn upstreams_of(conninfo: &str) -> Vec<Upstream> {
-    let hosts = conninfo_value(conninfo, "host")
-        .or_else(|| conninfo_value(conninfo, "hostaddr"))
-        .unwrap_or_else(|| "/var/run/postgresql".into());
-    let ports: Vec<u16> = conninfo_value(conninfo, "port")
-        .unwrap_or_default()
+    let Ok(params) = crate::conninfo::parse(conninfo) else {
+        return vec![];
+    };
+    let get = |k| crate::conninfo::get(&params, k).filter(|v| !v.is_empty());
+    if get("service").is_some() {
+        return vec![];
+    }
+    let Some(hosts) = get("hostaddr").or(get("host")) else {
+        return vec![];
+    };
+    let ports: Vec<Option<u16>> = get("port")
+        .unwrap_or("5432")
         .split(',')
-        .map(|p| p.trim().parse().unwrap_or(5432))
+        .map(|p| p.trim().parse().ok())
         .collect();
-    hosts
-        .split(',')
-        .enumerate()
-        .map(|(i, h)| Upstream {
+    let mut out = Vec::new();
+    for (i, h) in hosts.split(',').enumerate() {
+        let port = if ports.len() == 1 {
+            ports[0]
+        } else {
+            ports.get(i).copied().flatten()
+        };
+        // A port we cannot read is no address to try.
+        let Some(port) = port else { return vec![] };
+        out.push(Upstream {
             host: h.trim().to_string(),
-            port: *ports.get(i).or(ports.first()).unwrap_or(&5432),
-        })
-        .collect()
+            port,
+        });
+    }
+    out
 }
 
 /// One value of a libpq key=value string as PostgreSQL prints `conninfo` (values may be
@@ -201,6 +216,20 @@ mod tests {
         assert_eq!(upstreams_of("host=a,b port=1,2"), [up("a", 1), up("b", 2)]);
         assert_eq!(upstreams_of("host=a,b port=7"), [up("a", 7), up("b", 7)]);
         assert_eq!(upstreams_of("host=/tmp/s"), [up("/tmp/s", 5432)]);
+        assert_eq!(
+            upstreams_of(
+                "postgresql://replicator@db1.example.com:5433/postgres?application_name=s1"
+            ),
+            [up("db1.example.com", 5433)]
+        );
+        assert_eq!(
+            upstreams_of("hostaddr=10.0.0.1 host=db1 port=6"),
+            [up("10.0.0.1", 6)]
+        );
+        // Not written in it: cannot tell.
+        assert_eq!(upstreams_of("user=r application_name=s1"), []);
+        assert_eq!(upstreams_of("service=primary application_name=s1"), []);
+        assert_eq!(upstreams_of("host=a port=x"), []);
     }
 
     #[test]

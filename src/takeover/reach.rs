@@ -30,7 +30,11 @@ pub fn unix(path: &Path) -> Reach {
 
 /// A PostgreSQL server at `up`: its socket in a directory, or each address a host name has.
 pub fn server(up: &Upstream, timeout: Duration) -> Reach {
-    if up.host.starts_with('/') || up.host.starts_with('@') {
+    if up.host.starts_with('@') {
+        // libpq's abstract-namespace socket: no file to look for.
+        return Reach::CannotTell(format!("{up}: an abstract socket is not tried from here"));
+    }
+    if up.host.starts_with('/') {
         return unix(&Path::new(&up.host).join(format!(".s.PGSQL.{}", up.port)));
     }
     let addrs = match (up.host.as_str(), up.port).to_socket_addrs() {
@@ -136,6 +140,14 @@ mod tests {
         assert!(matches!(unix(&file.join("sock")), Reach::CannotTell(_)));
         assert!(matches!(
             any_server(&[], Duration::from_secs(1)),
+            Reach::CannotTell(_)
+        ));
+        let abstract_socket = Upstream {
+            host: "@pg".into(),
+            port: 5432,
+        };
+        assert!(matches!(
+            server(&abstract_socket, Duration::from_secs(1)),
             Reach::CannotTell(_)
         ));
     }
