@@ -64,6 +64,10 @@ pub struct Recorded {
     /// The primary's flush position when the row was written.
     pub flush_lsn: Option<Lsn>,
     pub source: String,
+    /// The table's owner: its only legitimate writer, lightningd's wallet role.
+    pub owner: Option<String>,
+    /// Other roles that may change the table (PUBLIC included); none, or no row is trusted.
+    pub other_writers: Vec<String>,
 }
 
 /// Whether a change is worth a row: the level, the findings, or the covered standbys moved.
@@ -104,6 +108,16 @@ pub fn judge(newest: Option<&Recorded>, standby: &StandbySide) -> Judgement {
         };
     };
     let r = &row.record;
+    if !row.other_writers.is_empty() {
+        return Judgement::Unverifiable {
+            why: format!(
+                "besides its owner {}, the roles {} may write replguard.evidence, so its rows \
+                 could be forged: revoke their INSERT, UPDATE, DELETE and TRUNCATE",
+                row.owner.as_deref().unwrap_or("?"),
+                row.other_writers.join(", ")
+            ),
+        };
+    }
     if let (Some(a), Some(b)) = (r.system_identifier.as_deref(), standby.system_id)
         && a != b
     {
@@ -201,6 +215,8 @@ mod tests {
             },
             flush_lsn: Some(Lsn(0x3000000)),
             source: "plugin".into(),
+            owner: Some("lightningd".into()),
+            other_writers: vec![],
         }
     }
 
@@ -283,6 +299,16 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn no_row_is_trusted_when_roles_besides_the_owner_may_write_the_table() {
+        let mut r = row(Level::Safe, &["s1"]);
+        r.other_writers = vec!["watcher".into()];
+        assert!(matches!(
+            judge(Some(&r), &side("s1", Some("73"))),
+            Judgement::Unverifiable { why } if why.contains("watcher")
+        ));
     }
 
     #[test]

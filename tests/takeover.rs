@@ -519,6 +519,58 @@ fn a_cold_copy_of_the_data_directory_does_not_pass_for_the_stopped_old_primary()
     assert!(!in_recovery(&c.primary), "the real primary untouched");
 }
 
+/// An earlier version wrote through the monitoring DSN, so its role may own the table. The
+/// writer names the hand-over to run, and no row is trusted while another role can write.
+#[test]
+fn an_evidence_table_another_role_can_write_is_named_and_not_trusted() {
+    let c = start(&ClusterSpec::pair());
+    c.primary
+        .psql("CREATE ROLE watcher LOGIN; GRANT pg_monitor TO watcher")
+        .unwrap();
+    sql_on_wallet_db(&c.primary, "GRANT CREATE ON DATABASE lightningd TO watcher");
+    psql_as(
+        &c.primary,
+        "watcher",
+        "CREATE SCHEMA replguard; CREATE TABLE replguard.evidence (id bigserial PRIMARY KEY, \
+         recorded_at timestamptz NOT NULL DEFAULT now(), level text NOT NULL, codes text[] NOT \
+         NULL, covered text[] NOT NULL, flush_lsn pg_lsn, timeline integer, system_identifier \
+         text, source text NOT NULL)",
+    )
+    .unwrap();
+    let (_, _, err) = cli(&[
+        "check",
+        "--record-evidence",
+        "--dsn",
+        &c.primary.wallet_dsn(),
+    ]);
+    assert!(
+        err.contains("belongs to role watcher")
+            && err.contains("ALTER TABLE replguard.evidence OWNER TO lightningd"),
+        "{err}"
+    );
+    // Handed over, but the old owner kept a write privilege: rows are written, not trusted.
+    sql_on_wallet_db(
+        &c.primary,
+        "ALTER SCHEMA replguard OWNER TO lightningd; \
+         ALTER TABLE replguard.evidence OWNER TO lightningd; \
+         GRANT INSERT ON replguard.evidence TO watcher",
+    );
+    check_and_record(&c);
+    c.wait_commits_flow().unwrap();
+    wait_for("the row on s1", Duration::from_secs(10), || {
+        Ok(sql_on_wallet_db(c.standby("s1"), "SELECT count(*) FROM replguard.evidence") == "1")
+    })
+    .unwrap();
+    c.primary.crash().unwrap();
+    let (code, out) = failover(&c, &["--then", "wait-for-standby"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("could be forged") && out.contains("watcher"),
+        "{out}"
+    );
+    assert!(in_recovery(c.standby("s1")));
+}
+
 /// PostgreSQL counts WAL senders, not names: with two standbys streaming as `a` (as two with
 /// libpq's default name would), `ANY 1 (a)` lets either acknowledge alone. No row may then
 /// vouch for `a` (found by the second review of issue 11).

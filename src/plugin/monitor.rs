@@ -198,8 +198,11 @@ fn panic_if_told(checks: u64) {
     let _ = checks;
 }
 
-/// Pause before writing again after a failed write.
+/// Pause before writing again after a failed write, doubled while writes keep failing (a
+/// lasting cause, such as a table another role owns, then costs a session every 30 s, not
+/// every second).
 const EVIDENCE_RETRY: Duration = Duration::from_secs(1);
+const EVIDENCE_RETRY_MAX: Duration = Duration::from_secs(30);
 
 /// Writes the newest record to `replguard.evidence` whenever it differs from the last one
 /// written. A failed write is retried (with the newest record then) until it succeeds: the
@@ -215,6 +218,7 @@ async fn evidence_writer(
     };
     let mut written: Option<evidence::Record> = None;
     let mut warned: Option<evidence::Record> = None;
+    let mut retry = EVIDENCE_RETRY;
     loop {
         let newest = rx.borrow_and_update().clone();
         if let Some(record) = newest
@@ -228,7 +232,10 @@ async fn evidence_writer(
             )
             .await
             {
-                Ok(_) => written = Some(record),
+                Ok(_) => {
+                    written = Some(record);
+                    retry = EVIDENCE_RETRY;
+                }
                 Err(f) => {
                     if warned.as_ref() != Some(&record) {
                         log::warn!(
@@ -240,7 +247,8 @@ async fn evidence_writer(
                         );
                         warned = Some(record);
                     }
-                    tokio::time::sleep(EVIDENCE_RETRY).await;
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(EVIDENCE_RETRY_MAX);
                     continue;
                 }
             }

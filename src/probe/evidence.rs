@@ -53,14 +53,31 @@ GRANT SELECT ON replguard.evidence TO PUBLIC;
 COMMENT ON TABLE replguard.evidence IS
   'cln-replguard: each change of replication verdict, read by cln-replguard failover on the standby'";
 
-/// Whether the table is there in this version's shape; when it is, a write needs no DDL (no
-/// catalog lock, no NOTICE in lightningd's log).
+/// Whether the table is there in this version's shape (when it is, a write needs no DDL: no
+/// catalog lock, no NOTICE in lightningd's log), its owner, and who is writing. Read from the
+/// catalog by name: a schema another role owns may not be usable (`to_regclass` would fail).
 const CURRENT_SQL: &str = "\
-SELECT coalesce((SELECT attidentity = 'a' FROM pg_attribute
-                  WHERE attrelid = to_regclass('replguard.evidence') AND attname = 'id'), false)
-   AND EXISTS (SELECT 1 FROM pg_attribute
-                WHERE attrelid = to_regclass('replguard.evidence') AND attname = 'sync_names'
-                  AND NOT attisdropped)";
+WITH t AS (SELECT c.oid, c.relowner FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'replguard' AND c.relname = 'evidence')
+SELECT coalesce((SELECT a.attidentity = 'a' FROM pg_attribute a, t
+                  WHERE a.attrelid = t.oid AND a.attname = 'id'), false)
+   AND EXISTS (SELECT 1 FROM pg_attribute a, t
+                WHERE a.attrelid = t.oid AND a.attname = 'sync_names' AND NOT a.attisdropped),
+       (SELECT relowner::regrole::text FROM t),
+       current_user::text";
+
+/// The table's owner, and the other roles that may change it: a failover cannot trust rows
+/// they could have written.
+const OTHER_WRITERS_SQL: &str = "\
+SELECT c.relowner::regrole::text,
+       coalesce((SELECT array_agg(DISTINCT CASE a.grantee WHEN 0 THEN 'PUBLIC'
+                                          ELSE a.grantee::regrole::text END)
+                   FROM aclexplode(c.relacl) a
+                  WHERE a.grantee <> c.relowner
+                    AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
+                '{}')
+  FROM pg_class c WHERE c.oid = 'replguard.evidence'::regclass";
 
 /// Writes `record` unless the newest row already says the same; returns whether it wrote.
 pub async fn record_if_changed(
@@ -70,12 +87,34 @@ pub async fn record_if_changed(
     deadline: Duration,
 ) -> Result<bool, ProbeFailure> {
     let session = Session::open_monitor(target, deadline).await?;
+    let current = table_is_current(&session).await?;
     let newest = newest_on(&session).await?;
     if !crate::evidence::worth_recording(newest.as_ref().map(|r| &r.record), record) {
         return Ok(false);
     }
-    write(&session, record, source).await?;
+    write(&session, record, source, current).await?;
     Ok(true)
+}
+
+/// Whether the table is there in this version's shape; an error when another role owns it.
+async fn table_is_current(session: &Session) -> Result<bool, ProbeFailure> {
+    let current = session.query_one("evidence", CURRENT_SQL, &[]).await?;
+    let (owner, writer): (Option<String>, String) = (current.get(1), current.get(2));
+    if let Some(owner) = owner.filter(|o| *o != writer) {
+        // An earlier version wrote through the monitoring DSN: its role may own the table and
+        // could still write what a failover trusts. Only an operator can hand it over.
+        return Err(ProbeFailure {
+            kind: FailureKind::Query,
+            stage: "evidence".into(),
+            detail: format!(
+                "replguard.evidence belongs to role {owner}, not to {writer} (lightningd's \
+                 wallet role, its only writer): as a superuser run ALTER SCHEMA replguard \
+                 OWNER TO {writer}; ALTER TABLE replguard.evidence OWNER TO {writer}; then \
+                 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON replguard.evidence FROM {owner}"
+            ),
+        });
+    }
+    Ok(current.get(0))
 }
 
 /// The newest row, read through any DSN of the wallet's database (primary or standby).
@@ -88,20 +127,29 @@ pub async fn newest(
     newest_on(&session).await
 }
 
-async fn write(session: &Session, r: &Record, source: &str) -> Result<(), ProbeFailure> {
+async fn write(
+    session: &Session,
+    r: &Record,
+    source: &str,
+    current: bool,
+) -> Result<(), ProbeFailure> {
     // Two processes creating the schema at once can collide on the catalog; the second try
     // finds it there.
-    match write_once(session, r, source).await {
-        Err(f) if f.kind != FailureKind::Timeout => write_once(session, r, source).await,
+    match write_once(session, r, source, current).await {
+        Err(f) if f.kind != FailureKind::Timeout => write_once(session, r, source, current).await,
         done => done,
     }
 }
 
 /// One transaction, table creation included: every commit of ours is local, so none can
 /// wait on an absent standby (and be counted as a blocked commit of lightningd's).
-async fn write_once(session: &Session, r: &Record, source: &str) -> Result<(), ProbeFailure> {
-    let current = session.query_one("evidence", CURRENT_SQL, &[]).await?;
-    let ddl = if current.get::<_, bool>(0) {
+async fn write_once(
+    session: &Session,
+    r: &Record,
+    source: &str,
+    current: bool,
+) -> Result<(), ProbeFailure> {
+    let ddl = if current {
         ""
     } else {
         // IF NOT EXISTS answers with a NOTICE when the schema is there: not for the log.
@@ -173,6 +221,9 @@ async fn newest_on(session: &Session) -> Result<Option<Recorded>, ProbeFailure> 
     if !exists.get::<_, bool>(0) {
         return Ok(None);
     }
+    let writers = session
+        .query_one("evidence", OTHER_WRITERS_SQL, &[])
+        .await?;
     let rows = session
         .query(
             "evidence",
@@ -208,5 +259,7 @@ async fn newest_on(session: &Session) -> Result<Option<Recorded>, ProbeFailure> 
         },
         flush_lsn: parse_lsn(row.get(6)),
         source: row.get(9),
+        owner: writers.get(0),
+        other_writers: writers.get(1),
     }))
 }

@@ -332,12 +332,13 @@ async fn from_evidence(
         say(
             "evidence",
             &format!(
-                "newest row {} at {} ({:.0} s ago, by {}, timeline {}): {}, commits covered by \
-                 [{}]",
+                "newest row {} at {} ({:.0} s ago, by {} as {}, timeline {}): {}, commits \
+                 covered by [{}]",
                 r.id,
                 r.recorded_at,
                 r.age_s,
                 r.source,
+                r.owner.as_deref().unwrap_or("?"),
                 r.record
                     .timeline
                     .map_or_else(|| "?".to_string(), |t| t.to_string()),
