@@ -34,9 +34,16 @@ pub fn path(option: &str, p: &Path, absolute: bool) -> Result<()> {
 
 /// A DNS host name as PostgreSQL resolves it: dot-separated labels of letters, digits and
 /// inner hyphens.
+/// RFC 1123: letters, digits and inner hyphens, and a last label that is not all digits —
+/// `10.0.0`, `127.1` or `167772162` are numeric addresses to PostgreSQL, which then finds the
+/// next field of a pg_hba line to be their mask.
 fn is_host_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 253
+        && !s
+            .rsplit('.')
+            .next()
+            .is_some_and(|top| top.bytes().all(|b| b.is_ascii_digit()))
         && s.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
@@ -149,6 +156,9 @@ mod tests {
             "10.0.0.2\nlocal all all trust",
             "-x.example.com",
             "a'b",
+            "10.0.0",
+            "127.1",
+            "167772162",
         ] {
             let e = hba_address("--standby-addr", bad).unwrap_err().to_string();
             assert!(e.starts_with("--standby-addr"), "{e}");
