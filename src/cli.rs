@@ -7,10 +7,9 @@ use std::time::Duration;
 use anyhow::{Context as _, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::action::Mode;
-use crate::dsn::{PgTarget, WalletDsn};
-use crate::lnconfig::{self, LightningConfig, Location};
-use crate::policy::Policy;
+use crate::config::{self, Preflight, Resolved};
+use crate::dsn::WalletDsn;
+use crate::lnconfig::Location;
 use crate::probe::{self, Targets};
 use crate::{failover, options, preflight, report, verdict};
 
@@ -139,21 +138,6 @@ pub struct PolicyArgs {
     pub accept_no_standby_until: Option<String>,
 }
 
-/// What the command line and, in pre-flight mode, lightningd's configuration resolve to.
-pub struct Resolved {
-    pub targets: Targets,
-    pub policy: Policy,
-    /// Record changes of verdict (`replguard-evidence`).
-    pub evidence: bool,
-    /// Set when read from lightningd's configuration: the pre-flight decides by it.
-    pub preflight: Option<Preflight>,
-}
-
-pub struct Preflight {
-    pub mode: Mode,
-    pub config: LightningConfig,
-}
-
 impl TargetArgs {
     fn uses_config(&self) -> bool {
         self.lightning_dir.is_some() || self.conf.is_some() || self.network.is_some()
@@ -166,16 +150,7 @@ impl TargetArgs {
                 network: self.network.clone(),
                 conf: self.conf.clone(),
             };
-            let home = std::env::var_os("HOME").map(PathBuf::from);
-            let config =
-                lnconfig::load(&loc, home.as_deref()).context("lightningd's configuration")?;
-            let settings = options::settings(config.lines.iter().map(|l| options::Given {
-                name: &l.key,
-                value: l.value.as_deref(),
-                origin: &l.origin,
-            }))
-            .map_err(anyhow::Error::msg)
-            .context("lightningd's configuration")?;
+            let (config, settings) = config::from_lightningd_config(&loc)?;
             if settings.dsn.is_some() {
                 eprintln!(
                     "cln-replguard: note: the pre-flight checks through the wallet DSN itself \
@@ -216,12 +191,9 @@ impl TargetArgs {
             Some(c) => format!("wallet= ({})", c.wallet_origin),
             None => "--dsn".to_string(),
         })?;
-        let standbys = settings
-            .standby_dsns
-            .iter()
-            .chain(&self.standby_dsn)
-            .map(|d| PgTarget::parse(d).context("standby DSN"))
-            .collect::<Result<Vec<_>>>()?;
+        let standbys =
+            config::standby_targets(settings.standby_dsns.iter().chain(&self.standby_dsn))
+                .context("standby DSN")?;
         let targets = Targets::new(wallet, standbys);
         for w in targets.warnings() {
             eprintln!("cln-replguard: warning: {w}");
@@ -235,17 +207,6 @@ impl TargetArgs {
                 config,
             }),
         })
-    }
-}
-
-/// Records a change of verdict; a failure is a warning on stderr, never the exit status.
-pub(crate) async fn record_evidence(
-    r: &Resolved,
-    obs: &crate::facts::Observation,
-    v: &verdict::Verdict,
-) {
-    if let Err(e) = probe::record_evidence(&r.targets, obs, v, "check", &r.policy).await {
-        eprintln!("cln-replguard: warning: {e} (--no-evidence to skip)");
     }
 }
 
@@ -316,7 +277,7 @@ async fn execute(command: Command) -> Result<i32> {
                     let v = verdict::evaluate(&obs, &r.policy);
                     println!("{}", report::check_line(&obs, &v, &r.policy));
                     if r.evidence {
-                        crate::cli::record_evidence(&r, &obs, &v).await;
+                        preflight::record_evidence(&r, &obs, &v).await;
                     }
                     Ok(v.level.exit_code())
                 }

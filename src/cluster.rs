@@ -12,12 +12,11 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io::Write as _;
-use std::os::unix::fs::{PermissionsExt, chown};
-use std::os::unix::process::CommandExt;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 
@@ -25,120 +24,7 @@ use anyhow::{Context, Result, anyhow, bail};
 pub const WALLET_ROLE: &str = "lightningd";
 const SUPERUSER: &str = "postgres";
 
-/// The installed PostgreSQL server binaries, and the user to run them as.
-#[derive(Debug)]
-pub struct PgInstall {
-    pub bindir: PathBuf,
-    run_as: Option<(u32, u32)>,
-}
-
-impl PgInstall {
-    pub fn find() -> Result<Arc<PgInstall>> {
-        let bindir = crate::pgbin::server_bindir().ok_or_else(|| {
-            anyhow!(
-                "PostgreSQL server binaries not found (initdb, pg_ctl, postgres). Install them, \
-                 e.g. `apt-get install postgresql` on Debian/Ubuntu, or point PG_BINDIR at their \
-                 directory"
-            )
-        })?;
-        // SAFETY: geteuid has no preconditions.
-        let run_as = if unsafe { libc::geteuid() } == 0 {
-            Some(unprivileged_user()?)
-        } else {
-            None
-        };
-        Ok(Arc::new(PgInstall { bindir, run_as }))
-    }
-
-    /// A server tool, run as the unprivileged user when we are root, with no PG* variables
-    /// of ours leaking into it.
-    pub fn tool(&self, name: &str) -> Command {
-        let mut cmd = Command::new(self.bindir.join(name));
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("PG") {
-                cmd.env_remove(k);
-            }
-        }
-        cmd.env("LC_ALL", "C").stdin(Stdio::null());
-        if let Some((uid, gid)) = self.run_as {
-            cmd.uid(uid).gid(gid);
-            cmd.current_dir("/");
-        }
-        cmd
-    }
-
-    /// Makes `path` belong to the user the servers run as.
-    pub fn own(&self, path: &Path) -> Result<()> {
-        if let Some((uid, gid)) = self.run_as {
-            chown(path, Some(uid), Some(gid))
-                .with_context(|| format!("chown {}", path.display()))?;
-        }
-        Ok(())
-    }
-
-    pub fn mkdir(&self, path: &Path) -> Result<()> {
-        fs::create_dir_all(path).with_context(|| format!("mkdir {}", path.display()))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
-        self.own(path)
-    }
-}
-
-fn unprivileged_user() -> Result<(u32, u32)> {
-    for name in ["postgres", "nobody"] {
-        let cname = std::ffi::CString::new(name)?;
-        // SAFETY: getpwnam returns NULL or a pointer to static storage we read at once.
-        let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
-        if !pw.is_null() {
-            // SAFETY: non-null pointer from getpwnam.
-            let (uid, gid) = unsafe { ((*pw).pw_uid, (*pw).pw_gid) };
-            return Ok((uid, gid));
-        }
-    }
-    bail!("running as root, and neither user postgres nor nobody exists to run the servers as")
-}
-
-/// Runs a command, returning stdout; failure carries the exit status and stderr.
-pub fn run(cmd: &mut Command, what: &str) -> Result<String> {
-    let out: Output = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .output()
-        .with_context(|| format!("{what}: cannot start {:?}", cmd.get_program()))?;
-    if !out.status.success() {
-        bail!(
-            "{what} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim(),
-            String::from_utf8_lossy(&out.stdout).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Polls `cond` every 20 ms until it is true or `timeout` passes.
-pub fn wait_for(
-    what: &str,
-    timeout: Duration,
-    mut cond: impl FnMut() -> Result<bool>,
-) -> Result<()> {
-    let start = Instant::now();
-    let mut last_err = None;
-    loop {
-        match cond() {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(e) => last_err = Some(e),
-        }
-        if start.elapsed() > timeout {
-            bail!(
-                "timed out after {:?} waiting for {what}{}",
-                timeout,
-                last_err.map_or(String::new(), |e| format!(" (last error: {e:#})"))
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
+pub use crate::pgbin::{PgInstall, run, wait_for};
 
 /// One PostgreSQL server in the sandbox.
 #[derive(Debug)]

@@ -4,6 +4,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
+use crate::level::Level;
 use crate::lsn::Lsn;
 use crate::syncnames::SyncNames;
 
@@ -364,4 +365,45 @@ impl Observation {
                 .is_ok_and(|f| f.walsender_name().eq_ignore_ascii_case(application_name))
         })
     }
+}
+
+// What `replguard.evidence` holds (`crate::evidence` decides what to write and what a row
+// proves; `probe::evidence` reads and writes it).
+
+/// What the monitor records about one check.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Record {
+    pub level: Level,
+    pub codes: Vec<String>,
+    /// The standbys every acknowledged commit included, and will include until the
+    /// configuration changes (`failover::covered_standbys`).
+    pub covered: Vec<String>,
+    /// `synchronous_standby_names` as the primary had it: whether a row can speak for later
+    /// commits depends on it (`SyncRequirement::membership_is_fixed`).
+    pub sync_names: Option<String>,
+    pub timeline: Option<u32>,
+    pub system_identifier: Option<String>,
+}
+
+/// A row as read back (on the primary, or on the standby after it replicated).
+#[derive(Clone, Debug, Serialize)]
+pub struct Recorded {
+    pub id: i64,
+    pub recorded_at: String,
+    /// Seconds between the row and the moment it was read.
+    pub age_s: f64,
+    pub record: Record,
+    /// The primary's flush position when the row was written.
+    pub flush_lsn: Option<Lsn>,
+    pub source: String,
+    /// The table's owner: its only legitimate writer, lightningd's wallet role.
+    pub owner: Option<String>,
+    /// Other roles that may change the table (PUBLIC included); none, or no row is trusted.
+    pub other_writers: Vec<String>,
+}
+
+/// Whether a change is worth a row: the level, the findings, or the covered standbys moved.
+/// Unchanged checks write nothing (an idle node must not produce WAL: DESIGN §2).
+pub fn worth_recording(last: Option<&Record>, now: &Record) -> bool {
+    last != Some(now)
 }

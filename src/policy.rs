@@ -70,7 +70,7 @@ fn as_optional_rfc3339<S: serde::Serializer>(
     s: S,
 ) -> Result<S::Ok, S::Error> {
     match t {
-        Some(t) => s.serialize_str(&crate::report::rfc3339(*t)),
+        Some(t) => s.serialize_str(&crate::timefmt::rfc3339(*t)),
         None => s.serialize_none(),
     }
 }

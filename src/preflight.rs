@@ -6,7 +6,9 @@
 use std::time::{Duration, Instant};
 
 use crate::action;
-use crate::cli::{Preflight, Resolved};
+use crate::config::{Preflight, Resolved};
+use crate::evidence::Record;
+use crate::facts::Observation;
 use crate::probe;
 use crate::report;
 use crate::verdict::{self, Verdict};
@@ -28,7 +30,7 @@ pub async fn run(r: &Resolved, p: &Preflight, wait: Option<Duration>) -> i32 {
         let out_of_time = deadline.is_none_or(|d| Instant::now() >= d);
         if d.go || out_of_time {
             if r.evidence {
-                crate::cli::record_evidence(r, &obs, &v).await;
+                record_evidence(r, &obs, &v).await;
             }
             println!("{}", report::check_line(&obs, &v, policy));
             if d.report_findings {
@@ -61,6 +63,15 @@ pub async fn run(r: &Resolved, p: &Preflight, wait: Option<Duration>) -> i32 {
         }
         let left = deadline.map_or(RETRY_EVERY, |d| d.saturating_duration_since(Instant::now()));
         tokio::time::sleep(left.min(RETRY_EVERY)).await;
+    }
+}
+
+/// Records a change of verdict (`check`, pre-flight or not); a failure is a warning on
+/// stderr, never the exit status.
+pub(crate) async fn record_evidence(r: &Resolved, obs: &Observation, v: &Verdict) {
+    let record = Record::of(obs, v);
+    if let Err(e) = probe::record_evidence(&r.targets, record, "check", &r.policy).await {
+        eprintln!("cln-replguard: warning: {e} (--no-evidence to skip)");
     }
 }
 

@@ -2,7 +2,6 @@
 //! status file) and the text an operator reads.
 
 use std::fmt::Write as _;
-use std::time::SystemTime;
 
 use serde_json::{Value, json};
 
@@ -10,6 +9,7 @@ use crate::facts::{Observation, StandbyObservation, WalSender, WalletObservation
 use crate::failover::FailoverAnswer;
 use crate::policy::Policy;
 use crate::syncnames::SyncNames;
+use crate::timefmt::rfc3339;
 use crate::verdict::{SenderJudgement, Verdict};
 
 /// Version of the JSON layout; bumped when a field changes meaning or goes away.
@@ -376,8 +376,4 @@ fn probe_text(p: &crate::facts::CommitProbe) -> String {
             "skipped: every synchronous standby replied within {oldest_reply_ms:.0} ms (no write needed)"
         ),
     }
-}
-
-pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_millis(t).to_string()
 }

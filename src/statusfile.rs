@@ -36,7 +36,7 @@ pub fn location(setting: &Option<Option<String>>, dir: &Path) -> Option<PathBuf>
 pub fn write(path: &Path, report: &Value) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mut doc = report.clone();
-    doc["written_at"] = json!(crate::report::rfc3339(SystemTime::now()));
+    doc["written_at"] = json!(crate::timefmt::rfc3339(SystemTime::now()));
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -139,7 +139,7 @@ mod tests {
             "verdict": verdict,
             "findings": [],
             "interval_ms": 1000,
-            "written_at": crate::report::rfc3339(written),
+            "written_at": crate::timefmt::rfc3339(written),
         })
     }
 

@@ -10,7 +10,7 @@
 mod alert;
 mod hooks;
 pub mod input;
-pub(crate) mod lightningd;
+mod lightningd;
 mod methods;
 mod metrics_http;
 mod monitor;
@@ -25,7 +25,7 @@ use cln_plugin::{Builder, HookBuilder, HookFilter, RpcMethodBuilder};
 
 use crate::options;
 
-pub use lightningd::{MIN_LIGHTNINGD, parse_version};
+pub use crate::lightningd_rpc::{MIN_LIGHTNINGD, parse_version};
 pub use methods::{ERR_FAILOVER_NOT_READY, ERR_FAILOVER_UNKNOWN};
 pub use startup::State;
 
@@ -77,7 +77,7 @@ async fn serve() -> Result<i32> {
     // Without filters (lightningd before 25.12) an rpc_command hook would see every call,
     // our own listconfigs during init included, which nobody answers yet: a deadlock.
     let version = std::env::var("LIGHTNINGD_VERSION").unwrap_or_default();
-    if lightningd::hook_filters_supported(&version).is_ok() {
+    if crate::lightningd_rpc::hook_filters_supported(&version).is_ok() {
         let filters = crate::guard::gateable_commands()
             .into_iter()
             .map(|c| HookFilter::Str(c.to_string()))

@@ -300,7 +300,7 @@ async fn stop_lightningd(rpc_path: &Path, why: &str, v: &Verdict) {
     for l in &lines {
         log::error!("{l}");
     }
-    match lightningd::call(rpc_path, "stop", json!({}), STOP_DEADLINE).await {
+    match crate::lightningd_rpc::call(rpc_path, "stop", json!({}), STOP_DEADLINE).await {
         Ok(_) => log::error!("lightningd accepted stop"),
         Err(e) => {
             log::error!("stop was not answered ({e:#}); ending lightningd");

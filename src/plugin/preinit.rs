@@ -11,17 +11,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::json;
 
+use crate::config;
 use crate::facts::Observation;
-use crate::lnconfig::{self, Location};
-use crate::options::{self, Settings};
+use crate::lnconfig::Location;
 use crate::probe::{self, Targets};
 use crate::{dsn, report, statusfile, verdict};
 
 pub async fn watch(init_seen: Arc<AtomicBool>) {
     let args = parent_args();
     let loc = location(&args);
-    let home = std::env::var_os("HOME").map(PathBuf::from);
-    let Ok(config) = lnconfig::load(&loc, home.as_deref()) else {
+    let Ok(config) = config::lightningd_config(&loc) else {
         return;
     };
     // Command-line options come after the files, as lightningd applies them.
@@ -32,7 +31,7 @@ pub async fn watch(init_seen: Arc<AtomicBool>) {
         .map(|l| (l.key.clone(), l.value.clone()))
         .chain(cmdline.iter().cloned())
         .collect();
-    let settings = settings_of(&pairs);
+    let settings = config::settings_or_defaults(&pairs);
     let wallet = pairs
         .iter()
         .rev()
@@ -81,30 +80,6 @@ pub async fn watch(init_seen: Arc<AtomicBool>) {
         }
         tokio::time::sleep(settings.interval).await;
     }
-}
-
-/// The plugin's options among lightningd's configuration. When one of them is invalid (init
-/// will refuse it), the defaults — but `replguard-status-file` is still honoured, `off`
-/// included, so no file appears where the operator said none should.
-fn settings_of(pairs: &[(String, Option<String>)]) -> Settings {
-    let given = |only: Option<&str>| {
-        options::settings(
-            pairs
-                .iter()
-                .filter(|(k, _)| only.is_none_or(|o| k == o))
-                .map(|(k, v)| options::Given {
-                    name: k,
-                    value: v.as_deref(),
-                    origin: "lightningd's configuration",
-                }),
-        )
-    };
-    given(None).unwrap_or_else(|_| Settings {
-        status_file: given(Some(options::STATUS_FILE))
-            .map(|s| s.status_file)
-            .unwrap_or(Some(None)),
-        ..Settings::default()
-    })
 }
 
 /// What the plugin says when `init` has not come after the startup wait.
@@ -193,27 +168,6 @@ mod tests {
 
     fn args(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()
-    }
-
-    fn pairs(p: &[(&str, &str)]) -> Vec<(String, Option<String>)> {
-        p.iter()
-            .map(|(k, v)| (k.to_string(), Some(v.to_string())))
-            .collect()
-    }
-
-    #[test]
-    fn the_status_file_option_holds_even_beside_an_invalid_option() {
-        let off = [("replguard-status-file", "off")];
-        assert_eq!(settings_of(&pairs(&off)).status_file, Some(None));
-        let both = [
-            ("replguard-status-file", "/srv/s.json"),
-            ("replguard-interval", "soon"),
-            ("alias", "x"),
-        ];
-        let s = settings_of(&pairs(&both));
-        assert_eq!(s.status_file, Some(Some("/srv/s.json".into())));
-        assert_eq!(s.interval, Settings::default().interval);
-        assert_eq!(settings_of(&pairs(&[("alias", "x")])).status_file, None);
     }
 
     #[test]

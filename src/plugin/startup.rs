@@ -12,8 +12,9 @@ use tokio::io::{DuplexStream, Stdout};
 
 use super::lightningd;
 use crate::action::{self, Mode};
-use crate::dsn::WalletDsn;
+use crate::config;
 use crate::facts::{FailureKind, Observation, PinnedCommit, ProbeFailure, WalletObservation};
+use crate::lightningd_rpc;
 use crate::options::{self, Settings};
 use crate::policy::Policy;
 use crate::probe::{self, Targets};
@@ -93,7 +94,7 @@ pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
     // Whether lightningd stops by itself when we exit decides how to refuse; ask first, so
     // every refusal below (bad options included) stops the node.
     let ask = |config: &'static str, timeout| {
-        lightningd::call(
+        lightningd_rpc::call(
             &rpc_path,
             "listconfigs",
             json!({ "config": config }),
@@ -130,7 +131,7 @@ pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
     let deadline = started + settings.startup_wait;
 
     let version = std::env::var("LIGHTNINGD_VERSION").unwrap_or_default();
-    if let Err(problem) = lightningd::hook_filters_supported(&version) {
+    if let Err(problem) = lightningd_rpc::hook_filters_supported(&version) {
         if settings.mode == Mode::Enforce {
             refuse(vec![problem], important);
         }
@@ -138,7 +139,7 @@ pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
     }
 
     let targets = match wallet.map(|v| lightningd::wallet_from_listconfigs(&v)) {
-        Ok(Some(w)) => targets(&w, &settings),
+        Ok(Some(w)) => config::plugin_targets(&w, &settings),
         Ok(None) => Err("lightningd did not tell its wallet DSN".to_string()),
         Err(e) => Err(format!("cannot ask lightningd for its wallet DSN: {e:#}")),
     };
@@ -244,27 +245,6 @@ fn read_settings(
             .any(|(n, v)| *n == options::MODE && v == "warn");
         (if warn { Mode::Warn } else { Mode::Enforce }, problem)
     })
-}
-
-fn targets(wallet: &str, settings: &Settings) -> Result<Targets, String> {
-    let wallet = WalletDsn::parse(wallet).map_err(|e| format!("lightningd's wallet DSN: {e}"))?;
-    let mut targets = match (&settings.dsn, &wallet) {
-        (Some(monitor), WalletDsn::Postgres(w)) => {
-            let monitor =
-                WalletDsn::parse(monitor).map_err(|e| format!("{}: {e}", options::DSN))?;
-            let mut t = Targets::new(monitor, vec![]);
-            t.lightningd_dsn = Some(w.as_ref().clone());
-            t
-        }
-        _ => Targets::new(wallet, vec![]),
-    };
-    for d in &settings.standby_dsns {
-        targets.standbys.push(
-            crate::dsn::PgTarget::parse(d).map_err(|e| format!("{}: {e}", options::STANDBY_DSN))?,
-        );
-    }
-    targets.expect_lightningd_session = true;
-    Ok(targets)
 }
 
 /// One observation, cut off at the startup deadline (but given at least a query timeout):

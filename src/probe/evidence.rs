@@ -1,4 +1,4 @@
-//! Reads and writes `replguard.evidence` (see `crate::evidence`). The table is ours, in its own
+//! Reads and writes `replguard.evidence` (see `crate::evidence`, and `facts::Record`). The table is ours, in its own
 //! schema: nothing of lightningd's is touched. A write is a tiny transaction committed with
 //! `synchronous_commit = local`, so recording "the standby is gone" never waits for that
 //! standby; it reaches the standby with the WAL stream when there is one.
@@ -6,9 +6,8 @@
 use std::time::Duration;
 
 use crate::dsn::PgTarget;
-use crate::evidence::{Record, Recorded};
-use crate::facts::{FailureKind, ProbeFailure};
-use crate::verdict::Level;
+use crate::facts::{FailureKind, ProbeFailure, Record, Recorded, worth_recording};
+use crate::level::Level;
 
 use super::primary::parse_lsn;
 use super::session::Session;
@@ -89,7 +88,7 @@ pub async fn record_if_changed(
     let session = Session::open_monitor(target, deadline).await?;
     let current = table_is_current(&session).await?;
     let newest = newest_on(&session).await?;
-    if !crate::evidence::worth_recording(newest.as_ref().map(|r| &r.record), record) {
+    if !worth_recording(newest.as_ref().map(|r| &r.record), record) {
         return Ok(false);
     }
     write(&session, record, source, current).await?;
@@ -239,12 +238,7 @@ async fn newest_on(session: &Session) -> Result<Option<Recorded>, ProbeFailure> 
         return Ok(None);
     };
     let level_text: String = row.get(3);
-    let level = match level_text.as_str() {
-        "safe" => Level::Safe,
-        "degraded" => Level::Degraded,
-        "unsafe" => Level::Unsafe,
-        _ => Level::Unknown,
-    };
+    let level = Level::from_recorded(&level_text);
     Ok(Some(Recorded {
         id: row.get(0),
         recorded_at: row.get(1),

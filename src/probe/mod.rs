@@ -12,7 +12,7 @@ mod standby;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::dsn::{PgTarget, WalletDsn};
-use crate::facts::{Observation, StandbyObservation, WalletObservation};
+use crate::facts::{Observation, Record, StandbyObservation, WalletObservation};
 use crate::policy::Policy;
 
 pub use commit::PROBE_APPLICATION_NAME;
@@ -85,20 +85,16 @@ pub async fn observe_standby(
     standby::observe(target, policy).await
 }
 
-/// Records the verdict in `replguard.evidence` when it changed (`crate::evidence`). `Ok(None)`:
-/// nothing to record (primary not reached). A failure is for the caller to warn about; it
-/// never changes the verdict.
+/// Records a verdict in `replguard.evidence` when it changed (`evidence::Record::of` makes the
+/// record; `None` when the primary was not reached). `Ok(None)`: nothing to record. A failure
+/// is for the caller to warn about; it never changes the verdict.
 pub async fn record_evidence(
     targets: &Targets,
-    obs: &Observation,
-    v: &crate::verdict::Verdict,
+    record: Option<Record>,
     source: &str,
     policy: &Policy,
 ) -> Result<Option<bool>, String> {
-    let (Some(t), Some(record)) = (
-        targets.evidence_writer(),
-        crate::evidence::Record::of(obs, v),
-    ) else {
+    let (Some(t), Some(record)) = (targets.evidence_writer(), record) else {
         return Ok(None);
     };
     evidence::record_if_changed(t, &record, source, policy.query_timeout)

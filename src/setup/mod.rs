@@ -13,8 +13,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 
-use crate::cluster::PgInstall;
 use crate::dsn::WalletDsn;
+use crate::pgbin::PgInstall;
 use crate::policy::Policy;
 use crate::probe::{self, Targets};
 use crate::{report, verdict};
@@ -642,7 +642,14 @@ async fn local(a: LocalArgs) -> Result<i32> {
     let obs = probe::observe(&targets, &policy).await;
     let v = verdict::evaluate(&obs, &policy);
     println!("{}", report::check_line(&obs, &v, &policy));
-    if let Err(e) = probe::record_evidence(&targets, &obs, &v, "setup", &policy).await {
+    if let Err(e) = probe::record_evidence(
+        &targets,
+        crate::evidence::Record::of(&obs, &v),
+        "setup",
+        &policy,
+    )
+    .await
+    {
         eprintln!("cln-replguard: warning: {e}");
     }
     for f in &v.findings {

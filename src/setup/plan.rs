@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, bail};
 
 use super::quote::shell_word;
-use crate::cluster::{PgInstall, wait_for};
+use crate::pgbin::{PgInstall, wait_for};
 
 pub enum Step {
     /// A comment in the script; said while applying.

@@ -12,7 +12,7 @@ use serde_json::json;
 
 use super::reach::{self, Reach};
 use crate::facts::Upstream;
-use crate::plugin::lightningd;
+use crate::lightningd_rpc;
 
 /// What one fencing step established.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub async fn lightningd(rpc: Option<&Path>, wait: Duration) -> Fenced {
             return Fenced::Verified(format!("no lightningd answers at {}", rpc.display()));
         }
     }
-    if let Err(e) = lightningd::call(rpc, "stop", json!({}), Duration::from_secs(10)).await {
+    if let Err(e) = lightningd_rpc::call(rpc, "stop", json!({}), Duration::from_secs(10)).await {
         // A lightningd frozen on a commit does not answer; it must still go.
         return Fenced::Refused(format!(
             "lightningd answers at {} but did not take `stop` ({e:#}): stop it (kill it if it \

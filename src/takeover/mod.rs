@@ -271,7 +271,7 @@ pub async fn run(a: FailoverArgs) -> Result<i32> {
                     "synchronous_standby_names emptied: commits no longer wait for a standby. \
                      Add to lightningd's config, then start it:\n{}={}",
                     options::ACCEPT_NO_STANDBY_UNTIL,
-                    rfc3339_seconds(alone_until)
+                    crate::timefmt::rfc3339_seconds(alone_until)
                 ),
             );
         }
@@ -397,10 +397,6 @@ async fn live_check(
         }
     };
     Ok(Some(judgement))
-}
-
-fn rfc3339_seconds(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 fn say(step: &str, what: &str) {

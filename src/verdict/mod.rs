@@ -15,49 +15,8 @@ use serde::Serialize;
 use crate::facts::Observation;
 use crate::policy::Policy;
 
+pub use crate::level::Level;
 pub use sync::{SenderJudgement, SyncAssessment, assess_sync};
-
-/// How safe the wallet's storage is. Ordered: a worse level compares greater.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Level {
-    /// Every rule holds.
-    Safe,
-    /// Every acknowledged commit is replicated, with less margin than asked.
-    Degraded,
-    /// Cannot tell. Never reported as safe.
-    Unknown,
-    /// An acknowledged commit may exist only on the primary, or the next one may; or commits
-    /// are blocked.
-    Unsafe,
-}
-
-impl Level {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Level::Safe => "safe",
-            Level::Degraded => "degraded",
-            Level::Unknown => "unknown",
-            Level::Unsafe => "unsafe",
-        }
-    }
-
-    /// Monitoring-Plugins exit status: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.
-    pub fn exit_code(self) -> i32 {
-        match self {
-            Level::Safe => 0,
-            Level::Degraded => 1,
-            Level::Unsafe => 2,
-            Level::Unknown => 3,
-        }
-    }
-}
-
-impl fmt::Display for Level {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// Stable finding codes: operators and alerting match on these strings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]

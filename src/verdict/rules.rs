@@ -221,7 +221,7 @@ fn sync_names_empty(ctx: &Context) -> Finding {
             format!(
                 "no synchronous standby: accepted until {} (replguard-accept-no-standby-until); \
                  until a standby is back, a loss of this server loses channel state",
-                crate::report::rfc3339(until)
+                crate::timefmt::rfc3339(until)
             ),
             restore,
         ),
@@ -231,7 +231,7 @@ fn sync_names_empty(ctx: &Context) -> Finding {
             format!(
                 "synchronous_standby_names is empty, and the acceptance of running without a \
                  standby ended at {}",
-                crate::report::rfc3339(until)
+                crate::timefmt::rfc3339(until)
             ),
             restore,
         ),
