@@ -92,6 +92,30 @@ pub fn parse(s: &str) -> Result<Params, ConninfoError> {
 
 /// `host=/tmp port=5432 user='a b' password=x\'y`.
 pub fn parse_key_value(s: &str) -> Result<Params, ConninfoError> {
+    key_value_pairs(s, Reading::Given)
+}
+
+/// One value of a conninfo as the server prints it (`pg_stat_wal_receiver.conninfo`): values
+/// as they are, unquoted and unescaped, and keywords perhaps newer than `LIBPQ_KEYWORDS`.
+/// `None` when the key is absent or the text does not parse.
+pub fn printed_value(conninfo: &str, key: &str) -> Option<String> {
+    key_value_pairs(conninfo, Reading::Printed)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v)
+}
+
+/// Who wrote the key=value text.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reading {
+    /// Given to us, as to libpq: `\` escapes everywhere, only keywords libpq knows.
+    Given,
+    /// Printed by the server: a backslash outside quotes is a backslash, any keyword.
+    Printed,
+}
+
+fn key_value_pairs(s: &str, reading: Reading) -> Result<Params, ConninfoError> {
     let mut out = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
@@ -124,14 +148,14 @@ pub fn parse_key_value(s: &str) -> Result<Params, ConninfoError> {
             }
         } else {
             while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' {
+                if c == '\\' && reading == Reading::Given {
                     value.extend(chars.next());
                 } else {
                     value.push(c);
                 }
             }
         }
-        if !LIBPQ_KEYWORDS.contains(&key.as_str()) {
+        if reading == Reading::Given && !LIBPQ_KEYWORDS.contains(&key.as_str()) {
             return Err(err(format!("invalid connection option \"{key}\"")));
         }
         out.push((key, value));
@@ -409,5 +433,27 @@ mod tests {
         let p = parse("host=a host=b").unwrap();
         assert_eq!(get(&p, "host"), Some("b"));
         assert_eq!(get(&p, "port"), None);
+    }
+
+    #[test]
+    fn reads_values_from_a_printed_conninfo() {
+        let c = "user=postgres password=******** channel_binding=prefer \
+                 host=/tmp/x port=5432 application_name=s1 fallback_application_name=walreceiver";
+        assert_eq!(printed_value(c, "application_name").as_deref(), Some("s1"));
+        assert_eq!(printed_value(c, "host").as_deref(), Some("/tmp/x"));
+        assert_eq!(printed_value(c, "dbname"), None);
+        let q = "host='/tmp/a b' application_name='it\\'s'";
+        assert_eq!(printed_value(q, "host").as_deref(), Some("/tmp/a b"));
+        assert_eq!(
+            printed_value(q, "application_name").as_deref(),
+            Some("it's")
+        );
+        // As printed: a keyword newer than ours is no error, a backslash is a backslash.
+        let newer = "host=/tmp/x min_protocol_version=3.2 application_name=a\\b";
+        assert_eq!(printed_value(newer, "host").as_deref(), Some("/tmp/x"));
+        assert_eq!(
+            printed_value(newer, "application_name").as_deref(),
+            Some("a\\b")
+        );
     }
 }

@@ -196,13 +196,6 @@ impl CommitProbe {
             _ => None,
         }
     }
-
-    pub fn lsn(&self) -> Option<Lsn> {
-        match self {
-            CommitProbe::Acknowledged { lsn, .. } | CommitProbe::Waiting { lsn, .. } => Some(*lsn),
-            _ => None,
-        }
-    }
 }
 
 /// One row of `pg_stat_replication`. Columns the role may not see are `None`.

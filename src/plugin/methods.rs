@@ -35,11 +35,11 @@ pub async fn replication_status(
         report["report_age_ms"] = json!(at.elapsed().as_millis() as u64);
         return Ok(report);
     }
-    let mut obs = probe::observe(targets, &st.policy).await;
+    let mut obs = probe::observe(targets, &st.settings.policy).await;
     obs.pinned_commit = st.pinned.clone();
-    let v = verdict::evaluate(&obs, &st.policy);
-    let mut out = report::status_json(&obs, &v, &st.policy);
-    out["mode"] = json!(st.mode);
+    let v = verdict::evaluate(&obs, &st.settings.policy);
+    let mut out = report::status_json(&obs, &v, &st.settings.policy);
+    out["mode"] = json!(st.settings.mode);
     out["report_age_ms"] = json!(0);
     Ok(out)
 }
@@ -49,7 +49,7 @@ pub async fn failover_check(plugin: Plugin<State>, params: Value) -> Result<Valu
         .map_err(|e| rpc_error(ERR_INVALID_PARAMS, e, Value::Null))?;
     let st = &plugin.state().0;
     let targets = checkable(&st.targets)?;
-    let obs = probe::observe_failover(targets, &st.policy, wait).await;
+    let obs = probe::observe_failover(targets, &st.settings.policy, wait).await;
     let answer = failover::evaluate(&obs);
     let data = report::failover_json(&obs, &answer);
     match answer.readiness {

@@ -39,7 +39,7 @@ pub(super) async fn run(plugin: Plugin<State>) {
     // Periodic checks may rely on fresh standby replies instead of writing a test commit.
     let policy = Policy {
         skip_probe_within: st.settings.reply_fresh,
-        ..st.policy
+        ..st.settings.policy
     };
     // Each check's record goes to the evidence writer, which writes the changes on its own
     // time: the guard never waits for it.
@@ -79,7 +79,7 @@ pub(super) async fn run(plugin: Plugin<State>) {
         *st.guard.level.lock().unwrap_or_else(|e| e.into_inner()) = debounce.reported;
 
         let mut rep = report::status_json(&obs, &v, &policy);
-        rep["mode"] = json!(st.mode);
+        rep["mode"] = json!(st.settings.mode);
         rep["reported"] = json!(debounce.reported);
         rep["reported_for_ms"] = json!(debounce.held_for(now).as_millis() as u64);
         rep["interval_ms"] = json!(st.settings.interval.as_millis() as u64);

@@ -27,10 +27,9 @@ pub struct State(pub Arc<Inner>);
 pub struct Inner {
     /// What to check; the reason when nothing can be (warn mode only).
     pub targets: Result<Targets, String>,
-    pub policy: Policy,
-    pub mode: Mode,
     /// lightningd's `synchronous_commit`, pinned at `init`.
     pub pinned: Option<PinnedCommit>,
+    /// The options, validated (the mode and the policy included).
     pub settings: Settings,
     /// lightningd's JSON-RPC socket.
     pub rpc_path: PathBuf,
@@ -56,9 +55,7 @@ impl GuardShared {
             counters: std::sync::Mutex::new(crate::metrics::Counters::default()),
         }
     }
-}
 
-impl GuardShared {
     /// The last report and when it was taken.
     pub fn latest(&self) -> Option<(Instant, serde_json::Value)> {
         self.latest
@@ -151,8 +148,6 @@ pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
             log::warn!("{problem}; nothing to check (replguard-mode=warn)");
             return State(Arc::new(Inner {
                 targets: Err(problem),
-                policy: settings.policy,
-                mode: settings.mode,
                 pinned: None,
                 status_file: status_file(&settings, &lightning_dir),
                 settings,
@@ -203,8 +198,6 @@ pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
     });
     State(Arc::new(Inner {
         targets: Ok(targets),
-        policy: settings.policy,
-        mode: settings.mode,
         pinned,
         status_file: status_file(&settings, &lightning_dir),
         settings,

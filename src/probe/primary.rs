@@ -218,7 +218,7 @@ async fn read(
     // With nothing to wait for, the read taken with the others is the answer.
     let walsenders = match wait_for {
         None => senders_now,
-        Some(_) => walsenders_reaching(session, wait_for, &sync_names).await?,
+        Some(wait_for) => walsenders_reaching(session, wait_for, &sync_names).await?,
     };
 
     Ok(PrimaryFacts {
@@ -424,19 +424,16 @@ SELECT pid, coalesce(application_name, '') AS name, client_addr::text AS client_
   FROM pg_stat_replication
  ORDER BY pid";
 
-/// Reads `pg_stat_replication`; with a target, re-reads until the standbys that must have it
-/// (synchronous ones, or with `all_named` every named one) flushed it, or the wait is over.
+/// Re-reads `pg_stat_replication` until the standbys that must have `target` (synchronous
+/// ones, or with `all_named` every named one) flushed it, or the wait is over.
 async fn walsenders_reaching(
     session: &Session,
-    wait_for: Option<(Lsn, Duration, bool)>,
+    (target, wait, all_named): (Lsn, Duration, bool),
     sync_names: &Result<SyncNames, String>,
 ) -> Result<Vec<WalSender>, ProbeFailure> {
     let start = Instant::now();
     loop {
         let mut senders = read_walsenders(session).await?;
-        let Some((target, wait, all_named)) = wait_for else {
-            return Ok(senders);
-        };
         for s in &mut senders {
             s.reached_target = s.flush_lsn.map(|f| f >= target);
         }

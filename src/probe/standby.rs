@@ -1,5 +1,6 @@
 //! Facts about a standby, read through the DSN the operator gave for it.
 
+use crate::conninfo::printed_value;
 use crate::dsn::PgTarget;
 use crate::facts::{ProbeFailure, StandbyFacts, Upstream, WalReceiver};
 use crate::lsn::timeline_of_walfile;
@@ -52,7 +53,7 @@ pub(crate) async fn observe(
         slot_name: r.get(4),
         application_name: r
             .get::<_, Option<String>>(5)
-            .and_then(|c| conninfo_value(&c, "application_name")),
+            .and_then(|c| printed_value(&c, "application_name")),
     });
     let replay_paused = if !in_recovery {
         None
@@ -85,7 +86,7 @@ pub(crate) async fn observe(
         Some(_) => None,
         None => primary_conninfo
             .as_deref()
-            .and_then(|c| conninfo_value(c, "application_name")),
+            .and_then(|c| printed_value(c, "application_name")),
     };
     let upstream = match sender {
         Some(s) => vec![s],
@@ -133,10 +134,17 @@ pub(crate) async fn observe(
 /// URI form), one port for every host. Empty — cannot tell — when they are not written in it:
 /// no host (libpq's compiled-in default), a `service` (a file decides), or an unreadable string.
 fn upstreams_of(conninfo: &str) -> Vec<Upstream> {
-    let Ok(params) = crate::conninfo::parse(conninfo) else {
-        return vec![];
+    // As written by an operator (either form), or by pg_basebackup -R (keywords perhaps newer
+    // than ours, which the strict reader would refuse).
+    let uri = crate::conninfo::is_uri(conninfo).then(|| crate::conninfo::parse(conninfo));
+    let get = |k: &str| -> Option<String> {
+        match &uri {
+            Some(Ok(params)) => crate::conninfo::get(params, k).map(str::to_string),
+            Some(Err(_)) => None,
+            None => printed_value(conninfo, k),
+        }
+        .filter(|v| !v.is_empty())
     };
-    let get = |k| crate::conninfo::get(&params, k).filter(|v| !v.is_empty());
     if get("service").is_some() {
         return vec![];
     }
@@ -144,7 +152,7 @@ fn upstreams_of(conninfo: &str) -> Vec<Upstream> {
         return vec![];
     };
     let ports: Vec<Option<u16>> = get("port")
-        .unwrap_or("5432")
+        .unwrap_or_else(|| "5432".into())
         .split(',')
         .map(|p| p.trim().parse().ok())
         .collect();
@@ -165,42 +173,9 @@ fn upstreams_of(conninfo: &str) -> Vec<Upstream> {
     out
 }
 
-/// One value of a libpq key=value string as PostgreSQL prints `conninfo` (values may be
-/// single-quoted with `\'` escapes).
-fn conninfo_value(conninfo: &str, key: &str) -> Option<String> {
-    let mut chars = conninfo.chars().peekable();
-    loop {
-        while chars.peek().is_some_and(|c| c.is_whitespace()) {
-            chars.next();
-        }
-        let k: String = chars.by_ref().take_while(|&c| c != '=').collect();
-        if k.is_empty() {
-            return None;
-        }
-        let mut v = String::new();
-        if chars.peek() == Some(&'\'') {
-            chars.next();
-            while let Some(c) = chars.next() {
-                match c {
-                    '\\' => v.extend(chars.next()),
-                    '\'' => break,
-                    c => v.push(c),
-                }
-            }
-        } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                v.push(c);
-            }
-        }
-        if k.trim() == key {
-            return Some(v);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{conninfo_value, upstreams_of};
+    use super::upstreams_of;
     use crate::facts::Upstream;
 
     #[test]
@@ -230,20 +205,5 @@ mod tests {
         assert_eq!(upstreams_of("user=r application_name=s1"), []);
         assert_eq!(upstreams_of("service=primary application_name=s1"), []);
         assert_eq!(upstreams_of("host=a port=x"), []);
-    }
-
-    #[test]
-    fn reads_values_from_a_printed_conninfo() {
-        let c = "user=postgres password=******** channel_binding=prefer \
-                 host=/tmp/x port=5432 application_name=s1 fallback_application_name=walreceiver";
-        assert_eq!(conninfo_value(c, "application_name").as_deref(), Some("s1"));
-        assert_eq!(conninfo_value(c, "host").as_deref(), Some("/tmp/x"));
-        assert_eq!(conninfo_value(c, "dbname"), None);
-        let q = "host='/tmp/a b' application_name='it\\'s'";
-        assert_eq!(conninfo_value(q, "host").as_deref(), Some("/tmp/a b"));
-        assert_eq!(
-            conninfo_value(q, "application_name").as_deref(),
-            Some("it's")
-        );
     }
 }
