@@ -23,6 +23,7 @@ use clap::{Args, ValueEnum};
 
 use crate::dsn::{PgTarget, WalletDsn};
 use crate::evidence::{self, Judgement};
+use crate::facts::StandbyFacts;
 use crate::failover;
 use crate::options::{self, MAX_ACCEPT_NO_STANDBY};
 use crate::policy::Policy;
@@ -111,176 +112,235 @@ pub async fn run(a: FailoverArgs) -> Result<i32> {
         ));
         return Ok(EXIT_REFUSED);
     }
-    let name = facts.walsender_name();
+    let t = Takeover {
+        a: &a,
+        name: facts.walsender_name(),
+        standby,
+        facts,
+        policy,
+        wait,
+    };
+    let Some(verified) = t.fence_and_verify().await? else {
+        return Ok(EXIT_REFUSED);
+    };
+    t.say_verified(&verified);
+    t.promote(alone_until).await?;
+    Ok(0)
+}
 
-    let side = evidence::StandbySide {
-        name: &name,
-        system_id: facts.system_identifier.as_deref(),
-        timeline: facts.timeline,
-    };
+/// What every step works with: the operator's arguments and the standby to promote.
+struct Takeover<'a> {
+    a: &'a FailoverArgs,
+    standby: PgTarget,
+    facts: StandbyFacts,
+    /// The name the standby streams under.
+    name: String,
+    policy: Policy,
+    /// Bound of each wait.
+    wait: Duration,
+}
 
-    // 1. Fence lightningd first: no commit may happen after what is verified next.
-    let lightningd = fence::lightningd(a.lightning_rpc.as_deref(), wait).await;
-    let mut unverified = Vec::new();
-    if let Some(stop) = tally("lightningd", &lightningd, &mut unverified) {
-        say_refused(&format!("{stop}; nothing else was done"));
-        return Ok(EXIT_REFUSED);
-    }
-
-    // 2. Verify before touching the old primary: a refusal leaves it as it was.
-    let live = match &a.old_primary_dsn {
-        Some(dsn) => live_check(dsn, &standby, &name, &policy).await?,
-        None => None,
-    };
-    let live_answered = live.is_some();
-    let first = match &live {
-        Some(j) => j.clone(),
-        None => from_evidence(&standby, &side, &policy).await?,
-    };
-    if let Some(why) = refusal(&first, &a, &name) {
-        say_refused(&format!("{why}. The old primary was left as it was"));
-        return Ok(EXIT_REFUSED);
+impl Takeover<'_> {
+    fn side(&self) -> evidence::StandbySide<'_> {
+        evidence::StandbySide {
+            name: &self.name,
+            system_id: self.facts.system_identifier.as_deref(),
+            timeline: self.facts.timeline,
+        }
     }
 
-    // 3. Fence the old primary.
-    let primary = match &a.old_primary_data {
-        Some(d) => fence::old_primary(
-            d,
-            a.pg_bindir.as_deref(),
-            wait,
-            side.system_id,
-            &facts.upstream,
-        ),
-        None if live_answered => Fenced::Refused(
-            "the old primary still answers and its data directory is not on this host \
-             (--old-primary-data): stop it on its host first"
-                .into(),
-        ),
-        None => Fenced::Unverified(
-            "the old primary was not stopped or marked from here (no --old-primary-data)".into(),
-        ),
-    };
-    let undo = match (&primary, &a.old_primary_data) {
-        (Fenced::Verified(_), Some(d)) => format!(
-            " To bring the old primary back as it was: rm {}/standby.signal, then start it.",
-            d.display()
-        ),
-        _ => String::new(),
-    };
-    if let Some(stop) = tally("old primary", &primary, &mut unverified) {
-        say_refused(&format!("{stop}; nothing was promoted.{undo}"));
-        return Ok(EXIT_REFUSED);
+    /// Steps 1 to 4: fence lightningd, verify, fence the old primary, verify again. The
+    /// judgement to promote on; `None` when refused (and said why).
+    async fn fence_and_verify(&self) -> Result<Option<Judgement>> {
+        let a = self.a;
+        // 1. Fence lightningd first: no commit may happen after what is verified next.
+        let lightningd = fence::lightningd(a.lightning_rpc.as_deref(), self.wait).await;
+        let mut unverified = Vec::new();
+        if let Some(stop) = tally("lightningd", &lightningd, &mut unverified) {
+            say_refused(&format!("{stop}; nothing else was done"));
+            return Ok(None);
+        }
+
+        // 2. Verify before touching the old primary: a refusal leaves it as it was.
+        let live = match &a.old_primary_dsn {
+            Some(dsn) => live_check(dsn, &self.standby, &self.name, &self.policy).await?,
+            None => None,
+        };
+        let first = match &live {
+            Some(j) => j.clone(),
+            None => from_evidence(&self.standby, &self.side(), &self.policy).await?,
+        };
+        if let Some(why) = refusal(&first, a, &self.name) {
+            say_refused(&format!("{why}. The old primary was left as it was"));
+            return Ok(None);
+        }
+
+        // 3. Fence the old primary.
+        let Some(undo) = self
+            .fence_old_primary(live.is_some(), &mut unverified)
+            .await?
+        else {
+            return Ok(None);
+        };
+
+        // 4. Without a live answer, the evidence again: a row may have arrived meanwhile.
+        let verified = match live {
+            Some(j) => j,
+            None => from_evidence(&self.standby, &self.side(), &self.policy).await?,
+        };
+        if let Some(why) = refusal(&verified, a, &self.name) {
+            say_refused(&format!("{why}.{undo}"));
+            return Ok(None);
+        }
+        Ok(Some(verified))
     }
-    // Whatever was fenced, nothing may still answer where the standby streamed from.
-    let address = fence::old_primary_address(&facts.upstream, wait);
-    if let Some(stop) = tally("old primary's address", &address, &mut unverified) {
-        say_refused(&format!("{stop}; nothing was promoted.{undo}"));
-        return Ok(EXIT_REFUSED);
-    }
-    if let (true, Some(dsn)) = (live_answered, &a.old_primary_dsn)
-        && probe::answers(&WalletDsn::parse(dsn)?, policy.query_timeout).await
-    {
-        say_refused(&format!(
-            "the old primary still answers at its DSN after the fence: --old-primary-data is \
-             not its data directory?{undo}"
-        ));
-        return Ok(EXIT_REFUSED);
-    }
-    if !unverified.is_empty() {
-        if !a.old_host_unreachable {
+
+    /// Step 3: the old primary stopped and marked, nothing answering where the standby
+    /// streamed from. The hint to undo the fence (empty when there is none); `None` when
+    /// refused (and said why).
+    async fn fence_old_primary(
+        &self,
+        live_answered: bool,
+        unverified: &mut Vec<String>,
+    ) -> Result<Option<String>> {
+        let a = self.a;
+        let primary = match &a.old_primary_data {
+            Some(d) => fence::old_primary(
+                d,
+                a.pg_bindir.as_deref(),
+                self.wait,
+                self.facts.system_identifier.as_deref(),
+                &self.facts.upstream,
+            ),
+            None if live_answered => Fenced::Refused(
+                "the old primary still answers and its data directory is not on this host \
+                 (--old-primary-data): stop it on its host first"
+                    .into(),
+            ),
+            None => Fenced::Unverified(
+                "the old primary was not stopped or marked from here (no --old-primary-data)"
+                    .into(),
+            ),
+        };
+        let undo = match (&primary, &a.old_primary_data) {
+            (Fenced::Verified(_), Some(d)) => format!(
+                " To bring the old primary back as it was: rm {}/standby.signal, then start it.",
+                d.display()
+            ),
+            _ => String::new(),
+        };
+        if let Some(stop) = tally("old primary", &primary, unverified) {
+            say_refused(&format!("{stop}; nothing was promoted.{undo}"));
+            return Ok(None);
+        }
+        // Whatever was fenced, nothing may still answer where the standby streamed from.
+        let address = fence::old_primary_address(&self.facts.upstream, self.wait);
+        if let Some(stop) = tally("old primary's address", &address, unverified) {
+            say_refused(&format!("{stop}; nothing was promoted.{undo}"));
+            return Ok(None);
+        }
+        if let (true, Some(dsn)) = (live_answered, &a.old_primary_dsn)
+            && probe::answers(&WalletDsn::parse(dsn)?, self.policy.query_timeout).await
+        {
             say_refused(&format!(
-                "the old node is not fenced from here.{undo} On the old host run (or pass \
-                 --old-host-unreachable if that host is gone for good):"
+                "the old primary still answers at its DSN after the fence: --old-primary-data \
+                 is not its data directory?{undo}"
             ));
+            return Ok(None);
+        }
+        if !unverified.is_empty() {
+            if !a.old_host_unreachable {
+                say_refused(&format!(
+                    "the old node is not fenced from here.{undo} On the old host run (or pass \
+                     --old-host-unreachable if that host is gone for good):"
+                ));
+                for c in fence::old_host_commands(a.old_primary_data.as_ref()) {
+                    println!("    {c}");
+                }
+                return Ok(None);
+            }
+            say(
+                "fence",
+                "going on with --old-host-unreachable; run these on the old host before it \
+                 returns:",
+            );
             for c in fence::old_host_commands(a.old_primary_data.as_ref()) {
                 println!("    {c}");
             }
-            return Ok(EXIT_REFUSED);
         }
+        Ok(Some(undo))
+    }
+
+    fn say_verified(&self, verified: &Judgement) {
         say(
-            "fence",
-            "going on with --old-host-unreachable; run these on the old host before it \
-             returns:",
-        );
-        for c in fence::old_host_commands(a.old_primary_data.as_ref()) {
-            println!("    {c}");
-        }
-    }
-
-    // 4. Without a live answer, the evidence again: a row may have arrived meanwhile.
-    let verified = match live {
-        Some(j) => j,
-        None => from_evidence(&standby, &side, &policy).await?,
-    };
-    if let Some(why) = refusal(&verified, &a, &name) {
-        say_refused(&format!("{why}.{undo}"));
-        return Ok(EXIT_REFUSED);
-    }
-    say(
-        "verify",
-        &match &verified {
-            Judgement::Covered => format!("{name} holds every acknowledged commit"),
-            Judgement::NotCovered { why } => {
-                format!("NOT COVERED, going on (--accept-loss): {why}")
-            }
-            Judgement::Unverifiable { why } => format!(
-                "UNVERIFIED, going on ({}): {why}",
-                if a.accept_unverified {
-                    "--accept-unverified"
-                } else {
-                    "--accept-loss"
+            "verify",
+            &match verified {
+                Judgement::Covered => format!("{} holds every acknowledged commit", self.name),
+                Judgement::NotCovered { why } => {
+                    format!("NOT COVERED, going on (--accept-loss): {why}")
                 }
-            ),
-        },
-    );
+                Judgement::Unverifiable { why } => format!(
+                    "UNVERIFIED, going on ({}): {why}",
+                    if self.a.accept_unverified {
+                        "--accept-unverified"
+                    } else {
+                        "--accept-loss"
+                    }
+                ),
+            },
+        );
+    }
 
-    // 5. Promote.
-    let promoted = probe::promote::promote(&standby, facts.timeline, wait)
-        .await
-        .map_err(|f| anyhow::anyhow!("promotion: {}: {}", f.stage, f.detail))?;
-    say(
-        "promote",
-        &format!(
-            "{standby} is the primary on timeline {} at {} ({} ms), CHECKPOINT done",
-            promoted.timeline,
-            promoted
-                .lsn
-                .map_or_else(|| "?".to_string(), |l| l.to_string()),
-            promoted.took.as_millis()
-        ),
-    );
-
-    // 6. The inherited synchronous_standby_names.
-    match a.after {
-        After::WaitForStandby => say(
-            "after",
+    /// Steps 5 and 6: promote, then the inherited `synchronous_standby_names` as the operator
+    /// chose (`--then`).
+    async fn promote(&self, alone_until: SystemTime) -> Result<()> {
+        let standby = &self.standby;
+        let promoted = probe::promote::promote(standby, self.facts.timeline, self.wait)
+            .await
+            .map_err(|f| anyhow::anyhow!("promotion: {}: {}", f.stage, f.detail))?;
+        say(
+            "promote",
             &format!(
-                "synchronous_standby_names = '{}' kept: lightningd's commits wait until such a \
-                 standby streams from this server (cln-replguard setup standby, \
-                 contrib/README.md)",
-                promoted.sync_names
+                "{standby} is the primary on timeline {} at {} ({} ms), CHECKPOINT done",
+                promoted.timeline,
+                promoted
+                    .lsn
+                    .map_or_else(|| "?".to_string(), |l| l.to_string()),
+                promoted.took.as_millis()
             ),
-        ),
-        After::RunAlone => {
-            probe::promote::clear_sync_names(&standby, policy.query_timeout)
-                .await
-                .map_err(|f| anyhow::anyhow!("{}: {}", f.stage, f.detail))?;
-            say(
+        );
+
+        match self.a.after {
+            After::WaitForStandby => say(
                 "after",
                 &format!(
-                    "synchronous_standby_names emptied: commits no longer wait for a standby. \
-                     Add to lightningd's config, then start it:\n{}={}",
-                    options::ACCEPT_NO_STANDBY_UNTIL,
-                    crate::timefmt::rfc3339_seconds(alone_until)
+                    "synchronous_standby_names = '{}' kept: lightningd's commits wait until \
+                     such a standby streams from this server (cln-replguard setup standby, \
+                     contrib/README.md)",
+                    promoted.sync_names
                 ),
-            );
+            ),
+            After::RunAlone => {
+                probe::promote::clear_sync_names(standby, self.policy.query_timeout)
+                    .await
+                    .map_err(|f| anyhow::anyhow!("{}: {}", f.stage, f.detail))?;
+                say(
+                    "after",
+                    &format!(
+                        "synchronous_standby_names emptied: commits no longer wait for a \
+                         standby. Add to lightningd's config, then start it:\n{}={}",
+                        options::ACCEPT_NO_STANDBY_UNTIL,
+                        crate::timefmt::rfc3339_seconds(alone_until)
+                    ),
+                );
+            }
         }
+        say(
+            "next",
+            "point lightningd's wallet= at this server, start it, and build a new standby",
+        );
+        Ok(())
     }
-    say(
-        "next",
-        "point lightningd's wallet= at this server, start it, and build a new standby",
-    );
-    Ok(0)
 }
 
 /// Says a fencing step; returns why to stop, if it must. Unverified steps are collected.
