@@ -6,11 +6,14 @@
 //! includes S, (2) lightningd's `synchronous_commit` waits for the flush, (3) S flushed up to
 //! L, and (4) with S's DSN: same cluster and timeline, in recovery, receiving.
 
-use serde::Serialize;
+use std::fmt;
+
+use serde::{Serialize, Serializer};
 
 use crate::facts::{Observation, PrimaryFacts, StandbyFacts, WalSender, WalletObservation};
 use crate::lsn::Lsn;
 use crate::syncnames::{SyncMethod, SyncNames, SyncRequirement};
+use crate::verdict::{self, Code, OtherServer};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -32,6 +35,35 @@ impl Readiness {
     }
 }
 
+/// Why a failover is not ready, or a standby not a target: its catalogue code, and the text
+/// shown to the operator (in JSON too, where a reason is its text).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reason {
+    pub code: Code,
+    pub text: String,
+}
+
+impl Reason {
+    pub fn new(code: Code, text: impl Into<String>) -> Reason {
+        Reason {
+            code,
+            text: text.into(),
+        }
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Serialize for Reason {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct FailoverAnswer {
     pub readiness: Readiness,
@@ -41,7 +73,7 @@ pub struct FailoverAnswer {
     /// L: the primary's flush position when the check started.
     pub primary_flush_lsn: Option<Lsn>,
     /// Reasons that rule out every standby.
-    pub blockers: Vec<String>,
+    pub blockers: Vec<Reason>,
     pub standbys: Vec<StandbyReadiness>,
 }
 
@@ -54,26 +86,29 @@ pub struct StandbyReadiness {
     pub missing_bytes: Option<u64>,
     /// The DSN it was checked through as well, when given.
     pub dsn: Option<String>,
-    pub reasons: Vec<String>,
+    pub reasons: Vec<Reason>,
 }
 
 pub fn evaluate(obs: &Observation) -> FailoverAnswer {
-    let unknown = |why: String| answer(Readiness::Unknown, None, vec![why], vec![]);
+    let unknown = |why: Reason| answer(Readiness::Unknown, None, vec![why], vec![]);
     let p = match &obs.wallet {
         WalletObservation::NotPostgres { scheme } => {
             return answer(
                 Readiness::NotReady,
                 None,
-                vec![format!("the wallet is in {scheme}://, not replicated")],
+                vec![Reason::new(
+                    Code::NotPostgres,
+                    format!("the wallet is in {scheme}://, not replicated"),
+                )],
                 vec![],
             );
         }
         WalletObservation::Postgres {
             primary: Err(f), ..
         } => {
-            return unknown(format!(
-                "cannot check the primary: {}: {}",
-                f.stage, f.detail
+            return unknown(Reason::new(
+                verdict::primary_failure_code(f.kind),
+                format!("cannot check the primary: {}: {}", f.stage, f.detail),
             ));
         }
         WalletObservation::Postgres { primary: Ok(p), .. } => p,
@@ -82,21 +117,35 @@ pub fn evaluate(obs: &Observation) -> FailoverAnswer {
         return answer(
             Readiness::NotReady,
             None,
-            vec!["the wallet DSN points to a server in recovery, not the primary".into()],
+            vec![Reason::new(
+                Code::WalletOnStandby,
+                "the wallet DSN points to a server in recovery, not the primary",
+            )],
             vec![],
         );
     }
     if !p.can_read_stats {
-        return unknown(format!(
-            "role {} cannot see pg_stat_replication's details: GRANT pg_monitor TO it",
-            p.session.role
+        return unknown(Reason::new(
+            Code::PrivilegesInsufficient,
+            format!(
+                "role {} cannot see pg_stat_replication's details: GRANT pg_monitor TO it",
+                p.session.role
+            ),
         ));
     }
     let Some(l) = p.flush_lsn else {
-        return unknown("the primary did not report its flush position".into());
+        return unknown(Reason::new(
+            Code::QueryFailed,
+            "the primary did not report its flush position",
+        ));
     };
     let req = match &p.sync_names {
-        Err(why) => return unknown(format!("cannot read synchronous_standby_names: {why}")),
+        Err(why) => {
+            return unknown(Reason::new(
+                Code::SyncNamesInvalid,
+                format!("cannot read synchronous_standby_names: {why}"),
+            ));
+        }
         Ok(SyncNames::Empty) => None,
         Ok(SyncNames::Required(r)) => Some(r),
     };
@@ -124,8 +173,11 @@ pub fn evaluate(obs: &Observation) -> FailoverAnswer {
                 missing_bytes: None,
                 dsn: Some(s.target.clone()),
                 reasons: vec![match &s.facts {
-                    Err(f) => format!("its DSN did not answer: {}: {}", f.stage, f.detail),
-                    Ok(_) => "not connected to the primary".to_string(),
+                    Err(f) => Reason::new(
+                        verdict::standby_failure_code(f),
+                        format!("its DSN did not answer: {}: {}", f.stage, f.detail),
+                    ),
+                    Ok(_) => Reason::new(Code::StandbyNotConnected, "not connected to the primary"),
                 }],
             });
         }
@@ -145,23 +197,30 @@ pub fn evaluate(obs: &Observation) -> FailoverAnswer {
 }
 
 /// Reasons that rule out every standby: no acknowledgement waits for a named one.
-fn blockers(p: &PrimaryFacts, req: Option<&SyncRequirement>) -> Vec<String> {
+fn blockers(p: &PrimaryFacts, req: Option<&SyncRequirement>) -> Vec<Reason> {
     let mut blockers = Vec::new();
     match req {
-        None => blockers.push(
-            "synchronous_standby_names is empty: no commit waited for any standby".to_string(),
-        ),
-        Some(r) if r.has_wildcard() => blockers.push(format!(
-            "synchronous_standby_names = '{}' lets any WAL receiver acknowledge commits",
-            p.sync_names_raw
+        None => blockers.push(Reason::new(
+            Code::SyncNamesEmpty,
+            "synchronous_standby_names is empty: no commit waited for any standby",
+        )),
+        Some(r) if r.has_wildcard() => blockers.push(Reason::new(
+            Code::SyncNamesWildcard,
+            format!(
+                "synchronous_standby_names = '{}' lets any WAL receiver acknowledge commits",
+                p.sync_names_raw
+            ),
         )),
         Some(_) => {}
     }
-    if !matches!(p.session.synchronous_commit.as_str(), "on" | "remote_apply") {
-        blockers.push(format!(
-            "lightningd's sessions run with synchronous_commit = {}: commits do not wait for \
-             the standby to flush",
-            p.session.synchronous_commit
+    if let Some(code) = verdict::synchronous_commit_code(&p.session.synchronous_commit) {
+        blockers.push(Reason::new(
+            code,
+            format!(
+                "lightningd's sessions run with synchronous_commit = {}: commits do not wait \
+                 for the standby to flush",
+                p.session.synchronous_commit
+            ),
         ));
     }
     blockers
@@ -201,40 +260,55 @@ fn shares_its_name(p: &PrimaryFacts, w: &WalSender) -> bool {
 }
 
 /// Why commits can be acknowledged without this WAL sender's standby (empty: they cannot).
-fn acknowledgement_reasons(w: &WalSender, req: Option<&SyncRequirement>) -> Vec<String> {
+fn acknowledgement_reasons(w: &WalSender, req: Option<&SyncRequirement>) -> Vec<Reason> {
     let mut reasons = Vec::new();
     match req {
         Some(r) if r.names_standby(&w.application_name) && !r.has_wildcard() => match r.method {
             SyncMethod::First if w.sync_state.as_deref() != Some("sync") => {
-                reasons.push(format!(
-                    "not among the {} synchronous standbys that must acknowledge every \
+                reasons.push(Reason::new(
+                    Code::StandbyNotSync,
+                    format!(
+                        "not among the {} synchronous standbys that must acknowledge every \
                          commit (sync_state {})",
-                    r.num,
-                    w.sync_state.as_deref().unwrap_or("unknown")
+                        r.num,
+                        w.sync_state.as_deref().unwrap_or("unknown")
+                    ),
                 ));
             }
             SyncMethod::Any if (r.num as usize) < r.names.len() => {
-                reasons.push(format!(
-                    "ANY {} of {} standbys: a commit can be acknowledged without this one",
-                    r.num,
-                    r.names.len()
+                reasons.push(Reason::new(
+                    Code::StandbyQuorumOptional,
+                    format!(
+                        "ANY {} of {} standbys: a commit can be acknowledged without this one",
+                        r.num,
+                        r.names.len()
+                    ),
                 ));
             }
             _ => {}
         },
         Some(r) if !r.names_standby(&w.application_name) => {
-            reasons.push("not named in synchronous_standby_names".into());
+            reasons.push(Reason::new(
+                Code::StandbyNotNamed,
+                "not named in synchronous_standby_names",
+            ));
         }
         _ => {}
     }
     if !w.is_streaming() {
-        reasons.push(format!(
-            "not streaming (state {})",
-            w.state.as_deref().unwrap_or("unknown")
+        reasons.push(Reason::new(
+            Code::StandbyNotStreaming,
+            format!(
+                "not streaming (state {})",
+                w.state.as_deref().unwrap_or("unknown")
+            ),
         ));
     }
     if !w.reports_replay() {
-        reasons.push("reports no replay position: a WAL receiver, not a standby".into());
+        reasons.push(Reason::new(
+            Code::WalReceiverNotStandby,
+            "reports no replay position: a WAL receiver, not a standby",
+        ));
     }
     reasons
 }
@@ -245,29 +319,38 @@ fn judge_sender(
     w: &WalSender,
     req: Option<&SyncRequirement>,
     l: Lsn,
-    blockers: &[String],
+    blockers: &[Reason],
 ) -> StandbyReadiness {
     let mut reasons = acknowledgement_reasons(w, req);
     if shares_its_name(p, w) {
-        reasons.push(format!(
-            "another WAL sender streams under the name {}: the two cannot be told apart (give \
-             each standby its own application_name)",
-            w.application_name
+        reasons.push(Reason::new(
+            Code::StandbyNameShared,
+            format!(
+                "another WAL sender streams under the name {}: the two cannot be told apart \
+                 (give each standby its own application_name)",
+                w.application_name
+            ),
         ));
     }
     let missing = w.flush_lsn.map(|f| l.bytes_after(f));
     if w.reached_target != Some(true) {
-        reasons.push(format!(
-            "flushed up to {} only, short of the primary's {l}{}",
-            w.flush_lsn.map_or("nothing".to_string(), |f| f.to_string()),
-            missing.map_or(String::new(), |m| format!(" by {m} bytes"))
+        reasons.push(Reason::new(
+            Code::StandbyBehind,
+            format!(
+                "flushed up to {} only, short of the primary's {l}{}",
+                w.flush_lsn.map_or("nothing".to_string(), |f| f.to_string()),
+                missing.map_or(String::new(), |m| format!(" by {m} bytes"))
+            ),
         ));
     }
     let dsn = obs.standby_named(&w.application_name);
     if let Some(s) = dsn {
         match &s.facts {
             Ok(f) => reasons.extend(standby_side_reasons(p, f)),
-            Err(e) => reasons.push(format!("its DSN did not answer: {}: {}", e.stage, e.detail)),
+            Err(e) => reasons.push(Reason::new(
+                verdict::standby_failure_code(e),
+                format!("its DSN did not answer: {}: {}", e.stage, e.detail),
+            )),
         }
     }
     StandbyReadiness {
@@ -280,31 +363,45 @@ fn judge_sender(
     }
 }
 
-fn standby_side_reasons(p: &PrimaryFacts, s: &StandbyFacts) -> Vec<String> {
+fn standby_side_reasons(p: &PrimaryFacts, s: &StandbyFacts) -> Vec<Reason> {
     let mut out = Vec::new();
     match (&p.system_identifier, &s.system_identifier) {
-        (Some(a), Some(b)) if a != b => {
-            out.push(format!(
-                "belongs to another cluster (system identifier {b} ≠ {a})"
-            ));
-        }
+        (Some(a), Some(b)) if a != b => out.push(Reason::new(
+            Code::StandbyForeign,
+            format!("belongs to another cluster (system identifier {b} ≠ {a})"),
+        )),
         (Some(_), Some(_)) => {}
-        _ => out.push("its system identifier could not be compared with the primary's".into()),
+        _ => out.push(Reason::new(
+            Code::StandbyIdentityUnverified,
+            "its system identifier could not be compared with the primary's",
+        )),
     }
     if !s.in_recovery {
-        out.push("answers as a primary, not a standby".into());
+        // The code the status check would give this server; the text stays the plain fact.
+        let code = match verdict::other_server(Some(p), s) {
+            OtherServer::Yes(_) => Code::StandbyPromoted,
+            OtherServer::No => Code::StandbyDsnIsPrimary,
+            OtherServer::CannotTell => Code::StandbyIdentityUnverified,
+        };
+        out.push(Reason::new(code, "answers as a primary, not a standby"));
     }
     if let (Some(a), Some(b)) = (p.timeline, s.timeline)
         && a != b
     {
-        out.push(format!("on timeline {b}, the primary on {a}"));
+        out.push(Reason::new(
+            Code::StandbyTimelineMismatch,
+            format!("on timeline {b}, the primary on {a}"),
+        ));
     }
     let streaming = s
         .receiver
         .as_ref()
         .is_some_and(|r| r.status.as_deref() == Some("streaming"));
     if s.in_recovery && !streaming {
-        out.push("its WAL receiver is not streaming".into());
+        out.push(Reason::new(
+            Code::StandbyNotStreaming,
+            "its WAL receiver is not streaming",
+        ));
     }
     out
 }
@@ -312,7 +409,7 @@ fn standby_side_reasons(p: &PrimaryFacts, s: &StandbyFacts) -> Vec<String> {
 fn answer(
     readiness: Readiness,
     l: Option<Lsn>,
-    blockers: Vec<String>,
+    blockers: Vec<Reason>,
     standbys: Vec<StandbyReadiness>,
 ) -> FailoverAnswer {
     FailoverAnswer {

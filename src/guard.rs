@@ -81,8 +81,9 @@ impl std::str::FromStr for OnUnknown {
     }
 }
 
-/// The reported state: changes to not-safe on one tick whose findings say commits are blocked
-/// (the probe missed its deadline) or on two bad ticks in a row; back on two good ticks.
+/// The reported state: changes to not-safe on one tick with a finding the catalogue marks
+/// `Alarm::AtOnce` (commits blocked, a setting that says they are not replicated), or on two
+/// bad ticks in a row; back on two good ticks.
 #[derive(Clone, Debug)]
 pub struct Debouncer {
     pub reported: Level,
@@ -97,20 +98,6 @@ pub struct Transition {
     pub from: Level,
     pub to: Level,
 }
-
-/// Findings that need no second opinion: the test commit is not being acknowledged, or the
-/// configuration itself says commits are not replicated (a setting read back is a fact, not
-/// timing noise, so waiting for a second check only delays the alarm).
-const ALARM_AT_ONCE: &[Code] = &[
-    Code::CommitProbeTimeout,
-    Code::CommitProbeAlreadyWaiting,
-    Code::CommitsBlocked,
-    Code::StandbyPromoted,
-    Code::SyncNamesEmpty,
-    Code::SynchronousCommitWeak,
-    Code::WalletOnStandby,
-    Code::NotPostgres,
-];
 
 /// A check that skipped the test commit relied on standby replies younger than the skip
 /// window. Those replies go stale before the next regular check: check again right then, so
@@ -161,7 +148,7 @@ impl Debouncer {
         } else {
             self.good_streak = 0;
             self.bad_streak += 1;
-            let at_once = ALARM_AT_ONCE.iter().any(|c| v.has(*c));
+            let at_once = v.findings.iter().any(|f| f.code.alarms_at_once());
             if !is_good(self.reported) || at_once || self.bad_streak >= 2 {
                 observed
             } else {
@@ -291,10 +278,7 @@ mod tests {
     fn verdict(level: Level, codes: &[Code]) -> Verdict {
         Verdict {
             level,
-            findings: codes
-                .iter()
-                .map(|c| Finding::new(*c, level, "m", "r"))
-                .collect(),
+            findings: codes.iter().map(|c| Finding::new(*c, "m", "r")).collect(),
             sync: None,
         }
     }
@@ -341,7 +325,7 @@ mod tests {
         let mut d = Debouncer::new(Level::Safe, t0);
         let v = verdict(Level::Unknown, &[Code::StandbyDsnIsPrimary]);
         assert_eq!(d.observe(&v, t0), None);
-        assert!(!ALARM_AT_ONCE.contains(&Code::StandbyDsnIsPrimary));
+        assert!(!Code::StandbyDsnIsPrimary.alarms_at_once());
     }
 
     #[test]
@@ -413,7 +397,7 @@ mod tests {
         // A plugin fault beside a storage finding: the storage's verdict decides.
         let mut both = verdict(Level::Unsafe, &[Code::SyncNamesEmpty]);
         both.findings
-            .push(Finding::new(Code::PluginFault, Level::Unknown, "m", "r"));
+            .push(Finding::new(Code::PluginFault, "m", "r"));
         assert_eq!(
             stop_decision(&stop, Level::Unsafe, held, grace, &both),
             StopDecision::Stop
@@ -454,12 +438,8 @@ mod tests {
     fn the_storage_level_leaves_plugin_faults_out() {
         let mut v = verdict(Level::Unknown, &[Code::PluginFault]);
         assert_eq!(v.storage_level(), Level::Safe);
-        v.findings.push(Finding::new(
-            Code::CommitProbeSlow,
-            Level::Degraded,
-            "m",
-            "r",
-        ));
+        v.findings
+            .push(Finding::new(Code::CommitProbeSlow, "m", "r"));
         assert_eq!(v.storage_level(), Level::Degraded);
     }
 

@@ -335,7 +335,8 @@ pub fn failover_text(answer: &FailoverAnswer) -> String {
                     s.flush_lsn.map_or("?".into(), |l| l.to_string())
                 )
             } else {
-                s.reasons.join("; ")
+                let texts: Vec<String> = s.reasons.iter().map(ToString::to_string).collect();
+                texts.join("; ")
             }
         );
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::verdict::Level;
+use crate::verdict::{Code, Finding, Level};
 
 /// The status file's name in lightningd's network directory, unless `replguard-status-file`
 /// says otherwise.
@@ -76,12 +76,11 @@ pub fn judge(mut doc: Value, now: SystemTime) -> (Value, Level) {
     let level = match problem {
         Some(why) => {
             doc["verdict"] = json!("unknown");
-            let finding = json!({
-                "code": "status-file-stale",
-                "severity": "unknown",
-                "message": why,
-                "remedy": "check that lightningd and the plugin run (journalctl, lightningd's log)",
-            });
+            let finding = json!(Finding::new(
+                Code::StatusFileStale,
+                why,
+                "check that lightningd and the plugin run (journalctl, lightningd's log)",
+            ));
             match doc["findings"].as_array_mut() {
                 Some(f) => f.insert(0, finding),
                 None => doc["findings"] = json!([finding]),

@@ -207,7 +207,10 @@ async fn any_1_of_2_names_no_failover_target() {
     assert!(!a.ready, "{a:#?}");
     assert_eq!(a.standbys.len(), 2);
     for s in &a.standbys {
-        assert!(s.reasons.iter().any(|r| r.contains("ANY 1 of 2")), "{s:#?}");
+        assert!(
+            s.reasons.iter().any(|r| r.text.contains("ANY 1 of 2")),
+            "{s:#?}"
+        );
     }
     // With s2 gone, s1 still is not guaranteed every commit from here on.
     c.standby("s2").stop().unwrap();

@@ -85,7 +85,7 @@ fn checkable(
 fn first_reason(a: &failover::FailoverAnswer) -> String {
     a.blockers
         .first()
-        .cloned()
+        .map(ToString::to_string)
         .or_else(|| {
             a.standbys
                 .first()

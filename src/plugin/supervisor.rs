@@ -58,7 +58,6 @@ fn ended_report(latest: Option<Value>, why: &str) -> Value {
     let mut rep = latest.unwrap_or_else(|| json!({}));
     let finding = Finding::new(
         Code::MonitorEnded,
-        Level::Unknown,
         format!(
             "{why}: the storage is no longer checked; the values below are from its last check"
         ),

@@ -444,10 +444,10 @@ async fn live_check(
         _ => {
             // Its own reasons, then those that rule out every standby.
             let mut why = match this {
-                Some(s) => s.reasons.clone(),
+                Some(s) => s.reasons.iter().map(ToString::to_string).collect(),
                 None => vec![format!("{name} is not connected to the old primary")],
             };
-            why.extend(answer.blockers.iter().cloned());
+            why.extend(answer.blockers.iter().map(ToString::to_string));
             let why = why.join("; ");
             say(
                 "live check",

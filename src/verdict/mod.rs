@@ -1,14 +1,16 @@
 //! The verdict: a pure, total function of what the probe saw and the policy. No I/O here, so
 //! every rule is tested without a server (`tests.rs`).
 //!
-//! To add a check: write a rule in `rules.rs` and list it in `rules::RULES`; give it a `Code`.
+//! To add a check: give it a `Code` in `catalogue.rs` (its level, alarm and meaning; the
+//! README test prints the table row), write a rule in `rules.rs` that produces it and list the
+//! rule in `rules::RULES` (`rules::STANDBY_RULES` for a check of each standby); test it in
+//! `tests.rs`.
 
+mod catalogue;
 mod rules;
 mod sync;
 #[cfg(test)]
 mod tests;
-
-use std::fmt;
 
 use serde::Serialize;
 
@@ -16,112 +18,11 @@ use crate::facts::Observation;
 use crate::policy::Policy;
 
 pub use crate::level::Level;
+pub use catalogue::{Alarm, Code, Entry};
+pub(crate) use rules::{
+    OtherServer, other_server, primary_failure_code, standby_failure_code, synchronous_commit_code,
+};
 pub use sync::{SenderJudgement, SyncAssessment, assess_sync};
-
-/// Stable finding codes: operators and alerting match on these strings.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Code {
-    NotPostgres,
-    AuthFailed,
-    PrimaryUnreachable,
-    PrimaryTimeout,
-    PrimaryUnavailable,
-    QueryFailed,
-    WalletOnStandby,
-    PrivilegesInsufficient,
-    SyncNamesEmpty,
-    NoReplicaAccepted,
-    SyncNamesInvalid,
-    SyncNamesWildcard,
-    SyncStandbysShort,
-    SynchronousCommitWeak,
-    SynchronousCommitRemoteWrite,
-    SynchronousCommitUnrecognised,
-    CommitProbeTimeout,
-    CommitProbeAlreadyWaiting,
-    CommitProbeSlow,
-    CommitProbeFailed,
-    CommitsBlocked,
-    SlotLost,
-    SlotUnreserved,
-    SlotInactive,
-    SlotRetentionUnbounded,
-    ArchiveFailing,
-    RewindImpossible,
-    HotStandbyOff,
-    StandbyUnreachable,
-    StandbyForeign,
-    StandbyPromoted,
-    StandbyDsnIsPrimary,
-    StandbyNotStreaming,
-    StandbyTimelineMismatch,
-    StandbyReplayPaused,
-    StandbyIdentityUnverified,
-    RestartRequired,
-    WalletClusterDifferent,
-    WalletClusterUnverified,
-    LightningdSessionNotFound,
-    /// The plugin's own side failed (descriptors, memory): not a judgement of the storage.
-    PluginFault,
-    /// The plugin's runtime monitor ended: no check runs any more (plugin mode).
-    MonitorEnded,
-}
-
-impl Code {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Code::NotPostgres => "not-postgres",
-            Code::AuthFailed => "auth-failed",
-            Code::PrimaryUnreachable => "primary-unreachable",
-            Code::PrimaryTimeout => "primary-timeout",
-            Code::PrimaryUnavailable => "primary-unavailable",
-            Code::QueryFailed => "query-failed",
-            Code::WalletOnStandby => "wallet-on-standby",
-            Code::PrivilegesInsufficient => "privileges-insufficient",
-            Code::SyncNamesEmpty => "sync-names-empty",
-            Code::NoReplicaAccepted => "no-replica-accepted",
-            Code::SyncNamesInvalid => "sync-names-invalid",
-            Code::SyncNamesWildcard => "sync-names-wildcard",
-            Code::SyncStandbysShort => "sync-standbys-short",
-            Code::SynchronousCommitWeak => "synchronous-commit-weak",
-            Code::SynchronousCommitRemoteWrite => "synchronous-commit-remote-write",
-            Code::SynchronousCommitUnrecognised => "synchronous-commit-unrecognised",
-            Code::CommitProbeTimeout => "commit-probe-timeout",
-            Code::CommitProbeAlreadyWaiting => "commit-probe-already-waiting",
-            Code::CommitProbeSlow => "commit-probe-slow",
-            Code::CommitProbeFailed => "commit-probe-failed",
-            Code::CommitsBlocked => "commits-blocked",
-            Code::SlotLost => "slot-lost",
-            Code::SlotUnreserved => "slot-unreserved",
-            Code::SlotInactive => "slot-inactive",
-            Code::SlotRetentionUnbounded => "slot-retention-unbounded",
-            Code::ArchiveFailing => "archive-failing",
-            Code::RewindImpossible => "rewind-impossible",
-            Code::HotStandbyOff => "hot-standby-off",
-            Code::StandbyUnreachable => "standby-unreachable",
-            Code::StandbyForeign => "standby-foreign",
-            Code::StandbyPromoted => "standby-promoted",
-            Code::StandbyDsnIsPrimary => "standby-dsn-is-primary",
-            Code::StandbyNotStreaming => "standby-not-streaming",
-            Code::StandbyTimelineMismatch => "standby-timeline-mismatch",
-            Code::StandbyReplayPaused => "standby-replay-paused",
-            Code::StandbyIdentityUnverified => "standby-identity-unverified",
-            Code::RestartRequired => "restart-required",
-            Code::WalletClusterDifferent => "wallet-cluster-different",
-            Code::WalletClusterUnverified => "wallet-cluster-unverified",
-            Code::LightningdSessionNotFound => "lightningd-session-not-found",
-            Code::PluginFault => "plugin-fault",
-            Code::MonitorEnded => "monitor-ended",
-        }
-    }
-}
-
-impl fmt::Display for Code {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// One reason for the verdict: what is wrong, and what to do about it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -133,15 +34,11 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub fn new(
-        code: Code,
-        severity: Level,
-        message: impl Into<String>,
-        remedy: impl Into<String>,
-    ) -> Self {
+    /// A finding of `code`, at the level the catalogue gives it.
+    pub fn new(code: Code, message: impl Into<String>, remedy: impl Into<String>) -> Self {
         Finding {
             code,
-            severity,
+            severity: code.severity(),
             message: message.into(),
             remedy: remedy.into(),
         }

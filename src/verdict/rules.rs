@@ -2,14 +2,14 @@
 //! verdict is the worst severity among them. Thresholds come from `Policy`.
 
 use crate::facts::{
-    CommitProbe, FailureKind, Observation, PrimaryFacts, StandbyFacts, WalletCluster,
-    WalletObservation,
+    CommitProbe, FailureKind, Observation, PrimaryFacts, ProbeFailure, StandbyFacts,
+    StandbyObservation, WalletCluster, WalletObservation,
 };
 use crate::policy::Policy;
 use crate::syncnames::{SyncMethod, SyncNames};
 
 use super::sync::{SyncAssessment, assess_sync};
-use super::{Code, Finding, Level};
+use super::{Code, Finding};
 
 pub(super) struct Context<'a> {
     pub obs: &'a Observation,
@@ -32,6 +32,11 @@ impl<'a> Context<'a> {
             primary,
             sync: primary.and_then(assess_sync),
         }
+    }
+
+    /// Whether a standby has the primary's system identifier; `None` when either is unknown.
+    fn same_cluster(&self, s: &StandbyFacts) -> Option<bool> {
+        Some(self.primary_identity()? == s.system_identifier.as_deref()?)
     }
 
     /// The primary's system identifier, when known.
@@ -68,7 +73,6 @@ fn wallet_backend(ctx: &Context) -> Vec<Finding> {
     match &ctx.obs.wallet {
         WalletObservation::NotPostgres { scheme } => vec![Finding::new(
             Code::NotPostgres,
-            Level::Unsafe,
             format!(
                 "the wallet uses the {scheme}:// backend: lightningd's channel state lives on \
                  this machine only, with no synchronous copy"
@@ -80,6 +84,19 @@ fn wallet_backend(ctx: &Context) -> Vec<Finding> {
     }
 }
 
+/// The code of a wallet server that could not be observed. `failover-check` names it too.
+pub(crate) fn primary_failure_code(kind: FailureKind) -> Code {
+    match kind {
+        FailureKind::Auth => Code::AuthFailed,
+        FailureKind::Timeout => Code::PrimaryTimeout,
+        FailureKind::Unreachable => Code::PrimaryUnreachable,
+        FailureKind::Unavailable => Code::PrimaryUnavailable,
+        FailureKind::Privilege => Code::PrivilegesInsufficient,
+        FailureKind::Query => Code::QueryFailed,
+        FailureKind::PluginFault => Code::PluginFault,
+    }
+}
+
 fn primary_reachable(ctx: &Context) -> Vec<Finding> {
     let WalletObservation::Postgres {
         target,
@@ -88,54 +105,33 @@ fn primary_reachable(ctx: &Context) -> Vec<Finding> {
     else {
         return vec![];
     };
-    if f.kind == FailureKind::PluginFault {
-        return vec![plugin_fault(format!(
-            "cannot check the wallet server ({target}): {}: {}",
-            f.stage, f.detail
-        ))];
-    }
-    let (code, remedy) = match f.kind {
-        FailureKind::Auth => (
-            Code::AuthFailed,
+    let what = format!(
+        "cannot check the wallet server ({target}): {}: {}",
+        f.stage, f.detail
+    );
+    let remedy = match f.kind {
+        FailureKind::PluginFault => return vec![plugin_fault(what)],
+        FailureKind::Auth => {
             "check the user and password of the wallet DSN (and pg_hba.conf on the server)"
-                .to_string(),
+                .to_string()
+        }
+        FailureKind::Timeout => format!(
+            "the server did not answer within {} ms: check that it is running and not hung \
+             (pg_isready), and the network path to it",
+            ctx.policy.query_timeout.as_millis()
         ),
-        FailureKind::Timeout => (
-            Code::PrimaryTimeout,
-            format!(
-                "the server did not answer within {} ms: check that it is running and not hung \
-                 (pg_isready), and the network path to it",
-                ctx.policy.query_timeout.as_millis()
-            ),
-        ),
-        FailureKind::Unreachable => (
-            Code::PrimaryUnreachable,
+        FailureKind::Unreachable => {
             "check that PostgreSQL is running and listening where the DSN points (host, port, \
              socket directory)"
-                .to_string(),
-        ),
-        FailureKind::Unavailable => (
-            Code::PrimaryUnavailable,
-            "the server is starting, stopping or out of connections; check its log".to_string(),
-        ),
-        FailureKind::Privilege => (
-            Code::PrivilegesInsufficient,
-            "GRANT pg_monitor TO the role of the DSN".to_string(),
-        ),
-        FailureKind::Query | FailureKind::PluginFault => (
-            Code::QueryFailed,
-            "see the detail; the server's log has more".to_string(),
-        ),
+                .to_string()
+        }
+        FailureKind::Unavailable => {
+            "the server is starting, stopping or out of connections; check its log".to_string()
+        }
+        FailureKind::Privilege => "GRANT pg_monitor TO the role of the DSN".to_string(),
+        FailureKind::Query => "see the detail; the server's log has more".to_string(),
     };
-    vec![Finding::new(
-        code,
-        Level::Unknown,
-        format!(
-            "cannot check the wallet server ({target}): {}: {}",
-            f.stage, f.detail
-        ),
-        remedy,
-    )]
+    vec![Finding::new(primary_failure_code(f.kind), what, remedy)]
 }
 
 /// The plugin's own side failed: unknown, since nothing was learnt, and said to be ours — the
@@ -143,7 +139,6 @@ fn primary_reachable(ctx: &Context) -> Vec<Finding> {
 fn plugin_fault(what: String) -> Finding {
     Finding::new(
         Code::PluginFault,
-        Level::Unknown,
         format!("plugin fault: {what} — not a judgement of the storage"),
         "the plugin's process ran out of something (open files: raise LimitNOFILE of \
          lightningd's service; memory); it retries every check, and stop mode does not stop \
@@ -155,7 +150,6 @@ fn wallet_server_is_primary(ctx: &Context) -> Vec<Finding> {
     match &ctx.obs.wallet {
         WalletObservation::Postgres { primary: Ok(p), .. } if p.in_recovery => vec![Finding::new(
             Code::WalletOnStandby,
-            Level::Unsafe,
             "the wallet DSN points to a server in recovery (a standby): lightningd cannot \
              write there, or the DSN names the wrong server",
             "point wallet= at the primary; after a failover, at the promoted server",
@@ -168,7 +162,6 @@ fn stats_privileges(ctx: &Context) -> Vec<Finding> {
     match ctx.primary {
         Some(p) if !p.can_read_stats => vec![Finding::new(
             Code::PrivilegesInsufficient,
-            Level::Unknown,
             format!(
                 "role {} cannot see pg_stat_replication's details (state, sync_state, \
                  positions are hidden), so replication cannot be verified",
@@ -185,7 +178,6 @@ fn sync_names(ctx: &Context) -> Vec<Finding> {
     match &p.sync_names {
         Err(why) => vec![Finding::new(
             Code::SyncNamesInvalid,
-            Level::Unknown,
             format!(
                 "cannot read synchronous_standby_names = '{}': {why}",
                 p.sync_names_raw
@@ -195,7 +187,6 @@ fn sync_names(ctx: &Context) -> Vec<Finding> {
         Ok(SyncNames::Empty) => vec![sync_names_empty(ctx)],
         Ok(SyncNames::Required(r)) if r.has_wildcard() => vec![Finding::new(
             Code::SyncNamesWildcard,
-            Level::Degraded,
             format!(
                 "synchronous_standby_names = '{}' accepts any WAL receiver's acknowledgement, \
                  not only your failover standby's",
@@ -217,7 +208,6 @@ fn sync_names_empty(ctx: &Context) -> Finding {
     match ctx.policy.accept_no_standby_until {
         Some(until) if ctx.obs.checked_at < until => Finding::new(
             Code::NoReplicaAccepted,
-            Level::Degraded,
             format!(
                 "no synchronous standby: accepted until {} (replguard-accept-no-standby-until); \
                  until a standby is back, a loss of this server loses channel state",
@@ -227,7 +217,6 @@ fn sync_names_empty(ctx: &Context) -> Finding {
         ),
         Some(until) => Finding::new(
             Code::SyncNamesEmpty,
-            Level::Unsafe,
             format!(
                 "synchronous_standby_names is empty, and the acceptance of running without a \
                  standby ended at {}",
@@ -237,7 +226,6 @@ fn sync_names_empty(ctx: &Context) -> Finding {
         ),
         None => Finding::new(
             Code::SyncNamesEmpty,
-            Level::Unsafe,
             "synchronous_standby_names is empty: commits are acknowledged before any standby \
              has them",
             "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (<standby>)'; SELECT \
@@ -274,7 +262,6 @@ fn sync_standbys(ctx: &Context) -> Vec<Finding> {
     };
     vec![Finding::new(
         Code::SyncStandbysShort,
-        Level::Unsafe,
         format!(
             "{} of {} required synchronous standbys healthy ({method} {} of {}){}",
             a.healthy,
@@ -298,7 +285,6 @@ fn wallet_cluster(ctx: &Context) -> Vec<Finding> {
         WalletCluster::SameDsn | WalletCluster::Verified => vec![],
         WalletCluster::Different { wallet, monitor } => vec![Finding::new(
             Code::WalletClusterDifferent,
-            Level::Unsafe,
             format!(
                 "the wallet DSN reaches cluster {wallet}, but replguard-dsn reaches {monitor}: \
                  the checks look at a server lightningd does not write to"
@@ -308,7 +294,6 @@ fn wallet_cluster(ctx: &Context) -> Vec<Finding> {
         )],
         WalletCluster::Unverifiable { why } => vec![Finding::new(
             Code::WalletClusterUnverified,
-            Level::Unknown,
             format!("cannot prove that replguard-dsn reaches the wallet's cluster: {why}"),
             "GRANT pg_monitor to the roles of both DSNs, or remove replguard-dsn",
         )],
@@ -316,7 +301,6 @@ fn wallet_cluster(ctx: &Context) -> Vec<Finding> {
     if p.lightningd_sessions == Some(0) {
         out.push(Finding::new(
             Code::LightningdSessionNotFound,
-            Level::Unknown,
             format!(
                 "no session of role {} on database {} on this server: lightningd's wallet may be \
                  on another server",
@@ -372,7 +356,6 @@ fn restart_required(ctx: &Context) -> Vec<Finding> {
     match (strength(next), strength(running)) {
         (Some(n), Some(r)) if n < r => vec![Finding::new(
             Code::RestartRequired,
-            Level::Degraded,
             format!(
                 "lightningd runs with synchronous_commit = {running}, but its next start would get \
                  {next} ({}): the node becomes unsafe when it restarts",
@@ -384,31 +367,33 @@ fn restart_required(ctx: &Context) -> Vec<Finding> {
     }
 }
 
+/// What a `synchronous_commit` value of lightningd's sessions is a finding of; none when its
+/// commits wait for the standby to flush. `failover-check` asks the same question.
+pub(crate) fn synchronous_commit_code(value: &str) -> Option<Code> {
+    match value {
+        "on" | "remote_apply" => None,
+        "remote_write" => Some(Code::SynchronousCommitRemoteWrite),
+        "local" | "off" => Some(Code::SynchronousCommitWeak),
+        _ => Some(Code::SynchronousCommitUnrecognised),
+    }
+}
+
 fn synchronous_commit(ctx: &Context) -> Vec<Finding> {
     let Some(p) = ctx.primary else { return vec![] };
     let (value, origin) = lightningd_commit(ctx, p);
-    let (code, level, effect) = match value {
-        "on" | "remote_apply" => return vec![],
-        "remote_write" => (
-            Code::SynchronousCommitRemoteWrite,
-            Level::Degraded,
+    let Some(code) = synchronous_commit_code(value) else {
+        return vec![];
+    };
+    let effect = match code {
+        Code::SynchronousCommitRemoteWrite => {
             "a commit is acknowledged once the standby has written it, before it is flushed: \
-             it survives a primary crash but not a standby OS crash",
-        ),
-        "local" | "off" => (
-            Code::SynchronousCommitWeak,
-            Level::Unsafe,
-            "lightningd's commits do not wait for the standby",
-        ),
-        _ => (
-            Code::SynchronousCommitUnrecognised,
-            Level::Unknown,
-            "this value is not one cln-replguard knows",
-        ),
+             it survives a primary crash but not a standby OS crash"
+        }
+        Code::SynchronousCommitWeak => "lightningd's commits do not wait for the standby",
+        _ => "this value is not one cln-replguard knows",
     };
     vec![Finding::new(
         code,
-        level,
         format!("lightningd's session runs with synchronous_commit = {value} ({origin}): {effect}"),
         format!(
             "{}, then restart lightningd (it reads the setting when its session starts)",
@@ -453,7 +438,6 @@ fn commit_probe(ctx: &Context) -> Vec<Finding> {
         {
             vec![Finding::new(
                 Code::CommitProbeSlow,
-                Level::Degraded,
                 format!(
                     "a test commit took {ms:.0} ms to be acknowledged by the synchronous \
                      standbys (slower than {} ms)",
@@ -465,7 +449,6 @@ fn commit_probe(ctx: &Context) -> Vec<Finding> {
         CommitProbe::Acknowledged { .. } => vec![],
         CommitProbe::Waiting { waited_ms, .. } => vec![Finding::new(
             Code::CommitProbeTimeout,
-            Level::Unsafe,
             format!(
                 "a test commit has waited {waited_ms:.0} ms (deadline {deadline} ms) for the \
                  synchronous standbys: commits are blocked, lightningd's included"
@@ -475,7 +458,6 @@ fn commit_probe(ctx: &Context) -> Vec<Finding> {
         )],
         CommitProbe::AlreadyWaiting { waiting_ms } => vec![Finding::new(
             Code::CommitProbeAlreadyWaiting,
-            Level::Unsafe,
             format!(
                 "an earlier test commit is still waiting for the synchronous standbys{}: \
                  commits are blocked",
@@ -490,7 +472,6 @@ fn commit_probe(ctx: &Context) -> Vec<Finding> {
         }
         CommitProbe::Failed { error } => vec![Finding::new(
             Code::CommitProbeFailed,
-            Level::Unknown,
             format!("the test commit failed: {error}"),
             "the wallet role needs to be able to run a transaction; see the detail",
         )],
@@ -504,7 +485,6 @@ fn waiting_commits(ctx: &Context) -> Vec<Finding> {
     match w.longest_ms {
         Some(longest) if w.count > 0 && longest > deadline_ms => vec![Finding::new(
             Code::CommitsBlocked,
-            Level::Unsafe,
             format!(
                 "{} backend(s) wait for the synchronous standby, the longest for {:.1} s: \
                  lightningd is frozen while its commit waits",
@@ -525,7 +505,6 @@ fn slots(ctx: &Context) -> Vec<Finding> {
         match s.wal_status.as_deref() {
             Some("lost") => out.push(Finding::new(
                 Code::SlotLost,
-                Level::Unsafe,
                 format!(
                     "replication slot {} lost WAL its standby still needs",
                     s.name
@@ -534,7 +513,6 @@ fn slots(ctx: &Context) -> Vec<Finding> {
             )),
             Some("unreserved") => out.push(Finding::new(
                 Code::SlotUnreserved,
-                Level::Degraded,
                 format!(
                     "replication slot {} is past max_slot_wal_keep_size: its WAL may be removed \
                      at the next checkpoint",
@@ -547,7 +525,6 @@ fn slots(ctx: &Context) -> Vec<Finding> {
         if !s.active {
             out.push(Finding::new(
                 Code::SlotInactive,
-                Level::Degraded,
                 format!("replication slot {} has no standby connected", s.name),
                 "start the standby that uses it, or drop the slot if that standby is gone \
                  (SELECT pg_drop_replication_slot(…))",
@@ -557,7 +534,6 @@ fn slots(ctx: &Context) -> Vec<Finding> {
     if !p.slots.is_empty() && p.max_slot_wal_keep_size_mb < 0 {
         out.push(Finding::new(
             Code::SlotRetentionUnbounded,
-            Level::Degraded,
             "max_slot_wal_keep_size = -1: a slot whose standby is gone keeps WAL until the \
              primary's disk is full",
             "ALTER SYSTEM SET max_slot_wal_keep_size = '10GB' (sized to your disk); SELECT \
@@ -571,7 +547,6 @@ fn archiver(ctx: &Context) -> Vec<Finding> {
     match ctx.primary.and_then(|p| p.archiver.as_ref()) {
         Some(a) if a.failing_now => vec![Finding::new(
             Code::ArchiveFailing,
-            Level::Degraded,
             format!(
                 "WAL archiving is failing (last failure {} on {}): the archive fallback is not \
                  there",
@@ -590,7 +565,6 @@ fn rewind(ctx: &Context) -> Vec<Finding> {
     match ctx.primary {
         Some(p) if !p.wal_log_hints && !p.data_checksums => vec![Finding::new(
             Code::RewindImpossible,
-            Level::Degraded,
             "wal_log_hints is off and data checksums are off: after a failover, pg_rewind \
              cannot turn this server into a standby of the new primary (a full clone is needed)",
             "ALTER SYSTEM SET wal_log_hints = on; then restart the primary",
@@ -599,113 +573,160 @@ fn rewind(ctx: &Context) -> Vec<Finding> {
     }
 }
 
+type StandbyRule = fn(&Context, &StandbyObservation) -> Option<Finding>;
+
+/// Every check of one standby, in reading order: `standbys` runs them on each standby in turn,
+/// so a standby's findings stay together. Add a new one here.
+const STANDBY_RULES: &[StandbyRule] = &[
+    standby_failure,
+    standby_foreign,
+    standby_answers_as_primary,
+    standby_identity_unverified,
+    standby_not_streaming,
+    standby_timeline,
+    standby_replay_paused,
+];
+
 fn standbys(ctx: &Context) -> Vec<Finding> {
-    let mut out = Vec::new();
-    for s in &ctx.obs.standbys {
-        match &s.facts {
-            // PostgreSQL 14+ says so when a standby runs with hot_standby = off: it streams,
-            // but nothing can be checked on it (nor read from it in a failover).
-            Err(f) if f.detail.contains("Hot standby mode is disabled") => out.push(Finding::new(
-                Code::HotStandbyOff,
-                Level::Unknown,
-                format!(
-                    "cannot check standby {}: it runs with hot_standby = off",
-                    s.target
-                ),
-                "on the standby: ALTER SYSTEM SET hot_standby = on; then restart it",
-            )),
-            Err(f) if f.kind == FailureKind::PluginFault => out.push(plugin_fault(format!(
-                "cannot check standby {}: {}: {}",
-                s.target, f.stage, f.detail
-            ))),
-            Err(f) => out.push(Finding::new(
-                Code::StandbyUnreachable,
-                Level::Unknown,
-                format!(
-                    "cannot check standby {}: {}: {}",
-                    s.target, f.stage, f.detail
-                ),
-                "check that the standby runs and that its DSN (--standby-dsn) is right",
-            )),
-            Ok(facts) => out.extend(standby_findings(ctx, &s.target, facts)),
-        }
-    }
-    out
+    ctx.obs
+        .standbys
+        .iter()
+        .flat_map(|s| STANDBY_RULES.iter().filter_map(move |rule| rule(ctx, s)))
+        .collect()
 }
 
-fn standby_findings(ctx: &Context, target: &str, s: &StandbyFacts) -> Vec<Finding> {
-    let primary_id = ctx.primary_identity();
-    let same_cluster = match (primary_id, s.system_identifier.as_deref()) {
-        (Some(a), Some(b)) => Some(a == b),
-        _ => None,
-    };
-    if same_cluster == Some(false) {
-        return vec![Finding::new(
-            Code::StandbyForeign,
-            Level::Unsafe,
-            format!(
-                "standby {target} belongs to another cluster (system identifier {} ≠ the \
-                 primary's {})",
-                s.system_identifier.as_deref().unwrap_or("?"),
-                primary_id.unwrap_or("?")
-            ),
-            "clone the standby from this primary (pg_basebackup), or fix --standby-dsn",
-        )];
+/// The code of a standby that could not be observed. `failover-check` names it too.
+pub(crate) fn standby_failure_code(f: &ProbeFailure) -> Code {
+    // PostgreSQL 14+ says so when a standby runs with hot_standby = off: it streams, but
+    // nothing can be checked on it (nor read from it in a failover).
+    if f.detail.contains("Hot standby mode is disabled") {
+        Code::HotStandbyOff
+    } else if f.kind == FailureKind::PluginFault {
+        Code::PluginFault
+    } else {
+        Code::StandbyUnreachable
     }
-    if !s.in_recovery {
-        return vec![answers_as_primary(ctx, target, s, same_cluster)];
+}
+
+fn standby_failure(_: &Context, s: &StandbyObservation) -> Option<Finding> {
+    let Err(f) = &s.facts else { return None };
+    let target = &s.target;
+    Some(match standby_failure_code(f) {
+        Code::HotStandbyOff => Finding::new(
+            Code::HotStandbyOff,
+            format!("cannot check standby {target}: it runs with hot_standby = off"),
+            "on the standby: ALTER SYSTEM SET hot_standby = on; then restart it",
+        ),
+        Code::PluginFault => plugin_fault(format!(
+            "cannot check standby {target}: {}: {}",
+            f.stage, f.detail
+        )),
+        code => Finding::new(
+            code,
+            format!("cannot check standby {target}: {}: {}", f.stage, f.detail),
+            "check that the standby runs and that its DSN (--standby-dsn) is right",
+        ),
+    })
+}
+
+/// A standby of another cluster gets this finding only: nothing else about it matters.
+fn standby_foreign(ctx: &Context, s: &StandbyObservation) -> Option<Finding> {
+    let facts = s.facts.as_ref().ok()?;
+    if ctx.same_cluster(facts) != Some(false) {
+        return None;
     }
-    let mut out = Vec::new();
-    if same_cluster.is_none() {
-        out.push(Finding::new(
+    Some(Finding::new(
+        Code::StandbyForeign,
+        format!(
+            "standby {} belongs to another cluster (system identifier {} ≠ the primary's {})",
+            s.target,
+            facts.system_identifier.as_deref().unwrap_or("?"),
+            ctx.primary_identity().unwrap_or("?")
+        ),
+        "clone the standby from this primary (pg_basebackup), or fix --standby-dsn",
+    ))
+}
+
+/// A standby of this cluster, or of one that cannot be told, whatever it answers as.
+fn not_foreign<'a>(ctx: &Context, s: &'a StandbyObservation) -> Option<&'a StandbyFacts> {
+    let facts = s.facts.as_ref().ok()?;
+    (ctx.same_cluster(facts) != Some(false)).then_some(facts)
+}
+
+/// A standby that is in recovery and not of another cluster: the rules of a replica apply.
+fn replica<'a>(ctx: &Context, s: &'a StandbyObservation) -> Option<&'a StandbyFacts> {
+    not_foreign(ctx, s).filter(|facts| facts.in_recovery)
+}
+
+fn standby_answers_as_primary(ctx: &Context, s: &StandbyObservation) -> Option<Finding> {
+    let facts = not_foreign(ctx, s).filter(|facts| !facts.in_recovery)?;
+    Some(answers_as_primary(
+        ctx,
+        &s.target,
+        facts,
+        ctx.same_cluster(facts),
+    ))
+}
+
+fn standby_identity_unverified(ctx: &Context, s: &StandbyObservation) -> Option<Finding> {
+    let facts = replica(ctx, s)?;
+    ctx.same_cluster(facts).is_none().then(|| {
+        Finding::new(
             Code::StandbyIdentityUnverified,
-            Level::Unknown,
-            format!("cannot compare standby {target}'s system identifier with the primary's"),
-            "GRANT pg_monitor TO the roles of both DSNs",
-        ));
-    }
-    let streaming = s
-        .receiver
-        .as_ref()
-        .is_some_and(|r| r.status.as_deref() == Some("streaming"));
-    if !streaming {
-        out.push(Finding::new(
-            Code::StandbyNotStreaming,
-            Level::Unsafe,
             format!(
-                "standby {target} is not receiving WAL (receiver {})",
-                s.receiver
-                    .as_ref()
-                    .and_then(|r| r.status.clone())
-                    .unwrap_or_else(|| "not running".into())
+                "cannot compare standby {}'s system identifier with the primary's",
+                s.target
+            ),
+            "GRANT pg_monitor TO the roles of both DSNs",
+        )
+    })
+}
+
+fn standby_not_streaming(ctx: &Context, s: &StandbyObservation) -> Option<Finding> {
+    let facts = replica(ctx, s)?;
+    let status = facts.receiver.as_ref().and_then(|r| r.status.as_deref());
+    (status != Some("streaming")).then(|| {
+        Finding::new(
+            Code::StandbyNotStreaming,
+            format!(
+                "standby {} is not receiving WAL (receiver {})",
+                s.target,
+                status.unwrap_or("not running")
             ),
             "check primary_conninfo on the standby, its log, and that the primary accepts it \
              (pg_hba.conf, max_wal_senders)",
-        ));
-    }
-    let primary_tli = ctx.primary.and_then(|p| p.timeline);
-    if let (Some(a), Some(b)) = (primary_tli, s.timeline)
-        && a != b
-    {
-        out.push(Finding::new(
+        )
+    })
+}
+
+fn standby_timeline(ctx: &Context, s: &StandbyObservation) -> Option<Finding> {
+    let facts = replica(ctx, s)?;
+    let (a, b) = (ctx.primary?.timeline?, facts.timeline?);
+    (a != b).then(|| {
+        Finding::new(
             Code::StandbyTimelineMismatch,
-            Level::Unsafe,
-            format!("standby {target} is on timeline {b}, the primary on {a}"),
-            "rebuild the standby from the current primary (pg_rewind or pg_basebackup)",
-        ));
-    }
-    if s.replay_paused == Some(true) {
-        out.push(Finding::new(
-            Code::StandbyReplayPaused,
-            Level::Degraded,
             format!(
-                "standby {target} has WAL replay paused: it keeps the WAL but a failover would \
-                 first have to replay the backlog"
+                "standby {} is on timeline {b}, the primary on {a}",
+                s.target
+            ),
+            "rebuild the standby from the current primary (pg_rewind or pg_basebackup)",
+        )
+    })
+}
+
+fn standby_replay_paused(ctx: &Context, s: &StandbyObservation) -> Option<Finding> {
+    let facts = replica(ctx, s)?;
+    (facts.replay_paused == Some(true)).then(|| {
+        Finding::new(
+            Code::StandbyReplayPaused,
+            format!(
+                "standby {} has WAL replay paused: it keeps the WAL but a failover would \
+                 first have to replay the backlog",
+                s.target
             ),
             "SELECT pg_wal_replay_resume(); on the standby",
-        ));
-    }
-    out
+        )
+    })
 }
 
 /// Whether the server behind a standby DSN that answers as a primary is the primary itself.
@@ -746,7 +767,6 @@ fn answers_as_primary(
     match other_server(ctx.primary, s) {
         OtherServer::Yes(evidence) => Finding::new(
             Code::StandbyPromoted,
-            Level::Unsafe,
             format!(
                 "standby {target} answers as a primary{} ({evidence}): two servers may accept \
                  writes for this wallet",
@@ -761,7 +781,6 @@ fn answers_as_primary(
         ),
         OtherServer::No => Finding::new(
             Code::StandbyDsnIsPrimary,
-            Level::Unknown,
             format!(
                 "standby DSN {target} reaches the primary itself (same postmaster, same \
                  timeline): the standby cannot be checked through it"
@@ -771,7 +790,6 @@ fn answers_as_primary(
         ),
         OtherServer::CannotTell => Finding::new(
             Code::StandbyIdentityUnverified,
-            Level::Unknown,
             format!(
                 "standby {target} answers as a primary; without the primary's facts it cannot \
                  be told from the primary itself"

@@ -776,3 +776,50 @@ fn evidence_covers_no_standby_that_postgres_may_replace_on_its_own() {
     p.walsenders.push(s2);
     assert_eq!(crate::failover::covered_standbys(&p), ["s1", "s2"]);
 }
+
+/// `failover-check` names a condition by the code the status check gives it, so an operator
+/// (and the catalogue) sees one name for one cause.
+#[test]
+fn failover_reasons_carry_the_code_the_status_check_gives() {
+    let blocker_codes = |obs: &Observation| -> Vec<Code> {
+        let a = crate::failover::evaluate(obs);
+        let on_standbys = a.standbys.iter().flat_map(|s| s.reasons.iter());
+        a.blockers
+            .iter()
+            .chain(on_standbys)
+            .map(|r| r.code)
+            .collect()
+    };
+    let mut empty = primary();
+    empty.sync_names_raw = String::new();
+    empty.sync_names = SyncNames::parse("");
+    let mut weak = primary();
+    weak.session.synchronous_commit = "local".into();
+    let mut other = standby_facts();
+    other.system_identifier = Some("1".into());
+    let unreachable = Err(failure(FailureKind::Unreachable));
+    let mut down = primary();
+    down.walsenders.clear();
+    let cases = [
+        (observe(empty), Code::SyncNamesEmpty),
+        (observe(weak), Code::SynchronousCommitWeak),
+        (
+            with_standby(observe(primary()), Ok(other)),
+            Code::StandbyForeign,
+        ),
+        (
+            with_standby(observe(down), unreachable),
+            Code::StandbyUnreachable,
+        ),
+    ];
+    for (obs, code) in cases {
+        assert!(judge(&obs).has(code), "{code}: {:?}", codes(&judge(&obs)));
+        assert!(
+            blocker_codes(&obs).contains(&code),
+            "{code}: {:?}",
+            blocker_codes(&obs)
+        );
+    }
+    let reasons = crate::failover::evaluate(&with_standby(observe(primary()), Ok(standby_facts())));
+    assert!(reasons.ready, "{reasons:?}");
+}
