@@ -52,6 +52,15 @@ pub struct ProbeFailure {
     pub detail: String,
 }
 
+/// `stage: detail`, as every message about a failed probe shows it.
+impl std::fmt::Display for ProbeFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.stage, self.detail)
+    }
+}
+
+impl std::error::Error for ProbeFailure {}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailureKind {

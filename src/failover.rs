@@ -108,7 +108,7 @@ pub fn evaluate(obs: &Observation) -> FailoverAnswer {
         } => {
             return unknown(Reason::new(
                 verdict::primary_failure_code(f.kind),
-                format!("cannot check the primary: {}: {}", f.stage, f.detail),
+                format!("cannot check the primary: {f}"),
             ));
         }
         WalletObservation::Postgres { primary: Ok(p), .. } => p,
@@ -175,7 +175,7 @@ pub fn evaluate(obs: &Observation) -> FailoverAnswer {
                 reasons: vec![match &s.facts {
                     Err(f) => Reason::new(
                         verdict::standby_failure_code(f),
-                        format!("its DSN did not answer: {}: {}", f.stage, f.detail),
+                        format!("its DSN did not answer: {f}"),
                     ),
                     Ok(_) => Reason::new(Code::StandbyNotConnected, "not connected to the primary"),
                 }],
@@ -349,7 +349,7 @@ fn judge_sender(
             Ok(f) => reasons.extend(standby_side_reasons(p, f)),
             Err(e) => reasons.push(Reason::new(
                 verdict::standby_failure_code(e),
-                format!("its DSN did not answer: {}: {}", e.stage, e.detail),
+                format!("its DSN did not answer: {e}"),
             )),
         }
     }

@@ -77,7 +77,7 @@ pub(crate) async fn record_evidence(r: &Resolved, obs: &Observation, v: &Verdict
 
 fn print_findings(v: &Verdict) {
     for f in &v.findings {
-        eprintln!("cln-replguard: [{}] {}: {}", f.severity, f.code, f.message);
+        eprintln!("cln-replguard: {}", f.headline());
         eprintln!("cln-replguard:     fix: {}", f.remedy);
     }
 }

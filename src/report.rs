@@ -156,7 +156,7 @@ pub fn status_text(obs: &Observation, verdict: &Verdict) -> String {
             let _ = writeln!(out, "wallet:  {target}");
             match primary {
                 Err(f) => {
-                    let _ = writeln!(out, "primary: not checked ({}: {})", f.stage, f.detail);
+                    let _ = writeln!(out, "primary: not checked ({f})");
                 }
                 Ok(p) => {
                     let _ = writeln!(
@@ -222,7 +222,7 @@ pub fn status_text(obs: &Observation, verdict: &Verdict) -> String {
     }
     for s in &obs.standbys {
         let line = match &s.facts {
-            Err(f) => format!("unreachable ({}: {})", f.stage, f.detail),
+            Err(f) => format!("unreachable ({f})"),
             Ok(f) => format!(
                 "{} as '{}', receiver {}, timeline {}{}",
                 if f.in_recovery {
@@ -250,7 +250,7 @@ pub fn status_text(obs: &Observation, verdict: &Verdict) -> String {
     } else {
         let _ = writeln!(out, "findings:");
         for f in &verdict.findings {
-            let _ = writeln!(out, "  [{}] {}: {}", f.severity, f.code, f.message);
+            let _ = writeln!(out, "  {}", f.headline());
             let _ = writeln!(out, "      fix: {}", f.remedy);
         }
     }

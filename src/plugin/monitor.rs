@@ -239,11 +239,9 @@ async fn evidence_writer(
                 Err(f) => {
                     if warned.as_ref() != Some(&record) {
                         log::warn!(
-                            "cannot record the verdict in replguard.evidence ({}: {}); \
-                             retrying. Until it is written, cln-replguard failover reads an \
-                             older verdict on the standby",
-                            f.stage,
-                            f.detail
+                            "cannot record the verdict in replguard.evidence ({f}); retrying. \
+                             Until it is written, cln-replguard failover reads an older verdict \
+                             on the standby"
                         );
                         warned = Some(record);
                     }
@@ -266,13 +264,7 @@ fn announce(plugin: &Plugin<State>, t: Transition, v: &Verdict) {
     } else {
         log::warn!("replication {} → {}: {}", t.from, t.to, codes.join(", "));
         for f in &v.findings {
-            log::warn!(
-                "[{}] {}: {} — fix: {}",
-                f.severity,
-                f.code,
-                f.message,
-                f.remedy
-            );
+            log::warn!("{f}");
         }
     }
     let payload = json!({

@@ -242,11 +242,10 @@ fn write_if_locked() -> String {
 
 /// A failure of the plugin's own side stays one: it says nothing about the standbys.
 fn failed_with(f: &crate::facts::ProbeFailure) -> CommitProbe {
+    let error = f.to_string();
     match f.kind {
-        crate::facts::FailureKind::PluginFault => CommitProbe::PluginFault {
-            error: format!("{}: {}", f.stage, f.detail),
-        },
-        _ => failed(&f.stage, &f.detail),
+        crate::facts::FailureKind::PluginFault => CommitProbe::PluginFault { error },
+        _ => CommitProbe::Failed { error },
     }
 }
 

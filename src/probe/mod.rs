@@ -100,7 +100,7 @@ pub async fn record_evidence(
     evidence::record_if_changed(t, &record, source, policy.query_timeout)
         .await
         .map(Some)
-        .map_err(|f| format!("cannot record evidence: {}: {}", f.stage, f.detail))
+        .map_err(|f| format!("cannot record evidence: {f}"))
 }
 
 /// `status`/`check`: the primary's facts with a commit probe, and each standby's.

@@ -43,6 +43,19 @@ impl Finding {
             remedy: remedy.into(),
         }
     }
+
+    /// What is wrong, without the remedy: `[severity] code: message`, for reports that put
+    /// the fix on a line of its own.
+    pub fn headline(&self) -> String {
+        format!("[{}] {}: {}", self.severity, self.code, self.message)
+    }
+}
+
+/// One line: `[severity] code: message — fix: remedy`.
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} — fix: {}", self.headline(), self.remedy)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]

@@ -105,10 +105,7 @@ fn primary_reachable(ctx: &Context) -> Vec<Finding> {
     else {
         return vec![];
     };
-    let what = format!(
-        "cannot check the wallet server ({target}): {}: {}",
-        f.stage, f.detail
-    );
+    let what = format!("cannot check the wallet server ({target}): {f}");
     let remedy = match f.kind {
         FailureKind::PluginFault => return vec![plugin_fault(what)],
         FailureKind::Auth => {
@@ -617,13 +614,10 @@ fn standby_failure(_: &Context, s: &StandbyObservation) -> Option<Finding> {
             format!("cannot check standby {target}: it runs with hot_standby = off"),
             "on the standby: ALTER SYSTEM SET hot_standby = on; then restart it",
         ),
-        Code::PluginFault => plugin_fault(format!(
-            "cannot check standby {target}: {}: {}",
-            f.stage, f.detail
-        )),
+        Code::PluginFault => plugin_fault(format!("cannot check standby {target}: {f}")),
         code => Finding::new(
             code,
-            format!("cannot check standby {target}: {}: {}", f.stage, f.detail),
+            format!("cannot check standby {target}: {f}"),
             "check that the standby runs and that its DSN (--standby-dsn) is right",
         ),
     })

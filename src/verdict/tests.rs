@@ -823,3 +823,19 @@ fn failover_reasons_carry_the_code_the_status_check_gives() {
     let reasons = crate::failover::evaluate(&with_standby(observe(primary()), Ok(standby_facts())));
     assert!(reasons.ready, "{reasons:?}");
 }
+
+/// Every log line and report shows a finding and a failed probe the same way.
+#[test]
+fn findings_and_probe_failures_display_themselves() {
+    let f = Finding::new(Code::SlotInactive, "slot s1 is idle", "start it");
+    assert_eq!(f.severity, Level::Degraded);
+    assert_eq!(f.headline(), "[degraded] slot-inactive: slot s1 is idle");
+    assert_eq!(
+        f.to_string(),
+        "[degraded] slot-inactive: slot s1 is idle — fix: start it"
+    );
+    let failed = failure(FailureKind::Timeout);
+    assert_eq!(failed.to_string(), "connect: x");
+    let as_error: &dyn std::error::Error = &failed;
+    assert_eq!(as_error.to_string(), "connect: x");
+}
