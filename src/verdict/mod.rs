@@ -12,6 +12,8 @@ mod sync;
 #[cfg(test)]
 mod tests;
 
+use std::fmt;
+
 use serde::Serialize;
 
 use crate::facts::Observation;
