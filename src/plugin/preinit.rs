@@ -71,10 +71,7 @@ pub async fn watch(init_seen: Arc<AtomicBool>) {
         if !told && (waiting || v.level != verdict::Level::Safe) {
             eprintln!("cln-replguard: {message}");
             for f in &v.findings {
-                eprintln!(
-                    "cln-replguard: [{}] {}: {} — fix: {}",
-                    f.severity, f.code, f.message, f.remedy
-                );
+                eprintln!("cln-replguard: {f}");
             }
             told = true;
         }

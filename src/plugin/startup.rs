@@ -266,15 +266,7 @@ async fn observe_until(targets: &Targets, policy: &Policy, deadline: Instant) ->
 }
 
 fn finding_lines(v: &Verdict) -> Vec<String> {
-    v.findings
-        .iter()
-        .map(|f| {
-            format!(
-                "[{}] {}: {} — fix: {}",
-                f.severity, f.code, f.message, f.remedy
-            )
-        })
-        .collect()
+    v.findings.iter().map(ToString::to_string).collect()
 }
 
 /// Stops the node: the lines reach lightningd's log, then we exit. As `important-plugin`

@@ -653,10 +653,7 @@ async fn local(a: LocalArgs) -> Result<i32> {
         eprintln!("cln-replguard: warning: {e}");
     }
     for f in &v.findings {
-        println!(
-            "  [{}] {}: {} — fix: {}",
-            f.severity, f.code, f.message, f.remedy
-        );
+        println!("  {f}");
     }
     println!(
         "\nwallet={wallet}\n\nThe pair runs until you stop it:\n  pg_ctl -D {} stop; pg_ctl -D {} \

@@ -103,7 +103,7 @@ pub async fn run(a: FailoverArgs) -> Result<i32> {
     say("standby", &format!("checking {standby}"));
     let facts = probe::observe_standby(&standby, &policy)
         .await
-        .map_err(|f| anyhow::anyhow!("the standby: {}: {}", f.stage, f.detail))?;
+        .map_err(|f| anyhow::anyhow!("the standby: {f}"))?;
     if !facts.in_recovery {
         say_refused(&format!(
             "{standby} already answers as a primary (timeline {:?}): nothing to promote; if \
@@ -297,7 +297,7 @@ impl Takeover<'_> {
         let standby = &self.standby;
         let promoted = probe::promote::promote(standby, self.facts.timeline, self.wait)
             .await
-            .map_err(|f| anyhow::anyhow!("promotion: {}: {}", f.stage, f.detail))?;
+            .map_err(|f| anyhow::anyhow!("promotion: {f}"))?;
         say(
             "promote",
             &format!(
@@ -323,7 +323,7 @@ impl Takeover<'_> {
             After::RunAlone => {
                 probe::promote::clear_sync_names(standby, self.policy.query_timeout)
                     .await
-                    .map_err(|f| anyhow::anyhow!("{}: {}", f.stage, f.detail))?;
+                    .map_err(|f| anyhow::anyhow!("{f}"))?;
                 say(
                     "after",
                     &format!(
@@ -387,7 +387,7 @@ async fn from_evidence(
 ) -> Result<Judgement> {
     let newest = probe::evidence::newest(standby, policy.query_timeout)
         .await
-        .map_err(|f| anyhow::anyhow!("reading evidence: {}: {}", f.stage, f.detail))?;
+        .map_err(|f| anyhow::anyhow!("reading evidence: {f}"))?;
     if let Some(r) = &newest {
         say(
             "evidence",
