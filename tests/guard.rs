@@ -64,6 +64,17 @@ fn freeze_lightningd(f: &Fake, c: &Cluster) -> Daemon {
         .unwrap()
 }
 
+/// The standby silently made asynchronous, and the plugin reporting it.
+fn downgrade_and_wait_until_reported(c: &Cluster, f: &mut Fake) {
+    c.set_sync_names("").unwrap();
+    f.poll(
+        "replication-status",
+        json!({}),
+        Duration::from_secs(10),
+        |r| r["result"]["reported"] == "unsafe",
+    );
+}
+
 fn gated(answer: &Value) -> bool {
     answer.pointer("/return/error/code").is_some()
 }
@@ -163,13 +174,7 @@ fn hooks_gate_what_adds_risk_and_answer_any_payload() {
             "{hook} {payload}"
         );
     }
-    c.set_sync_names("").unwrap();
-    f.poll(
-        "replication-status",
-        json!({}),
-        Duration::from_secs(10),
-        |r| r["result"]["reported"] == "unsafe",
-    );
+    downgrade_and_wait_until_reported(&c, &mut f);
     assert!(gated(&f.hook("rpc_command", fundchannel())));
     assert!(gated(&f.hook("rpc_command", pay)));
     assert_eq!(
@@ -216,13 +221,7 @@ fn a_malformed_parameter_gets_an_answer_and_the_plugin_lives_on() {
         // Safe: lightningd goes on and rejects the parameter itself.
         assert_eq!(answer["result"], json!({"result": "continue"}), "{answer}");
     }
-    c.set_sync_names("").unwrap();
-    f.poll(
-        "replication-status",
-        json!({}),
-        Duration::from_secs(10),
-        |r| r["result"]["reported"] == "unsafe",
-    );
+    downgrade_and_wait_until_reported(&c, &mut f);
     let answer = f
         .hook_raw("rpc_command", MALFORMED_FUNDCHANNEL)
         .expect("the hook answered");

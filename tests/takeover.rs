@@ -61,6 +61,16 @@ fn psql_as(s: &Server, user: &str, sql: &str) -> Result<String, String> {
     }
 }
 
+/// Waits until the standby holds `count` evidence rows: what the primary recorded reached it.
+fn wait_for_rows(s: &Server, count: &str) {
+    wait_for(
+        "the evidence rows on the standby",
+        Duration::from_secs(10),
+        || Ok(sql_on_wallet_db(s, "SELECT count(*) FROM replguard.evidence") == count),
+    )
+    .unwrap();
+}
+
 fn in_recovery(s: &Server) -> bool {
     s.psql("SELECT pg_is_in_recovery()").unwrap() == "t"
 }
@@ -482,10 +492,7 @@ fn a_cold_copy_of_the_data_directory_does_not_pass_for_the_stopped_old_primary()
     let c = start(&ClusterSpec::pair());
     check_and_record(&c);
     c.wait_commits_flow().unwrap();
-    wait_for("the row on s1", Duration::from_secs(10), || {
-        Ok(sql_on_wallet_db(c.standby("s1"), "SELECT count(*) FROM replguard.evidence") == "1")
-    })
-    .unwrap();
+    wait_for_rows(c.standby("s1"), "1");
     // A copy shares the cluster's system identifier, and no postmaster runs in it.
     let copy = c.scratch_dir("copy").unwrap().join("data");
     let cp = std::process::Command::new("cp")
@@ -557,10 +564,7 @@ fn an_evidence_table_another_role_can_write_is_named_and_not_trusted() {
     );
     check_and_record(&c);
     c.wait_commits_flow().unwrap();
-    wait_for("the row on s1", Duration::from_secs(10), || {
-        Ok(sql_on_wallet_db(c.standby("s1"), "SELECT count(*) FROM replguard.evidence") == "1")
-    })
-    .unwrap();
+    wait_for_rows(c.standby("s1"), "1");
     c.primary.crash().unwrap();
     let (code, out) = failover(&c, &["--then", "wait-for-standby"]);
     assert_eq!(code, 2, "{out}");
@@ -596,10 +600,7 @@ fn two_standbys_under_one_name_are_never_vouched_for() {
     c.wait_commits_flow().unwrap();
     check_and_record(&c);
     c.wait_commits_flow().unwrap();
-    wait_for("the row on a", Duration::from_secs(10), || {
-        Ok(sql_on_wallet_db(c.standby("a"), "SELECT count(*) FROM replguard.evidence") == "1")
-    })
-    .unwrap();
+    wait_for_rows(c.standby("a"), "1");
     // The real `a` goes; the next commit is acknowledged by `b` alone; the primary is lost.
     c.standby("a").stop().unwrap();
     psql_as(
@@ -622,10 +623,7 @@ fn a_row_under_first_1_of_2_does_not_vouch_for_a_standby_postgres_replaced() {
     let (code, line) = check_and_record(&c);
     assert!(code <= 1, "the pair is good when recorded: {line}");
     c.wait_commits_flow().unwrap();
-    wait_for("the row on a", Duration::from_secs(10), || {
-        Ok(sql_on_wallet_db(c.standby("a"), "SELECT count(*) FROM replguard.evidence") == "1")
-    })
-    .unwrap();
+    wait_for_rows(c.standby("a"), "1");
     // `a` goes: PostgreSQL makes `b` synchronous on its own, and this commit is acknowledged
     // by `b` alone. Then the primary is lost.
     c.standby("a").stop().unwrap();
