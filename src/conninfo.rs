@@ -106,6 +106,17 @@ pub fn printed_value(conninfo: &str, key: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
+/// A server's setting written in libpq's syntax (`primary_conninfo`), in either form: escapes
+/// as libpq reads them, any keyword (the server's libpq may be newer than our list), and the
+/// last value of a key wins (`get`), as in libpq.
+pub fn parse_setting(s: &str) -> Result<Params, ConninfoError> {
+    if is_uri(s) {
+        parse_uri(s)
+    } else {
+        key_value_pairs(s, Reading::Setting)
+    }
+}
+
 /// Who wrote the key=value text.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Reading {
@@ -113,6 +124,8 @@ enum Reading {
     Given,
     /// Printed by the server: a backslash outside quotes is a backslash, any keyword.
     Printed,
+    /// Written for the server's libpq: `\` escapes everywhere, any keyword.
+    Setting,
 }
 
 fn key_value_pairs(s: &str, reading: Reading) -> Result<Params, ConninfoError> {
@@ -148,7 +161,7 @@ fn key_value_pairs(s: &str, reading: Reading) -> Result<Params, ConninfoError> {
             }
         } else {
             while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
-                if c == '\\' && reading == Reading::Given {
+                if c == '\\' && reading != Reading::Printed {
                     value.extend(chars.next());
                 } else {
                     value.push(c);
@@ -451,6 +464,11 @@ mod tests {
         // As printed: a keyword newer than ours is no error, a backslash is a backslash.
         let newer = "host=/tmp/x min_protocol_version=3.2 application_name=a\\b";
         assert_eq!(printed_value(newer, "host").as_deref(), Some("/tmp/x"));
+        // A setting: the last value of a key wins, as in libpq; newer keywords pass.
+        let setting =
+            parse_setting("host=decoy port=1 host=10.0.0.1 port=2 sslnegotiation=x").unwrap();
+        assert_eq!(get(&setting, "host"), Some("10.0.0.1"));
+        assert_eq!(get(&setting, "port"), Some("2"));
         assert_eq!(
             printed_value(newer, "application_name").as_deref(),
             Some("a\\b")

@@ -1,6 +1,6 @@
 //! Facts about a standby, read through the DSN the operator gave for it.
 
-use crate::conninfo::printed_value;
+use crate::conninfo::{parse_setting, printed_value};
 use crate::dsn::PgTarget;
 use crate::facts::{ProbeFailure, StandbyFacts, Upstream, WalReceiver};
 use crate::lsn::timeline_of_walfile;
@@ -86,7 +86,7 @@ pub(crate) async fn observe(
         Some(_) => None,
         None => primary_conninfo
             .as_deref()
-            .and_then(|c| printed_value(c, "application_name")),
+            .and_then(|c| setting_value(c, "application_name")),
     };
     let upstream = match sender {
         Some(s) => vec![s],
@@ -130,20 +130,23 @@ pub(crate) async fn observe(
     })
 }
 
+/// One value of a `primary_conninfo` setting, the last one given (as libpq reads it).
+fn setting_value(conninfo: &str, key: &str) -> Option<String> {
+    let params = parse_setting(conninfo).ok()?;
+    crate::conninfo::get(&params, key).map(str::to_string)
+}
+
 /// The addresses a `primary_conninfo` names, as libpq pairs them: `host=a,b port=1,2` (or the
 /// URI form), one port for every host. Empty — cannot tell — when they are not written in it:
 /// no host (libpq's compiled-in default), a `service` (a file decides), or an unreadable string.
 fn upstreams_of(conninfo: &str) -> Vec<Upstream> {
-    // As written by an operator (either form), or by pg_basebackup -R (keywords perhaps newer
-    // than ours, which the strict reader would refuse).
-    let uri = crate::conninfo::is_uri(conninfo).then(|| crate::conninfo::parse(conninfo));
+    let Ok(params) = parse_setting(conninfo) else {
+        return vec![];
+    };
     let get = |k: &str| -> Option<String> {
-        match &uri {
-            Some(Ok(params)) => crate::conninfo::get(params, k).map(str::to_string),
-            Some(Err(_)) => None,
-            None => printed_value(conninfo, k),
-        }
-        .filter(|v| !v.is_empty())
+        crate::conninfo::get(&params, k)
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
     };
     if get("service").is_some() {
         return vec![];
@@ -205,5 +208,10 @@ mod tests {
         assert_eq!(upstreams_of("user=r application_name=s1"), []);
         assert_eq!(upstreams_of("service=primary application_name=s1"), []);
         assert_eq!(upstreams_of("host=a port=x"), []);
+        // libpq takes the last value of a key: so does the fence.
+        assert_eq!(
+            upstreams_of("host=decoy.invalid port=5432 host=10.0.0.1 port=5433"),
+            [up("10.0.0.1", 5433)]
+        );
     }
 }
