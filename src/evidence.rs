@@ -72,6 +72,23 @@ pub fn judge(newest: Option<&Recorded>, standby: &StandbySide) -> Judgement {
         };
     };
     let r = &row.record;
+    if !row.owned_by_the_wallets_role {
+        return Judgement::Unverifiable {
+            why: format!(
+                "replguard.evidence or its schema belongs to {}, not to {} (the role that owns \
+                 lightningd's tables), so its rows could be forged",
+                row.owner.as_deref().unwrap_or("?"),
+                row.wallets_role.as_deref().unwrap_or("?")
+            ),
+        };
+    }
+    if r.system_identifier.is_none() || r.timeline.is_none() {
+        return Judgement::Unverifiable {
+            why: "the newest evidence records no system identifier or timeline: it cannot be \
+                  tied to this cluster and timeline"
+                .into(),
+        };
+    }
     if !row.other_writers.is_empty() {
         return Judgement::Unverifiable {
             why: format!(
@@ -182,6 +199,8 @@ mod tests {
             source: "plugin".into(),
             owner: Some("lightningd".into()),
             other_writers: vec![],
+            owned_by_the_wallets_role: true,
+            wallets_role: Some("lightningd".into()),
         }
     }
 
@@ -274,6 +293,26 @@ mod tests {
             judge(Some(&r), &side("s1", Some("73"))),
             Judgement::Unverifiable { why } if why.contains("watcher")
         ));
+    }
+
+    #[test]
+    fn no_row_is_trusted_from_a_table_another_role_owns_or_without_its_cluster_and_timeline() {
+        let mut r = row(Level::Safe, &["s1"]);
+        r.owned_by_the_wallets_role = false;
+        r.owner = Some("watcher".into());
+        assert!(matches!(
+            judge(Some(&r), &side("s1", Some("73"))),
+            Judgement::Unverifiable { why } if why.contains("belongs to watcher")
+        ));
+        for (sysid, timeline) in [(None, Some(1)), (Some("73".to_string()), None)] {
+            let mut r = row(Level::Safe, &["s1"]);
+            r.record.system_identifier = sysid;
+            r.record.timeline = timeline;
+            assert!(matches!(
+                judge(Some(&r), &side("s1", Some("73"))),
+                Judgement::Unverifiable { why } if why.contains("no system identifier")
+            ));
+        }
     }
 
     #[test]

@@ -402,6 +402,11 @@ pub struct Recorded {
     pub owner: Option<String>,
     /// Other roles that may change the table (PUBLIC included); none, or no row is trusted.
     pub other_writers: Vec<String>,
+    /// The table and its schema belong to the role that owns lightningd's own tables (or,
+    /// without them, the database): else no row is trusted.
+    pub owned_by_the_wallets_role: bool,
+    /// That role, for the operator.
+    pub wallets_role: Option<String>,
 }
 
 /// Whether a change is worth a row: the level, the findings, or the covered standbys moved.

@@ -242,7 +242,11 @@ pub fn covered_standbys(p: &PrimaryFacts) -> Vec<String> {
     // PostgreSQL counts WAL senders, not names: two senders under one name (a default
     // cluster_name on two standbys) make `ANY 1 (a)` a choice between them, and neither can be
     // told apart from the other later. Then no row vouches for any standby.
-    if p.walsenders.iter().any(|w| shares_its_name(p, w)) {
+    // Only names the setting matches count: two async `walreceiver`s acknowledge nothing.
+    if p.walsenders
+        .iter()
+        .any(|w| r.names_standby(&w.application_name) && shares_its_name(p, w))
+    {
         return vec![];
     }
     p.walsenders

@@ -575,6 +575,71 @@ fn an_evidence_table_another_role_can_write_is_named_and_not_trusted() {
     assert!(in_recovery(c.standby("s1")));
 }
 
+/// A table the monitoring role owns, with a row it wrote: the owner is not the role that owns
+/// lightningd's tables, so the row is not trusted (second review: it was, and promoted).
+#[test]
+fn rows_in_a_table_the_monitoring_role_owns_are_not_trusted() {
+    let c = start(&ClusterSpec::pair());
+    c.primary
+        .psql("CREATE ROLE watcher LOGIN; GRANT pg_monitor TO watcher")
+        .unwrap();
+    sql_on_wallet_db(&c.primary, "GRANT CREATE ON DATABASE lightningd TO watcher");
+    let sysid = c.primary.system_identifier().unwrap();
+    psql_as(
+        &c.primary,
+        "watcher",
+        &format!(
+            "CREATE SCHEMA replguard; CREATE TABLE replguard.evidence (id bigserial PRIMARY \
+             KEY, recorded_at timestamptz NOT NULL DEFAULT now(), level text NOT NULL, codes \
+             text[] NOT NULL, covered text[] NOT NULL, flush_lsn pg_lsn, timeline integer, \
+             system_identifier text, source text NOT NULL, sync_names text); \
+             INSERT INTO replguard.evidence (level, codes, covered, timeline, \
+             system_identifier, source, sync_names) \
+             VALUES ('safe', '{{}}', '{{s1}}', 1, '{sysid}', 'plugin', 'FIRST 1 (s1)')"
+        ),
+    )
+    .unwrap();
+    c.wait_commits_flow().unwrap();
+    wait_for_rows(c.standby("s1"), "1");
+    c.primary.crash().unwrap();
+    let (code, out) = failover(&c, &["--then", "wait-for-standby"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("could be forged") && out.contains("watcher"),
+        "{out}"
+    );
+    assert!(in_recovery(c.standby("s1")));
+}
+
+/// A wallet role whose name needs quoting in SQL still owns and writes its table, change
+/// after change (second review: the names were compared as text, quoted against unquoted).
+#[test]
+fn a_wallet_role_whose_name_needs_quoting_keeps_writing() {
+    let c = start(&ClusterSpec::pair());
+    c.primary
+        .psql("CREATE ROLE \"Cln-Wallet\" LOGIN; GRANT pg_monitor TO \"Cln-Wallet\"")
+        .unwrap();
+    sql_on_wallet_db(
+        &c.primary,
+        "GRANT CREATE ON DATABASE lightningd TO \"Cln-Wallet\"",
+    );
+    let dsn = format!(
+        "postgres://{}",
+        c.primary.conninfo("Cln-Wallet", "lightningd")
+    );
+    let record = || {
+        let (_, _, err) = cli(&["check", "--record-evidence", "--dsn", &dsn]);
+        assert!(!err.contains("cannot record evidence"), "{err}");
+    };
+    record();
+    c.set_sync_names("").unwrap();
+    record();
+    assert_eq!(
+        sql_on_wallet_db(&c.primary, "SELECT count(*) FROM replguard.evidence"),
+        "2"
+    );
+}
+
 /// PostgreSQL counts WAL senders, not names: with two standbys streaming as `a` (as two with
 /// libpq's default name would), `ANY 1 (a)` lets either acknowledge alone. No row may then
 /// vouch for `a` (found by the second review of issue 11).

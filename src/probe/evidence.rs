@@ -53,30 +53,44 @@ COMMENT ON TABLE replguard.evidence IS
   'cln-replguard: each change of replication verdict, read by cln-replguard failover on the standby'";
 
 /// Whether the table is there in this version's shape (when it is, a write needs no DDL: no
-/// catalog lock, no NOTICE in lightningd's log), its owner, and who is writing. Read from the
-/// catalog by name: a schema another role owns may not be usable (`to_regclass` would fail).
+/// catalog lock, no NOTICE in lightningd's log); whether it and its schema belong to the
+/// writing role (NULL: no table yet), compared as role oids; both names quoted for SQL. Read
+/// from the catalog by name: a schema another role owns may not be usable (`to_regclass`
+/// would fail).
 const CURRENT_SQL: &str = "\
-WITH t AS (SELECT c.oid, c.relowner FROM pg_class c
+WITH t AS (SELECT c.oid, c.relowner, n.nspowner FROM pg_class c
              JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = 'replguard' AND c.relname = 'evidence')
+            WHERE n.nspname = 'replguard' AND c.relname = 'evidence'),
+     me AS (SELECT oid FROM pg_roles WHERE rolname = current_user)
 SELECT coalesce((SELECT a.attidentity = 'a' FROM pg_attribute a, t
                   WHERE a.attrelid = t.oid AND a.attname = 'id'), false)
    AND EXISTS (SELECT 1 FROM pg_attribute a, t
                 WHERE a.attrelid = t.oid AND a.attname = 'sync_names' AND NOT a.attisdropped),
-       (SELECT relowner::regrole::text FROM t),
-       current_user::text";
+       (SELECT t.relowner = me.oid AND t.nspowner = me.oid FROM t, me),
+       (SELECT quote_ident(pg_get_userbyid(relowner)) FROM t),
+       quote_ident(current_user)";
 
-/// The table's owner, and the other roles that may change it: a failover cannot trust rows
-/// they could have written.
-const OTHER_WRITERS_SQL: &str = "\
-SELECT c.relowner::regrole::text,
+/// The table's owner; the other roles that may change it (a failover cannot trust rows they
+/// could have written); and whether the table and its schema belong to the role that owns
+/// lightningd's own tables (`public.vars`, which lightningd creates; without it, the
+/// database's owner) — the one role that may write the evidence.
+const OWNERSHIP_SQL: &str = "\
+SELECT quote_ident(pg_get_userbyid(c.relowner)),
        coalesce((SELECT array_agg(DISTINCT CASE a.grantee WHEN 0 THEN 'PUBLIC'
-                                          ELSE a.grantee::regrole::text END)
+                                          ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
                    FROM aclexplode(c.relacl) a
                   WHERE a.grantee <> c.relowner
                     AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
-                '{}')
-  FROM pg_class c WHERE c.oid = 'replguard.evidence'::regclass";
+                '{}'),
+       c.relowner = n.nspowner
+   AND c.relowner = coalesce(
+           (SELECT relowner FROM pg_class WHERE oid = to_regclass('public.vars')),
+           (SELECT datdba FROM pg_database WHERE datname = current_database())),
+       quote_ident(pg_get_userbyid(coalesce(
+           (SELECT relowner FROM pg_class WHERE oid = to_regclass('public.vars')),
+           (SELECT datdba FROM pg_database WHERE datname = current_database()))))
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+ WHERE c.oid = 'replguard.evidence'::regclass";
 
 /// Writes `record` unless the newest row already says the same; returns whether it wrote.
 pub async fn record_if_changed(
@@ -98,16 +112,17 @@ pub async fn record_if_changed(
 /// Whether the table is there in this version's shape; an error when another role owns it.
 async fn table_is_current(session: &Session) -> Result<bool, ProbeFailure> {
     let current = session.query_one("evidence", CURRENT_SQL, &[]).await?;
-    let (owner, writer): (Option<String>, String) = (current.get(1), current.get(2));
-    if let Some(owner) = owner.filter(|o| *o != writer) {
+    let (mine, owner, writer): (Option<bool>, Option<String>, String) =
+        (current.get(1), current.get(2), current.get(3));
+    if let (Some(false), Some(owner)) = (mine, owner) {
         // An earlier version wrote through the monitoring DSN: its role may own the table and
         // could still write what a failover trusts. Only an operator can hand it over.
         return Err(ProbeFailure {
             kind: FailureKind::Query,
             stage: "evidence".into(),
             detail: format!(
-                "replguard.evidence belongs to role {owner}, not to {writer} (lightningd's \
-                 wallet role, its only writer): as a superuser run ALTER SCHEMA replguard \
+                "replguard.evidence or its schema belongs to role {owner}, not to {writer} \
+                 (lightningd's wallet role, its only writer): as a superuser run ALTER SCHEMA replguard \
                  OWNER TO {writer}; ALTER TABLE replguard.evidence OWNER TO {writer}; then \
                  REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON replguard.evidence FROM {owner}"
             ),
@@ -220,9 +235,7 @@ async fn newest_on(session: &Session) -> Result<Option<Recorded>, ProbeFailure> 
     if !exists.get::<_, bool>(0) {
         return Ok(None);
     }
-    let writers = session
-        .query_one("evidence", OTHER_WRITERS_SQL, &[])
-        .await?;
+    let ownership = session.query_one("evidence", OWNERSHIP_SQL, &[]).await?;
     let rows = session
         .query(
             "evidence",
@@ -253,7 +266,9 @@ async fn newest_on(session: &Session) -> Result<Option<Recorded>, ProbeFailure> 
         },
         flush_lsn: parse_lsn(row.get(6)),
         source: row.get(9),
-        owner: writers.get(0),
-        other_writers: writers.get(1),
+        owner: ownership.get(0),
+        other_writers: ownership.get(1),
+        owned_by_the_wallets_role: ownership.get::<_, Option<bool>>(2).unwrap_or(false),
+        wallets_role: ownership.get(3),
     }))
 }

@@ -38,7 +38,8 @@ pub fn path(option: &str, p: &Path, absolute: bool) -> Result<()> {
 /// `10.0.0`, `127.1` or `167772162` are numeric addresses to PostgreSQL, which then finds the
 /// next field of a pg_hba line to be their mask.
 fn is_host_name(s: &str) -> bool {
-    !s.is_empty()
+    !looks_like_numeric_ipv4(s)
+        && !s.is_empty()
         && s.len() <= 253
         && !s
             .rsplit('.')
@@ -50,6 +51,21 @@ fn is_host_name(s: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
                 && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
+}
+
+/// What `inet_aton` (and so PostgreSQL's pg_hba reader) takes for an IPv4 address: one to four
+/// labels, each a decimal, octal (`0…`) or hexadecimal (`0x…`) number — `0xa000002`,
+/// `0x7f.1`, `10.0.0.0x2`.
+fn looks_like_numeric_ipv4(s: &str) -> bool {
+    let labels: Vec<&str> = s.split('.').collect();
+    (1..=4).contains(&labels.len())
+        && labels.iter().all(|l| {
+            let l = l.to_ascii_lowercase();
+            match l.strip_prefix("0x") {
+                Some(hex) => hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                None => !l.is_empty() && l.bytes().all(|b| b.is_ascii_digit()),
+            }
         })
 }
 
@@ -159,6 +175,9 @@ mod tests {
             "10.0.0",
             "127.1",
             "167772162",
+            "0xa000002",
+            "0x7f.1",
+            "10.0.0.0x2",
         ] {
             let e = hba_address("--standby-addr", bad).unwrap_err().to_string();
             assert!(e.starts_with("--standby-addr"), "{e}");

@@ -758,6 +758,14 @@ fn evidence_covers_a_name_only_when_one_standby_bears_it() {
         w.sync_state = Some("quorum".into());
     }
     assert!(crate::failover::covered_standbys(&any_twins).is_empty());
+    // Two async receivers sharing the default name acknowledge nothing: s1 stays covered.
+    let mut receivers = primary();
+    for pid in [900, 901] {
+        let mut w = sender("walreceiver", "async");
+        w.pid = pid;
+        receivers.walsenders.push(w);
+    }
+    assert_eq!(crate::failover::covered_standbys(&receivers), ["s1"]);
     let mut local = primary();
     local.session.synchronous_commit = "local".into();
     assert!(crate::failover::covered_standbys(&local).is_empty());
