@@ -71,6 +71,33 @@ fn wait_for_rows(s: &Server, count: &str) {
     .unwrap();
 }
 
+/// The evidence table as an earlier version created it (a client-settable bigserial id), made
+/// by `role`, followed by `then` (more SQL, in the same session).
+fn old_evidence_table(c: &Cluster, role: &str, then: &str) {
+    if role != "lightningd" {
+        c.primary
+            .psql(&format!(
+                "CREATE ROLE {role} LOGIN; GRANT pg_monitor TO {role}"
+            ))
+            .unwrap();
+        sql_on_wallet_db(
+            &c.primary,
+            &format!("GRANT CREATE ON DATABASE lightningd TO {role}"),
+        );
+    }
+    psql_as(
+        &c.primary,
+        role,
+        &format!(
+            "CREATE SCHEMA replguard; CREATE TABLE replguard.evidence (id bigserial PRIMARY \
+             KEY, recorded_at timestamptz NOT NULL DEFAULT now(), level text NOT NULL, codes \
+             text[] NOT NULL, covered text[] NOT NULL, flush_lsn pg_lsn, timeline integer, \
+             system_identifier text, source text NOT NULL); {then}"
+        ),
+    )
+    .unwrap();
+}
+
 fn in_recovery(s: &Server) -> bool {
     s.psql("SELECT pg_is_in_recovery()").unwrap() == "t"
 }
@@ -531,19 +558,7 @@ fn a_cold_copy_of_the_data_directory_does_not_pass_for_the_stopped_old_primary()
 #[test]
 fn an_evidence_table_another_role_can_write_is_named_and_not_trusted() {
     let c = start(&ClusterSpec::pair());
-    c.primary
-        .psql("CREATE ROLE watcher LOGIN; GRANT pg_monitor TO watcher")
-        .unwrap();
-    sql_on_wallet_db(&c.primary, "GRANT CREATE ON DATABASE lightningd TO watcher");
-    psql_as(
-        &c.primary,
-        "watcher",
-        "CREATE SCHEMA replguard; CREATE TABLE replguard.evidence (id bigserial PRIMARY KEY, \
-         recorded_at timestamptz NOT NULL DEFAULT now(), level text NOT NULL, codes text[] NOT \
-         NULL, covered text[] NOT NULL, flush_lsn pg_lsn, timeline integer, system_identifier \
-         text, source text NOT NULL)",
-    )
-    .unwrap();
+    old_evidence_table(&c, "watcher", "");
     let (_, _, err) = cli(&[
         "check",
         "--record-evidence",
@@ -580,25 +595,17 @@ fn an_evidence_table_another_role_can_write_is_named_and_not_trusted() {
 #[test]
 fn rows_in_a_table_the_monitoring_role_owns_are_not_trusted() {
     let c = start(&ClusterSpec::pair());
-    c.primary
-        .psql("CREATE ROLE watcher LOGIN; GRANT pg_monitor TO watcher")
-        .unwrap();
-    sql_on_wallet_db(&c.primary, "GRANT CREATE ON DATABASE lightningd TO watcher");
     let sysid = c.primary.system_identifier().unwrap();
-    psql_as(
-        &c.primary,
+    old_evidence_table(
+        &c,
         "watcher",
         &format!(
-            "CREATE SCHEMA replguard; CREATE TABLE replguard.evidence (id bigserial PRIMARY \
-             KEY, recorded_at timestamptz NOT NULL DEFAULT now(), level text NOT NULL, codes \
-             text[] NOT NULL, covered text[] NOT NULL, flush_lsn pg_lsn, timeline integer, \
-             system_identifier text, source text NOT NULL, sync_names text); \
+            "ALTER TABLE replguard.evidence ADD COLUMN sync_names text; \
              INSERT INTO replguard.evidence (level, codes, covered, timeline, \
              system_identifier, source, sync_names) \
              VALUES ('safe', '{{}}', '{{s1}}', 1, '{sysid}', 'plugin', 'FIRST 1 (s1)')"
         ),
-    )
-    .unwrap();
+    );
     c.wait_commits_flow().unwrap();
     wait_for_rows(c.standby("s1"), "1");
     c.primary.crash().unwrap();
@@ -710,16 +717,12 @@ fn a_row_under_first_1_of_2_does_not_vouch_for_a_standby_postgres_replaced() {
 fn the_evidence_is_ordered_by_the_server_trimmed_by_count_and_written_by_its_owner_only() {
     let c = start(&ClusterSpec::pair());
     // An earlier version's table, with a row whose id a client chose.
-    psql_as(
-        &c.primary,
+    old_evidence_table(
+        &c,
         "lightningd",
-        "CREATE SCHEMA replguard; CREATE TABLE replguard.evidence (id bigserial PRIMARY KEY, \
-         recorded_at timestamptz NOT NULL DEFAULT now(), level text NOT NULL, codes text[] NOT \
-         NULL, covered text[] NOT NULL, flush_lsn pg_lsn, timeline integer, system_identifier \
-         text, source text NOT NULL); INSERT INTO replguard.evidence (id, level, codes, covered, \
-         source) SELECT g, 'unknown', '{}', '{}', 'old' FROM generate_series(1, 1005) g",
-    )
-    .unwrap();
+        "INSERT INTO replguard.evidence (id, level, codes, covered, source) \
+         SELECT g, 'unknown', '{}', '{}', 'old' FROM generate_series(1, 1005) g",
+    );
     check_and_record(&c);
     let newest = "SELECT source || '/' || level FROM replguard.evidence ORDER BY id DESC LIMIT 1";
     assert_eq!(
