@@ -224,11 +224,11 @@ async fn execute(command: Command) -> Result<i32> {
         } => {
             let text = std::fs::read_to_string(&path)
                 .with_context(|| format!("reading the status file {}", path.display()))?;
-            let doc: serde_json::Value = serde_json::from_str(&text)
+            let doc = report::StatusDocument::from_json(&text)
                 .with_context(|| format!("{} is not a status file", path.display()))?;
             let (doc, level) = crate::statusfile::judge(doc, std::time::SystemTime::now());
             if json {
-                println!("{}", serde_json::to_string_pretty(&doc)?);
+                println!("{}", serde_json::to_string_pretty(&doc.to_json())?);
             } else {
                 print!("{}", crate::statusfile::text(&doc));
             }
@@ -246,7 +246,9 @@ async fn execute(command: Command) -> Result<i32> {
             if json {
                 println!(
                     "{}",
-                    serde_json::to_string_pretty(&report::status_json(&obs, &v, &r.policy))?
+                    serde_json::to_string_pretty(
+                        &report::StatusDocument::of(&obs, &v, &r.policy).to_json()
+                    )?
                 );
             } else {
                 print!("{}", report::status_text(&obs, &v));

@@ -2,7 +2,7 @@
 
 use std::time::SystemTime;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::level::Level;
 use crate::lsn::Lsn;
@@ -44,7 +44,7 @@ pub enum WalletObservation {
 }
 
 /// Why a server could not be observed. `kind` drives the verdict; `detail` is for humans.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProbeFailure {
     pub kind: FailureKind,
     /// What was being done: "connect", "replication", …
@@ -61,7 +61,7 @@ impl std::fmt::Display for ProbeFailure {
 
 impl std::error::Error for ProbeFailure {}
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum FailureKind {
     /// No answer within the deadline (server hung, link cut).
@@ -150,7 +150,7 @@ pub struct SessionFacts {
     pub overrides: Vec<SettingOverride>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SettingOverride {
     /// `None`: every database.
     pub database: Option<String>,
@@ -160,7 +160,7 @@ pub struct SettingOverride {
 }
 
 /// The test commit that measures the synchronous round trip.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum CommitProbe {
     /// Not attempted (failover-check writes nothing).
@@ -171,7 +171,7 @@ pub enum CommitProbe {
         lsn: Lsn,
         /// An earlier probe (and any other commit) waited only for a reply the standbys owed
         /// after `synchronous_standby_names` changed; one small write released them first.
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         released_waiting: bool,
     },
     /// Still waiting at the deadline; left waiting, never cancelled.
@@ -208,7 +208,7 @@ impl CommitProbe {
 }
 
 /// One row of `pg_stat_replication`. Columns the role may not see are `None`.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WalSender {
     pub pid: i32,
     pub application_name: String,
@@ -254,7 +254,7 @@ impl WalSender {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Slot {
     pub name: String,
     pub active: bool,
@@ -264,7 +264,7 @@ pub struct Slot {
     pub restart_lsn: Option<Lsn>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Archiver {
     pub archived_count: i64,
     pub failed_count: i64,
@@ -275,7 +275,7 @@ pub struct Archiver {
     pub failing_now: bool,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SyncRepWaiters {
     /// Backends other than our probes waiting for the synchronous standby.
     pub count: i64,
@@ -289,7 +289,7 @@ pub struct StandbyObservation {
     pub facts: Result<StandbyFacts, ProbeFailure>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StandbyFacts {
     pub server_version_num: i32,
     pub in_recovery: bool,
@@ -314,7 +314,7 @@ pub struct StandbyFacts {
 }
 
 /// A server address as libpq reads it: a host name, an IP address, or a socket directory.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upstream {
     pub host: String,
     pub port: u16,
@@ -340,7 +340,7 @@ impl StandbyFacts {
 }
 
 /// `pg_stat_wal_receiver`, from the standby's side.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WalReceiver {
     pub status: Option<String>,
     pub received_tli: Option<u32>,

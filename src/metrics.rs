@@ -3,9 +3,8 @@
 
 use std::fmt::Write as _;
 
-use serde_json::Value;
-
-use crate::lsn::Lsn;
+use crate::facts::WalSender;
+use crate::report::StatusDocument;
 
 /// Checks run by the monitor, and those that could not observe the primary at all.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -17,7 +16,7 @@ pub struct Counters {
 const LEVELS: [&str; 4] = ["safe", "degraded", "unsafe", "unknown"];
 
 /// Renders the metrics; `report` is a status report (`None` before the first check).
-pub fn render(report: Option<&Value>, counters: Counters) -> String {
+pub fn render(report: Option<&StatusDocument>, counters: Counters) -> String {
     let mut out = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
         let _ = writeln!(out, "# HELP {name} {help}");
@@ -26,9 +25,7 @@ pub fn render(report: Option<&Value>, counters: Counters) -> String {
             let _ = writeln!(out, "{name}{labels} {}", number(*v));
         }
     };
-    let reported = report
-        .and_then(|r| r["reported"].as_str().or(r["verdict"].as_str()))
-        .unwrap_or("unknown");
+    let reported = report.map_or("unknown", |r| r.reported_level().as_str());
     metric(
         "replguard_verdict",
         "gauge",
@@ -44,39 +41,35 @@ pub fn render(report: Option<&Value>, counters: Counters) -> String {
             .collect::<Vec<_>>(),
     );
     if let Some(r) = report {
-        let sync = &r["sync"];
+        let sync = r.sync.as_ref();
         metric(
             "replguard_sync_standbys_healthy",
             "gauge",
             "synchronous standbys that confirmed the last check",
-            &[(String::new(), sync["healthy"].as_f64().unwrap_or(0.0))],
+            &[(String::new(), sync.map_or(0.0, |s| f64::from(s.healthy)))],
         );
         metric(
             "replguard_sync_standbys_required",
             "gauge",
             "synchronous standbys synchronous_standby_names requires",
-            &[(String::new(), sync["required"].as_f64().unwrap_or(0.0))],
+            &[(String::new(), sync.map_or(0.0, |s| f64::from(s.required)))],
         );
-        let primary_flush: Option<Lsn> = r["primary"]["flush_lsn"]
-            .as_str()
-            .and_then(|l| l.parse().ok());
-        let standbys: Vec<&Value> = r["standbys"]
-            .as_array()
-            .map(|a| a.iter().filter(|s| s["connected"] == true).collect())
-            .unwrap_or_default();
-        let label = |s: &Value| {
-            format!(
-                "{{standby=\"{}\"}}",
-                escape(s["name"].as_str().unwrap_or(""))
-            )
-        };
+        let primary_flush = r.primary.flush_lsn();
+        // The connected standbys, each with its WAL sender's row.
+        let standbys: Vec<(&str, &WalSender)> = r
+            .standbys
+            .iter()
+            .filter(|s| s.connected)
+            .filter_map(|s| Some((s.name.as_deref().unwrap_or(""), s.sender.as_ref()?)))
+            .collect();
+        let label = |name: &str| format!("{{standby=\"{}\"}}", escape(name));
         metric(
             "replguard_standby_reply_age_seconds",
             "gauge",
             "age of the standby's last reply to the primary",
             &standbys
                 .iter()
-                .filter_map(|s| s["reply_age_ms"].as_f64().map(|ms| (label(s), ms / 1000.0)))
+                .filter_map(|(name, s)| s.reply_age_ms.map(|ms| (label(name), ms / 1000.0)))
                 .collect::<Vec<_>>(),
         );
         metric(
@@ -85,9 +78,8 @@ pub fn render(report: Option<&Value>, counters: Counters) -> String {
             "WAL bytes the primary flushed that the standby has not",
             &standbys
                 .iter()
-                .filter_map(|s| {
-                    let f: Lsn = s["flush_lsn"].as_str()?.parse().ok()?;
-                    Some((label(s), primary_flush?.bytes_after(f) as f64))
+                .filter_map(|(name, s)| {
+                    Some((label(name), primary_flush?.bytes_after(s.flush_lsn?) as f64))
                 })
                 .collect::<Vec<_>>(),
         );
@@ -97,26 +89,21 @@ pub fn render(report: Option<&Value>, counters: Counters) -> String {
             "round trip of the last acknowledged test commit (NaN when none)",
             &[(
                 String::new(),
-                r["commit_probe_ms"]
-                    .as_f64()
-                    .map_or(f64::NAN, |ms| ms / 1000.0),
+                r.commit_probe_ms.map_or(f64::NAN, |ms| ms / 1000.0),
             )],
         );
-        let w = &r["syncrep_waiters"];
+        let w = r.syncrep_waiters.clone().unwrap_or_default();
         metric(
             "replguard_syncrep_waiting_backends",
             "gauge",
             "backends (ours excepted) waiting for the synchronous standby",
-            &[(String::new(), w["count"].as_f64().unwrap_or(0.0))],
+            &[(String::new(), w.count as f64)],
         );
         metric(
             "replguard_syncrep_longest_wait_seconds",
             "gauge",
             "longest of those waits",
-            &[(
-                String::new(),
-                w["longest_ms"].as_f64().map_or(0.0, |ms| ms / 1000.0),
-            )],
+            &[(String::new(), w.longest_ms.map_or(0.0, |ms| ms / 1000.0))],
         );
     }
     metric(
@@ -151,17 +138,33 @@ fn escape(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::facts::SyncRepWaiters;
+    use crate::lsn::Lsn;
+    use crate::report::{PrimaryPart, SyncPart};
+    use crate::verdict::Level;
 
     #[test]
     fn renders_every_metric_from_a_report() {
-        let report = json!({
-            "verdict": "unsafe", "reported": "unsafe",
-            "sync": {"healthy": 0, "required": 1},
-            "primary": {"flush_lsn": "0/3000200"},
-            "standbys": [{"name": "s\"1", "connected": true, "flush_lsn": "0/3000100", "reply_age_ms": 1500.0}],
-            "commit_probe_ms": null,
-            "syncrep_waiters": {"count": 2, "longest_ms": 4200.0},
+        let mut report = crate::report::tests::plugin_document();
+        report.verdict = Level::Unsafe;
+        report.plugin.reported = Some(Level::Unsafe);
+        report.sync = Some(SyncPart {
+            healthy: 0,
+            required: 1,
+        });
+        if let PrimaryPart::Reached(p) = &mut report.primary {
+            p.flush_lsn = Some(Lsn(0x3000200));
+        }
+        report.standbys.truncate(1);
+        let standby = &mut report.standbys[0];
+        standby.name = Some("s\"1".into());
+        let sender = standby.sender.as_mut().unwrap();
+        sender.flush_lsn = Some(Lsn(0x3000100));
+        sender.reply_age_ms = Some(1500.0);
+        report.commit_probe_ms = None;
+        report.syncrep_waiters = Some(SyncRepWaiters {
+            count: 2,
+            longest_ms: Some(4200.0),
         });
         let text = render(
             Some(&report),

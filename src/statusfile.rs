@@ -7,8 +7,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use serde_json::{Value, json};
-
+use crate::report::StatusDocument;
 use crate::verdict::{Code, Finding, Level};
 
 /// The status file's name in lightningd's network directory, unless `replguard-status-file`
@@ -33,10 +32,10 @@ pub fn location(setting: &Option<Option<String>>, dir: &Path) -> Option<PathBuf>
 /// temporary file is created exclusively under a random name in the same directory, so a
 /// link planted there is never followed (a predictable name let one overwrite another file),
 /// and the rename stays within one filesystem.
-pub fn write(path: &Path, report: &Value) -> std::io::Result<()> {
+pub fn write(path: &Path, report: &StatusDocument) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let mut doc = report.clone();
-    doc["written_at"] = json!(crate::timefmt::rfc3339(SystemTime::now()));
+    doc.plugin.written_at = Some(crate::timefmt::rfc3339(SystemTime::now()));
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -46,7 +45,7 @@ pub fn write(path: &Path, report: &Value) -> std::io::Result<()> {
         .suffix(".tmp")
         .permissions(std::fs::Permissions::from_mode(MODE))
         .tempfile_in(dir)?;
-    tmp.write_all(&serde_json::to_vec_pretty(&doc)?)?;
+    tmp.write_all(&serde_json::to_vec_pretty(&doc.to_json())?)?;
     tmp.persist(path).map_err(|e| e.error)?;
     Ok(())
 }
@@ -56,10 +55,12 @@ pub const STALE_AFTER_INTERVALS: u32 = 3;
 
 /// The document as read, with `verdict` forced to unknown (and a finding saying why) when
 /// it is stale or unreadable; and the level to exit with.
-pub fn judge(mut doc: Value, now: SystemTime) -> (Value, Level) {
-    let interval = Duration::from_millis(doc["interval_ms"].as_u64().unwrap_or(1000));
-    let written = doc["written_at"]
-        .as_str()
+pub fn judge(mut doc: StatusDocument, now: SystemTime) -> (StatusDocument, Level) {
+    let interval = Duration::from_millis(doc.plugin.interval_ms.unwrap_or(1000));
+    let written = doc
+        .plugin
+        .written_at
+        .as_deref()
         .and_then(|t| humantime::parse_rfc3339(t).ok());
     let age = written.map(|w| now.duration_since(w).unwrap_or_default());
     let stale_after = interval * STALE_AFTER_INTERVALS;
@@ -72,59 +73,43 @@ pub fn judge(mut doc: Value, now: SystemTime) -> (Value, Level) {
         )),
         Some(_) => None,
     };
-    doc["file_age_ms"] = json!(age.map(|a| a.as_millis() as u64));
+    doc.plugin.file_age_ms = age.map(|a| a.as_millis() as u64);
     let level = match problem {
         Some(why) => {
-            doc["verdict"] = json!("unknown");
-            let finding = json!(Finding::new(
+            doc.verdict = Level::Unknown;
+            let finding = Finding::new(
                 Code::StatusFileStale,
                 why,
                 "check that lightningd and the plugin run (journalctl, lightningd's log)",
-            ));
-            match doc["findings"].as_array_mut() {
-                Some(f) => f.insert(0, finding),
-                None => doc["findings"] = json!([finding]),
-            }
+            );
+            doc.findings.insert(0, finding);
             Level::Unknown
         }
-        None => match doc["verdict"].as_str() {
-            Some("safe") => Level::Safe,
-            Some("degraded") => Level::Degraded,
-            Some("unsafe") => Level::Unsafe,
-            _ => Level::Unknown,
-        },
+        None => doc.verdict,
     };
     (doc, level)
 }
 
 /// A short human summary of a status file.
-pub fn text(doc: &Value) -> String {
+pub fn text(doc: &StatusDocument) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
         "verdict: {} (from the plugin's status file, {:.1} s old; reported {})",
-        doc["verdict"].as_str().unwrap_or("unknown").to_uppercase(),
-        doc["file_age_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-        doc["reported"].as_str().unwrap_or("?"),
+        doc.verdict.as_str().to_uppercase(),
+        doc.plugin.file_age_ms.unwrap_or(0) as f64 / 1000.0,
+        doc.plugin.reported.map_or("?", Level::as_str),
     );
-    let waiters = &doc["syncrep_waiters"];
-    if waiters["count"].as_i64().unwrap_or(0) > 0 {
+    if let Some(waiters) = doc.syncrep_waiters.as_ref().filter(|w| w.count > 0) {
         let _ = writeln!(
             out,
             "waiting: {} commit(s) wait for the standby, the longest {:.1} s",
-            waiters["count"],
-            waiters["longest_ms"].as_f64().unwrap_or(0.0) / 1000.0
+            waiters.count,
+            waiters.longest_ms.unwrap_or(0.0) / 1000.0
         );
     }
-    for f in doc["findings"].as_array().into_iter().flatten() {
-        let _ = writeln!(
-            out,
-            "  [{}] {}: {}\n      fix: {}",
-            f["severity"].as_str().unwrap_or(""),
-            f["code"].as_str().unwrap_or(""),
-            f["message"].as_str().unwrap_or(""),
-            f["remedy"].as_str().unwrap_or("")
-        );
+    for f in &doc.findings {
+        let _ = writeln!(out, "  {}\n      fix: {}", f.headline(), f.remedy);
     }
     out
 }
@@ -133,19 +118,20 @@ pub fn text(doc: &Value) -> String {
 mod tests {
     use super::*;
 
-    fn doc(written: SystemTime, verdict: &str) -> Value {
-        json!({
-            "verdict": verdict,
-            "findings": [],
-            "interval_ms": 1000,
-            "written_at": crate::timefmt::rfc3339(written),
-        })
+    fn doc(written: SystemTime, verdict: Level) -> StatusDocument {
+        let mut d = crate::report::tests::plugin_document();
+        d.verdict = verdict;
+        d.findings = vec![];
+        d.plugin.interval_ms = Some(1000);
+        d.plugin.written_at = Some(crate::timefmt::rfc3339(written));
+        d
     }
 
     #[test]
     fn a_fresh_file_keeps_its_verdict() {
         let now = SystemTime::now();
-        let (d, l) = judge(doc(now - Duration::from_millis(1500), "unsafe"), now);
+        let (d, l) = judge(doc(now - Duration::from_millis(1500), Level::Unsafe), now);
+        let d = d.to_json();
         assert_eq!(l, Level::Unsafe);
         assert_eq!(d["verdict"], "unsafe");
     }
@@ -153,7 +139,8 @@ mod tests {
     #[test]
     fn a_file_older_than_three_intervals_is_unknown() {
         let now = SystemTime::now();
-        let (d, l) = judge(doc(now - Duration::from_secs(4), "safe"), now);
+        let (d, l) = judge(doc(now - Duration::from_secs(4), Level::Safe), now);
+        let d = d.to_json();
         assert_eq!(l, Level::Unknown);
         assert_eq!(d["verdict"], "unknown");
         assert_eq!(d["findings"][0]["code"], "status-file-stale");
@@ -169,13 +156,15 @@ mod tests {
         // Where a predictable temporary name would be.
         std::os::unix::fs::symlink(&victim, dir.path().join("replguard-status.json.tmp")).unwrap();
         std::os::unix::fs::symlink(&victim, &path).unwrap();
-        write(&path, &json!({"verdict": "safe", "interval_ms": 1000})).unwrap();
+        let mut report = doc(SystemTime::UNIX_EPOCH, Level::Safe);
+        report.plugin.written_at = None;
+        write(&path, &report).unwrap();
         assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
         let meta = std::fs::symlink_metadata(&path).unwrap();
         assert!(meta.file_type().is_file());
         assert_eq!(meta.permissions().mode() & 0o137, 0);
-        let doc: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert_eq!(judge(doc, SystemTime::now()).1, Level::Safe);
+        let read = StatusDocument::from_json(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(judge(read, SystemTime::now()).1, Level::Safe);
         // Nothing left behind but the file, the victim and the planted link.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
     }
@@ -200,7 +189,9 @@ mod tests {
 
     #[test]
     fn a_file_without_a_time_is_unknown() {
-        let (_, l) = judge(json!({"verdict": "safe"}), SystemTime::now());
+        let mut d = doc(SystemTime::now(), Level::Safe);
+        d.plugin.written_at = None;
+        let (_, l) = judge(d, SystemTime::now());
         assert_eq!(l, Level::Unknown);
     }
 }

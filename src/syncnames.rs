@@ -4,11 +4,11 @@
 //! (= `FIRST n`), `FIRST n (…)`, `ANY n (…)`; `*` matches any standby. Keywords are
 //! case-insensitive and so is the matching of names against `application_name`.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::lsn::Lsn;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum SyncMethod {
     /// The `num` connected standbys with the highest priority (earliest in the list).
@@ -18,14 +18,14 @@ pub enum SyncMethod {
 }
 
 /// What `synchronous_standby_names` asks for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SyncRequirement {
     pub method: SyncMethod,
     pub num: u32,
     pub names: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
 pub enum SyncNames {
     /// Empty: commits never wait for a standby.

@@ -47,7 +47,7 @@ pub fn rpc_command_answer(st: &super::startup::Inner, v: &Value) -> Value {
             let findings = st
                 .guard
                 .latest()
-                .map(|(_, r)| r["findings"].clone())
+                .map(|(_, r)| json!(r.findings))
                 .unwrap_or(Value::Null);
             json!({"return": {"error": {
                 "code": ERR_GATED,

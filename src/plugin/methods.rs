@@ -32,16 +32,16 @@ pub async fn replication_status(
     // The runtime guard's latest report, with its age; a live check before its first one.
     let latest = st.guard.latest();
     if let Some((at, mut report)) = latest {
-        report["report_age_ms"] = json!(at.elapsed().as_millis() as u64);
-        return Ok(report);
+        report.plugin.report_age_ms = Some(at.elapsed().as_millis() as u64);
+        return Ok(report.to_json());
     }
     let mut obs = probe::observe(targets, &st.settings.policy).await;
     obs.pinned_commit = st.pinned.clone();
     let v = verdict::evaluate(&obs, &st.settings.policy);
-    let mut out = report::status_json(&obs, &v, &st.settings.policy);
-    out["mode"] = json!(st.settings.mode);
-    out["report_age_ms"] = json!(0);
-    Ok(out)
+    let mut out = report::StatusDocument::of(&obs, &v, &st.settings.policy);
+    out.plugin.mode = Some(st.settings.mode);
+    out.plugin.report_age_ms = Some(0);
+    Ok(out.to_json())
 }
 
 pub async fn failover_check(plugin: Plugin<State>, params: Value) -> Result<Value, anyhow::Error> {

@@ -78,11 +78,11 @@ pub(super) async fn run(plugin: Plugin<State>) {
         let change = debounce.observe(&v, now);
         *st.guard.level.lock().unwrap_or_else(|e| e.into_inner()) = debounce.reported;
 
-        let mut rep = report::status_json(&obs, &v, &policy);
-        rep["mode"] = json!(st.settings.mode);
-        rep["reported"] = json!(debounce.reported);
-        rep["reported_for_ms"] = json!(debounce.held_for(now).as_millis() as u64);
-        rep["interval_ms"] = json!(st.settings.interval.as_millis() as u64);
+        let mut rep = report::StatusDocument::of(&obs, &v, &policy);
+        rep.plugin.mode = Some(st.settings.mode);
+        rep.plugin.reported = Some(debounce.reported);
+        rep.plugin.reported_for_ms = Some(debounce.held_for(now).as_millis() as u64);
+        rep.plugin.interval_ms = Some(st.settings.interval.as_millis() as u64);
         if let Some(path) = &st.status_file
             && let Err(e) = statusfile::write(path, &rep)
         {
@@ -91,7 +91,7 @@ pub(super) async fn run(plugin: Plugin<State>) {
         if let Some(t) = change {
             announce(&plugin, t, &v);
             if let Some(cmd) = &st.settings.alert_command {
-                tokio::spawn(alert::run(cmd.clone(), t, rep.clone()));
+                tokio::spawn(alert::run(cmd.clone(), t, rep.to_json()));
             }
         }
         *st.guard.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, rep));

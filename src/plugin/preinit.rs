@@ -9,8 +9,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use serde_json::json;
-
 use crate::config;
 use crate::facts::Observation;
 use crate::lnconfig::Location;
@@ -59,12 +57,14 @@ pub async fn watch(init_seen: Arc<AtomicBool>) {
         let message = blocked_message(&obs, &v, settings.startup_wait);
         // The file first: whoever reads our stderr report finds the file already there.
         if let Some(path) = &status_file {
-            let mut rep = report::status_json(&obs, &v, &settings.policy);
-            rep["phase"] = json!("before-init");
-            rep["before_init"] =
-                json!({"waited_s": settings.startup_wait.as_secs(), "message": message});
-            rep["reported"] = json!(v.level);
-            rep["interval_ms"] = json!(settings.interval.as_millis() as u64);
+            let mut rep = report::StatusDocument::of(&obs, &v, &settings.policy);
+            rep.plugin.phase = Some(report::Phase::BeforeInit);
+            rep.plugin.before_init = Some(report::BeforeInit {
+                waited_s: settings.startup_wait.as_secs(),
+                message: message.clone(),
+            });
+            rep.plugin.reported = Some(v.level);
+            rep.plugin.interval_ms = Some(settings.interval.as_millis() as u64);
             let _ = statusfile::write(path, &rep);
         }
         let waiting = obs.primary().is_some_and(|p| p.syncrep_waiters.count > 0);

@@ -43,7 +43,7 @@ pub struct GuardShared {
     /// The reported (debounced) level the hooks act on.
     pub level: std::sync::Mutex<Level>,
     /// The last report and when it was taken.
-    pub latest: std::sync::Mutex<Option<(Instant, serde_json::Value)>>,
+    pub latest: std::sync::Mutex<Option<(Instant, crate::report::StatusDocument)>>,
     pub counters: std::sync::Mutex<crate::metrics::Counters>,
 }
 
@@ -57,7 +57,7 @@ impl GuardShared {
     }
 
     /// The last report and when it was taken.
-    pub fn latest(&self) -> Option<(Instant, serde_json::Value)> {
+    pub fn latest(&self) -> Option<(Instant, crate::report::StatusDocument)> {
         self.latest
             .lock()
             .unwrap_or_else(|e| e.into_inner())

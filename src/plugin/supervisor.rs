@@ -3,12 +3,14 @@
 use std::time::Instant;
 
 use cln_plugin::Plugin;
-use serde_json::{Value, json};
 
 use super::monitor;
 use super::startup::State;
+use crate::dsn::WalletDsn;
+use crate::facts::{FailureKind, Observation, ProbeFailure, WalletObservation};
+use crate::report::StatusDocument;
 use crate::statusfile;
-use crate::verdict::{Code, Finding, Level};
+use crate::verdict::{Code, Finding, Level, Verdict};
 
 /// Runs the monitor and watches it. Were it to end — a panic or a return — no check would run
 /// any more and the hooks would decide on its last level forever. So an ended monitor fails
@@ -35,7 +37,10 @@ pub async fn supervised(plugin: Plugin<State>) {
     );
     *st.guard.level.lock().unwrap_or_else(|e| e.into_inner()) = Level::Unknown;
     let latest = st.guard.latest().map(|(_, r)| r);
-    let rep = ended_report(latest, &why);
+    let rep = ended_report(
+        latest.unwrap_or_else(|| never_checked(&st.settings.policy, &targets_wallet(&st), &why)),
+        &why,
+    );
     if let Some(path) = &st.status_file
         && let Err(e) = statusfile::write(path, &rep)
     {
@@ -52,10 +57,50 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "(no message)".to_string())
 }
 
-/// The last report, or an empty one, turned unknown with a finding that says the monitor
-/// ended and why; what it saw before stays for the reader.
-fn ended_report(latest: Option<Value>, why: &str) -> Value {
-    let mut rep = latest.unwrap_or_else(|| json!({}));
+fn targets_wallet(st: &super::startup::Inner) -> WalletDsn {
+    match &st.targets {
+        Ok(t) => t.wallet.clone(),
+        // Not reached: `supervised` returns first when there is nothing to check.
+        Err(_) => WalletDsn::Other {
+            scheme: "none".into(),
+        },
+    }
+}
+
+/// The report when the monitor ended before its first check: the primary was not observed,
+/// for the plugin's own fault.
+fn never_checked(policy: &crate::policy::Policy, wallet: &WalletDsn, why: &str) -> StatusDocument {
+    let wallet = match wallet {
+        WalletDsn::Other { scheme } => WalletObservation::NotPostgres {
+            scheme: scheme.clone(),
+        },
+        WalletDsn::Postgres(t) => WalletObservation::Postgres {
+            target: t.to_string(),
+            primary: Err(ProbeFailure {
+                kind: FailureKind::PluginFault,
+                stage: "monitor".into(),
+                detail: why.to_string(),
+            }),
+        },
+    };
+    let obs = Observation {
+        checked_at: std::time::SystemTime::now(),
+        took_ms: 0.0,
+        wallet,
+        standbys: vec![],
+        pinned_commit: None,
+    };
+    let nothing = Verdict {
+        level: Level::Unknown,
+        findings: vec![],
+        sync: None,
+    };
+    StatusDocument::of(&obs, &nothing, policy)
+}
+
+/// The last report turned unknown with a finding that says the monitor ended and why; what
+/// it saw before stays for the reader.
+fn ended_report(mut rep: StatusDocument, why: &str) -> StatusDocument {
     let finding = Finding::new(
         Code::MonitorEnded,
         format!(
@@ -64,13 +109,10 @@ fn ended_report(latest: Option<Value>, why: &str) -> Value {
         "restart the plugin (lightning-cli plugin start, or restart lightningd) and report \
          the error in lightningd's log",
     );
-    rep["verdict"] = json!(Level::Unknown);
-    rep["reported"] = json!(Level::Unknown);
-    rep["reported_for_ms"] = json!(0);
-    match rep["findings"].as_array_mut() {
-        Some(f) => f.insert(0, json!(finding)),
-        None => rep["findings"] = json!([finding]),
-    }
+    rep.verdict = Level::Unknown;
+    rep.plugin.reported = Some(Level::Unknown);
+    rep.plugin.reported_for_ms = Some(0);
+    rep.findings.insert(0, finding);
     rep
 }
 
@@ -80,8 +122,11 @@ mod tests {
 
     #[test]
     fn an_ended_monitor_turns_the_last_report_unknown_and_says_why() {
-        let last = json!({"verdict": "safe", "reported": "safe", "findings": [], "x": 1});
-        let r = ended_report(Some(last), "the runtime monitor panicked: boom");
+        let mut last = crate::report::tests::plugin_document();
+        last.verdict = Level::Safe;
+        last.plugin.reported = Some(Level::Safe);
+        last.findings = vec![];
+        let r = ended_report(last.clone(), "the runtime monitor panicked: boom").to_json();
         assert_eq!(r["verdict"], "unknown");
         assert_eq!(r["reported"], "unknown");
         assert_eq!(r["findings"][0]["code"], "monitor-ended");
@@ -92,8 +137,13 @@ mod tests {
                 .unwrap()
                 .contains("boom")
         );
-        assert_eq!(r["x"], 1);
-        let r = ended_report(None, "the runtime monitor ended");
+        // What the last check saw stays.
+        assert_eq!(r["primary"], last.to_json()["primary"]);
+        let wallet = WalletDsn::Other {
+            scheme: "sqlite3".into(),
+        };
+        let first = never_checked(&Default::default(), &wallet, "ended");
+        let r = ended_report(first, "the runtime monitor ended").to_json();
         assert_eq!(r["findings"].as_array().unwrap().len(), 1);
     }
 

@@ -10,11 +10,11 @@ mod catalogue;
 mod rules;
 mod sync;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::facts::Observation;
 use crate::policy::Policy;
@@ -27,7 +27,7 @@ pub(crate) use rules::{
 pub use sync::{SenderJudgement, SyncAssessment, assess_sync};
 
 /// One reason for the verdict: what is wrong, and what to do about it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     pub code: Code,
     pub severity: Level,

@@ -10,7 +10,7 @@ use crate::syncnames::SyncNames;
 const SYSID: &str = "7312345678901234567";
 const PRIMARY_STARTED_US: i64 = 1_795_000_000_000_000;
 
-fn sender(name: &str, sync_state: &str) -> WalSender {
+pub(crate) fn sender(name: &str, sync_state: &str) -> WalSender {
     WalSender {
         pid: 100 + name.len() as i32 + name.bytes().map(i32::from).sum::<i32>(),
         application_name: name.into(),
@@ -32,7 +32,7 @@ fn sender(name: &str, sync_state: &str) -> WalSender {
     }
 }
 
-fn primary() -> PrimaryFacts {
+pub(crate) fn primary() -> PrimaryFacts {
     PrimaryFacts {
         server_version_num: 150018,
         server_version: "15.18".into(),
@@ -83,7 +83,7 @@ fn primary() -> PrimaryFacts {
     }
 }
 
-fn standby_facts() -> StandbyFacts {
+pub(crate) fn standby_facts() -> StandbyFacts {
     StandbyFacts {
         configured_name: None,
         server_version_num: 150018,
@@ -107,7 +107,7 @@ fn standby_facts() -> StandbyFacts {
     }
 }
 
-fn observe(p: PrimaryFacts) -> Observation {
+pub(crate) fn observe(p: PrimaryFacts) -> Observation {
     Observation {
         checked_at: SystemTime::now(),
         took_ms: 3.0,
@@ -120,7 +120,10 @@ fn observe(p: PrimaryFacts) -> Observation {
     }
 }
 
-fn with_standby(mut obs: Observation, facts: Result<StandbyFacts, ProbeFailure>) -> Observation {
+pub(crate) fn with_standby(
+    mut obs: Observation,
+    facts: Result<StandbyFacts, ProbeFailure>,
+) -> Observation {
     obs.standbys.push(StandbyObservation {
         target: "host=/tmp/s1 port=5432 user=postgres".into(),
         facts,

@@ -1,144 +1,32 @@
 //! Verdict + facts → the report: one JSON schema (CLI `--json`, later the RPC methods and the
 //! status file) and the text an operator reads.
 
+mod document;
+#[cfg(test)]
+pub(crate) mod tests;
+
 use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use crate::facts::{Observation, StandbyObservation, WalSender, WalletObservation};
+use crate::facts::{Observation, WalletObservation};
 use crate::failover::FailoverAnswer;
 use crate::policy::Policy;
 use crate::syncnames::SyncNames;
 use crate::timefmt::rfc3339;
-use crate::verdict::{SenderJudgement, Verdict};
+use crate::verdict::Verdict;
 
-/// Version of the JSON layout; bumped when a field changes meaning or goes away.
-pub const SCHEMA_VERSION: u32 = 1;
-
-pub fn status_json(obs: &Observation, verdict: &Verdict, policy: &Policy) -> Value {
-    let primary = obs.primary();
-    let mut standbys: Vec<Value> = primary
-        .map(|p| {
-            p.walsenders
-                .iter()
-                .map(|w| {
-                    let judgement = verdict
-                        .sync
-                        .as_ref()
-                        .and_then(|a| a.senders.iter().find(|s| s.pid == w.pid));
-                    sender_json(w, judgement, obs.standby_named(&w.application_name))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    // Standbys given by DSN that do not appear among the primary's WAL senders.
-    for s in &obs.standbys {
-        let listed = primary.is_some_and(|p| {
-            s.facts.as_ref().is_ok_and(|f| {
-                p.walsenders
-                    .iter()
-                    .any(|w| w.application_name.eq_ignore_ascii_case(&f.walsender_name()))
-            })
-        });
-        if !listed {
-            standbys.push(json!({
-                "name": s.facts.as_ref().map(|f| f.walsender_name()).ok(),
-                "connected": false,
-                "standby_side": standby_side_json(s),
-            }));
-        }
-    }
-    json!({
-        "schema": SCHEMA_VERSION,
-        "verdict": verdict.level,
-        "findings": verdict.findings,
-        "checked_at": rfc3339(obs.checked_at),
-        "check_ms": obs.took_ms,
-        "commit_probe_ms": primary.and_then(|p| p.commit_probe.ms()),
-        "commit_probe": primary.map(|p| &p.commit_probe),
-        "primary": primary_json(obs),
-        "standbys": standbys,
-        "sync": verdict.sync.as_ref().map(|a| json!({"required": a.required, "healthy": a.healthy})),
-        "settings": primary.map(|p| json!({
-            "synchronous_standby_names": p.sync_names_raw,
-            "sync_requirement": p.sync_names.as_ref().ok(),
-            "synchronous_commit": p.session.synchronous_commit,
-            "synchronous_commit_source": p.session.synchronous_commit_source,
-            "synchronous_commit_overrides": p.session.overrides,
-            "archive_mode": p.archive_mode,
-            "max_slot_wal_keep_size_mb": p.max_slot_wal_keep_size_mb,
-            "wal_log_hints": p.wal_log_hints,
-            "data_checksums": p.data_checksums,
-        })),
-        "slots": primary.map(|p| &p.slots),
-        "archiver": primary.and_then(|p| p.archiver.as_ref()),
-        "syncrep_waiters": primary.map(|p| &p.syncrep_waiters),
-        "lightningd": obs.pinned_commit.as_ref().map(|pin| json!({
-            "synchronous_commit": pin.value,
-            "synchronous_commit_source": pin.source,
-            "pinned": "at init",
-        })),
-        "policy": policy,
-    })
-}
-
-fn primary_json(obs: &Observation) -> Value {
-    match &obs.wallet {
-        WalletObservation::NotPostgres { scheme } => json!({ "backend": scheme }),
-        WalletObservation::Postgres { target, primary } => match primary {
-            Err(f) => json!({ "dsn": target, "reachable": false, "error": f }),
-            Ok(p) => json!({
-                "dsn": target,
-                "reachable": true,
-                "server_version": p.server_version,
-                "in_recovery": p.in_recovery,
-                "system_identifier": p.system_identifier,
-                "timeline": p.timeline,
-                "postmaster_start": p.postmaster_start,
-                "flush_lsn": p.flush_lsn,
-                "role": p.session.role,
-                "database": p.session.database,
-                "can_read_stats": p.can_read_stats,
-            }),
-        },
-    }
-}
-
-fn sender_json(
-    w: &WalSender,
-    judgement: Option<&SenderJudgement>,
-    dsn: Option<&StandbyObservation>,
-) -> Value {
-    let mut v = serde_json::to_value(w).unwrap_or(Value::Null);
-    v["name"] = json!(w.application_name);
-    v["connected"] = json!(true);
-    if let Some(j) = judgement {
-        v["counted"] = json!(j.counted);
-        v["why_not"] = json!(j.why_not);
-    }
-    if let Some(s) = dsn {
-        v["standby_side"] = standby_side_json(s);
-    }
-    v
-}
-
-fn standby_side_json(s: &StandbyObservation) -> Value {
-    match &s.facts {
-        Ok(f) => {
-            let mut v = serde_json::to_value(f).unwrap_or(Value::Null);
-            v["dsn"] = json!(s.target);
-            v["reachable"] = json!(true);
-            v
-        }
-        Err(e) => json!({ "dsn": s.target, "reachable": false, "error": e }),
-    }
-}
+pub use document::{
+    BeforeInit, DocumentError, LightningdPart, Phase, PluginPart, PolicyPart, PrimaryPart,
+    ReachedPrimary, SCHEMA_VERSION, SettingsPart, StandbyEntry, StandbySide, StatusDocument,
+    SyncPart,
+};
 
 pub fn failover_json(obs: &Observation, answer: &FailoverAnswer) -> Value {
     let mut v = serde_json::to_value(answer).unwrap_or(Value::Null);
     v["checked_at"] = json!(rfc3339(obs.checked_at));
     v["check_ms"] = json!(obs.took_ms);
-    v["primary"] = primary_json(obs);
+    v["primary"] = json!(PrimaryPart::of(obs));
     v["synchronous_commit"] = json!(obs.primary().map(|p| &p.session.synchronous_commit));
     v["synchronous_standby_names"] = json!(obs.primary().map(|p| &p.sync_names_raw));
     v
