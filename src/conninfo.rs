@@ -106,6 +106,12 @@ pub fn printed_value(conninfo: &str, key: &str) -> Option<String> {
         .map(|(_, v)| v)
 }
 
+/// libpq's `isspace` in the C locale: a non-ASCII space (U+00A0, U+3000) is part of a value,
+/// not a separator, there as here.
+fn is_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r')
+}
+
 /// A server's setting written in libpq's syntax (`primary_conninfo`), in either form: escapes
 /// as libpq reads them, any keyword (the server's libpq may be newer than our list), and the
 /// last value of a key wins (`get`), as in libpq.
@@ -132,21 +138,21 @@ fn key_value_pairs(s: &str, reading: Reading) -> Result<Params, ConninfoError> {
     let mut out = Vec::new();
     let mut chars = s.chars().peekable();
     loop {
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        while chars.next_if(|c| is_space(*c)).is_some() {}
         if chars.peek().is_none() {
             return Ok(out);
         }
         let mut key = String::new();
-        while let Some(c) = chars.next_if(|c| *c != '=' && !c.is_whitespace()) {
+        while let Some(c) = chars.next_if(|c| *c != '=' && !is_space(*c)) {
             key.push(c);
         }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        while chars.next_if(|c| is_space(*c)).is_some() {}
         if chars.next() != Some('=') {
             return Err(err(format!(
                 "missing \"=\" after \"{key}\" in connection info string"
             )));
         }
-        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        while chars.next_if(|c| is_space(*c)).is_some() {}
         let mut value = String::new();
         if chars.next_if_eq(&'\'').is_some() {
             loop {
@@ -160,7 +166,7 @@ fn key_value_pairs(s: &str, reading: Reading) -> Result<Params, ConninfoError> {
                 }
             }
         } else {
-            while let Some(c) = chars.next_if(|c| !c.is_whitespace()) {
+            while let Some(c) = chars.next_if(|c| !is_space(*c)) {
                 if c == '\\' && reading != Reading::Printed {
                     value.extend(chars.next());
                 } else {
@@ -469,6 +475,9 @@ mod tests {
             parse_setting("host=decoy port=1 host=10.0.0.1 port=2 sslnegotiation=x").unwrap();
         assert_eq!(get(&setting, "host"), Some("10.0.0.1"));
         assert_eq!(get(&setting, "port"), Some("2"));
+        // A non-ASCII space separates nothing, as in libpq.
+        let wide = parse_setting("host=p application_name=s1\u{3000}host=d").unwrap();
+        assert_eq!(get(&wide, "host"), Some("p"));
         assert_eq!(
             printed_value(newer, "application_name").as_deref(),
             Some("a\\b")

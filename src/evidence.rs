@@ -75,11 +75,19 @@ pub fn judge(newest: Option<&Recorded>, standby: &StandbySide) -> Judgement {
     if !row.owned_by_the_wallets_role {
         return Judgement::Unverifiable {
             why: format!(
-                "replguard.evidence or its schema belongs to {}, not to {} (the role that owns \
-                 lightningd's tables), so its rows could be forged",
+                "replguard.evidence belongs to {} and its schema to {}, not both to {} (the \
+                 role that owns lightningd's tables), so its rows could be forged",
                 row.owner.as_deref().unwrap_or("?"),
+                row.schema_owner.as_deref().unwrap_or("?"),
                 row.wallets_role.as_deref().unwrap_or("?")
             ),
+        };
+    }
+    if row.rewritten {
+        return Judgement::Unverifiable {
+            why: "a trigger or rule on replguard.evidence may rewrite what is inserted, so its \
+                  rows could be forged"
+                .into(),
         };
     }
     if r.system_identifier.is_none() || r.timeline.is_none() {
@@ -198,7 +206,9 @@ mod tests {
             flush_lsn: Some(Lsn(0x3000000)),
             source: "plugin".into(),
             owner: Some("lightningd".into()),
+            schema_owner: Some("lightningd".into()),
             other_writers: vec![],
+            rewritten: false,
             owned_by_the_wallets_role: true,
             wallets_role: Some("lightningd".into()),
         }
@@ -303,6 +313,12 @@ mod tests {
         assert!(matches!(
             judge(Some(&r), &side("s1", Some("73"))),
             Judgement::Unverifiable { why } if why.contains("belongs to watcher")
+        ));
+        let mut r = row(Level::Safe, &["s1"]);
+        r.rewritten = true;
+        assert!(matches!(
+            judge(Some(&r), &side("s1", Some("73"))),
+            Judgement::Unverifiable { why } if why.contains("trigger or rule")
         ));
         for (sysid, timeline) in [(None, Some(1)), (Some("73".to_string()), None)] {
             let mut r = row(Level::Safe, &["s1"]);

@@ -400,8 +400,12 @@ pub struct Recorded {
     pub source: String,
     /// The table's owner: its only legitimate writer, lightningd's wallet role.
     pub owner: Option<String>,
+    /// The owner of its schema (who could drop and recreate the table).
+    pub schema_owner: Option<String>,
     /// Other roles that may change the table (PUBLIC included); none, or no row is trusted.
     pub other_writers: Vec<String>,
+    /// A trigger or rule may rewrite what is inserted: no row is trusted.
+    pub rewritten: bool,
     /// The table and its schema belong to the role that owns lightningd's own tables (or,
     /// without them, the database): else no row is trusted.
     pub owned_by_the_wallets_role: bool,

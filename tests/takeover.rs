@@ -574,25 +574,39 @@ fn a_cold_copy_of_the_data_directory_does_not_pass_for_the_stopped_old_primary()
 fn an_evidence_table_another_role_can_write_is_named_and_not_trusted() {
     let c = start(&ClusterSpec::pair());
     old_evidence_table(&c, "watcher", "");
-    let (_, _, err) = cli(&[
-        "check",
-        "--record-evidence",
-        "--dsn",
-        &c.primary.wallet_dsn(),
-    ]);
+    let record = || {
+        let (_, _, err) = cli(&[
+            "check",
+            "--record-evidence",
+            "--dsn",
+            &c.primary.wallet_dsn(),
+        ]);
+        err
+    };
+    let err = record();
     assert!(
-        err.contains("belongs to role watcher")
-            && err.contains("ALTER TABLE replguard.evidence OWNER TO lightningd"),
+        err.contains("not wholly lightningd's") && err.contains("DROP SCHEMA replguard CASCADE"),
         "{err}"
     );
-    // Handed over, but the old owner kept a write privilege: rows are written, not trusted.
+    // Started afresh as the message says: the writer creates its own table.
     sql_on_wallet_db(
         &c.primary,
-        "ALTER SCHEMA replguard OWNER TO lightningd; \
-         ALTER TABLE replguard.evidence OWNER TO lightningd; \
-         GRANT INSERT ON replguard.evidence TO watcher",
+        "DROP SCHEMA replguard CASCADE; CREATE SCHEMA replguard AUTHORIZATION lightningd",
     );
     check_and_record(&c);
+    // A trigger could rewrite every row: the writer stops and says so.
+    sql_on_wallet_db(
+        &c.primary,
+        "CREATE FUNCTION public.rewrite() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN NEW.level := 'safe'; RETURN NEW; END $$; \
+         CREATE TRIGGER rewrite BEFORE INSERT ON replguard.evidence \
+         FOR EACH ROW EXECUTE FUNCTION public.rewrite()",
+    );
+    let err = record();
+    assert!(err.contains("trigger or rule"), "{err}");
+    sql_on_wallet_db(&c.primary, "DROP TRIGGER rewrite ON replguard.evidence");
+    // Another role may write: rows are written, not trusted.
+    sql_on_wallet_db(&c.primary, "GRANT INSERT ON replguard.evidence TO watcher");
     refused_as_forgeable_by_watcher(&c);
 }
 

@@ -52,45 +52,55 @@ GRANT SELECT ON replguard.evidence TO PUBLIC;
 COMMENT ON TABLE replguard.evidence IS
   'cln-replguard: each change of replication verdict, read by cln-replguard failover on the standby'";
 
+/// Every read and write of the evidence resolves names in the system catalog first: a role
+/// that sets its own `search_path` could otherwise put look-alike `pg_class` views in front.
+const CATALOG_FIRST: &str = "SET search_path = pg_catalog, pg_temp";
+
 /// Whether the table is there in this version's shape (when it is, a write needs no DDL: no
 /// catalog lock, no NOTICE in lightningd's log); whether it and its schema belong to the
-/// writing role (NULL: no table yet), compared as role oids; both names quoted for SQL. Read
-/// from the catalog by name: a schema another role owns may not be usable (`to_regclass`
-/// would fail).
+/// writing role (NULL: no schema yet), compared as role oids; the foreign owner and the
+/// writer, quoted for SQL. Read from the catalog by name: a schema another role owns may not
+/// be usable (`to_regclass` would fail).
 const CURRENT_SQL: &str = "\
-WITH t AS (SELECT c.oid, c.relowner, n.nspowner FROM pg_class c
-             JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = 'replguard' AND c.relname = 'evidence'),
+WITH s AS (SELECT oid, nspowner FROM pg_namespace WHERE nspname = 'replguard'),
+     t AS (SELECT c.oid, c.relowner FROM pg_class c, s
+            WHERE c.relnamespace = s.oid AND c.relname = 'evidence'),
      me AS (SELECT oid FROM pg_roles WHERE rolname = current_user)
 SELECT coalesce((SELECT a.attidentity = 'a' FROM pg_attribute a, t
                   WHERE a.attrelid = t.oid AND a.attname = 'id'), false)
    AND EXISTS (SELECT 1 FROM pg_attribute a, t
                 WHERE a.attrelid = t.oid AND a.attname = 'sync_names' AND NOT a.attisdropped),
-       (SELECT t.relowner = me.oid AND t.nspowner = me.oid FROM t, me),
-       (SELECT quote_ident(pg_get_userbyid(relowner)) FROM t),
+       (SELECT s.nspowner = me.oid
+               AND coalesce((SELECT t.relowner = me.oid FROM t), true)
+               AND NOT EXISTS (SELECT 1 FROM pg_trigger g, t
+                                WHERE g.tgrelid = t.oid AND NOT g.tgisinternal)
+               AND NOT EXISTS (SELECT 1 FROM pg_rewrite r, t WHERE r.ev_class = t.oid)
+          FROM s, me),
        quote_ident(current_user)";
 
-/// The table's owner; the other roles that may change it (a failover cannot trust rows they
-/// could have written); and whether the table and its schema belong to the role that owns
-/// lightningd's own tables (`public.vars`, which lightningd creates; without it, the
-/// database's owner) — the one role that may write the evidence.
+/// Who may have written the rows: the table's owner and its schema's; the other roles that
+/// may change it; whether triggers or rules rewrite what is inserted; and whether table and
+/// schema belong to the role that owns lightningd's own tables (its `vars` table, when there
+/// is exactly one; else the database's owner) — the one role that may write the evidence.
 const OWNERSHIP_SQL: &str = "\
+WITH w AS (SELECT coalesce(
+             (SELECT min(relowner) FROM pg_class WHERE relname = 'vars' AND relkind = 'r'
+              HAVING count(*) = 1),
+             (SELECT datdba FROM pg_database WHERE datname = current_database())) AS role)
 SELECT quote_ident(pg_get_userbyid(c.relowner)),
+       quote_ident(pg_get_userbyid(n.nspowner)),
        coalesce((SELECT array_agg(DISTINCT CASE a.grantee WHEN 0 THEN 'PUBLIC'
                                           ELSE quote_ident(pg_get_userbyid(a.grantee)) END)
                    FROM aclexplode(c.relacl) a
                   WHERE a.grantee <> c.relowner
                     AND a.privilege_type IN ('INSERT', 'UPDATE', 'DELETE', 'TRUNCATE')),
                 '{}'),
-       c.relowner = n.nspowner
-   AND c.relowner = coalesce(
-           (SELECT relowner FROM pg_class WHERE oid = to_regclass('public.vars')),
-           (SELECT datdba FROM pg_database WHERE datname = current_database())),
-       quote_ident(pg_get_userbyid(coalesce(
-           (SELECT relowner FROM pg_class WHERE oid = to_regclass('public.vars')),
-           (SELECT datdba FROM pg_database WHERE datname = current_database()))))
-  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE c.oid = 'replguard.evidence'::regclass";
+       EXISTS (SELECT 1 FROM pg_trigger g WHERE g.tgrelid = c.oid AND NOT g.tgisinternal)
+         OR EXISTS (SELECT 1 FROM pg_rewrite r WHERE r.ev_class = c.oid),
+       c.relowner = w.role AND n.nspowner = w.role,
+       quote_ident(pg_get_userbyid(w.role))
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, w
+ WHERE n.nspname = 'replguard' AND c.relname = 'evidence'";
 
 /// Writes `record` unless the newest row already says the same; returns whether it wrote.
 pub async fn record_if_changed(
@@ -100,6 +110,7 @@ pub async fn record_if_changed(
     deadline: Duration,
 ) -> Result<bool, ProbeFailure> {
     let session = Session::open_monitor(target, deadline).await?;
+    session.batch("evidence", CATALOG_FIRST).await?;
     let current = table_is_current(&session).await?;
     let newest = newest_on(&session).await?;
     if !worth_recording(newest.as_ref().map(|r| &r.record), record) {
@@ -109,22 +120,24 @@ pub async fn record_if_changed(
     Ok(true)
 }
 
-/// Whether the table is there in this version's shape; an error when another role owns it.
+/// Whether the table is there in this version's shape; an error when the schema or table is
+/// not wholly the writer's (another owner, a trigger, a rule).
 async fn table_is_current(session: &Session) -> Result<bool, ProbeFailure> {
     let current = session.query_one("evidence", CURRENT_SQL, &[]).await?;
-    let (mine, owner, writer): (Option<bool>, Option<String>, String) =
-        (current.get(1), current.get(2), current.get(3));
-    if let (Some(false), Some(owner)) = (mine, owner) {
-        // An earlier version wrote through the monitoring DSN: its role may own the table and
-        // could still write what a failover trusts. Only an operator can hand it over.
+    let (wholly_mine, writer): (Option<bool>, String) = (current.get(1), current.get(2));
+    if wholly_mine == Some(false) {
+        // An earlier version wrote through the monitoring DSN: its role may own the schema or
+        // the table, and may have left triggers, rules or forged rows behind. Handing the
+        // table over would keep them; only starting afresh removes them all.
         return Err(ProbeFailure {
             kind: FailureKind::Query,
             stage: "evidence".into(),
             detail: format!(
-                "replguard.evidence or its schema belongs to role {owner}, not to {writer} \
-                 (lightningd's wallet role, its only writer): as a superuser run ALTER SCHEMA replguard \
-                 OWNER TO {writer}; ALTER TABLE replguard.evidence OWNER TO {writer}; then \
-                 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON replguard.evidence FROM {owner}"
+                "the schema replguard, or its table evidence, is not wholly {writer}'s \
+                 (lightningd's wallet role, the evidence's only writer): another role owns it, \
+                 or a trigger or rule rewrites it. As a superuser run DROP SCHEMA replguard \
+                 CASCADE; CREATE SCHEMA replguard AUTHORIZATION {writer}; the next write \
+                 creates the table afresh"
             ),
         });
     }
@@ -138,6 +151,7 @@ pub async fn newest(
     deadline: Duration,
 ) -> Result<Option<Recorded>, ProbeFailure> {
     let session = Session::open_monitor(target, deadline).await?;
+    session.batch("evidence", CATALOG_FIRST).await?;
     newest_on(&session).await
 }
 
@@ -267,8 +281,10 @@ async fn newest_on(session: &Session) -> Result<Option<Recorded>, ProbeFailure> 
         flush_lsn: parse_lsn(row.get(6)),
         source: row.get(9),
         owner: ownership.get(0),
-        other_writers: ownership.get(1),
-        owned_by_the_wallets_role: ownership.get::<_, Option<bool>>(2).unwrap_or(false),
-        wallets_role: ownership.get(3),
+        schema_owner: ownership.get(1),
+        other_writers: ownership.get(2),
+        rewritten: ownership.get(3),
+        owned_by_the_wallets_role: ownership.get::<_, Option<bool>>(4).unwrap_or(false),
+        wallets_role: ownership.get(5),
     }))
 }
