@@ -205,157 +205,29 @@ impl PgTarget {
 
     /// DSN values, then the environment, then the password file, then defaults.
     pub fn resolve(params: &Params, env: &Env) -> Result<PgTarget, DsnError> {
-        let value = |key: &str| -> Option<String> {
-            conninfo::get(params, key)
-                .map(str::to_string)
-                .or_else(|| env_var_for(key).and_then(|v| env.vars.get(v).cloned()))
-                .filter(|v| !v.is_empty())
-        };
-        for (key, what) in UNSUPPORTED {
-            if value(key).is_some() {
-                return Err(invalid(format!(
-                    "{key}: {what} are not supported by cln-replguard"
-                )));
-            }
-        }
-        if value("gssencmode").as_deref() == Some("require") {
-            return Err(invalid(
-                "gssencmode=require: GSSAPI encryption is not supported",
-            ));
-        }
+        let lookup = Lookup { params, env };
+        refuse_unsupported(&lookup)?;
 
         let mut c = Config::new();
-        let hosts: Vec<String> = value("host")
-            .unwrap_or_else(|| pgpass::DEFAULT_SOCKET_DIR.to_string())
-            .split(',')
-            .map(str::to_string)
-            .collect();
-        for h in &hosts {
-            if h.starts_with('/') {
-                c.host_path(h);
-            } else if !h.is_empty() {
-                c.host(h);
-            }
-        }
-        if let Some(addrs) = value("hostaddr") {
-            for a in addrs.split(',') {
-                let ip: IpAddr = a
-                    .parse()
-                    .map_err(|_| invalid(format!("hostaddr: \"{a}\" is not an IP address")))?;
-                c.hostaddr(ip);
-            }
-        }
-        let ports: Vec<u16> = value("port")
-            .unwrap_or_else(|| "5432".into())
-            .split(',')
-            .map(|p| {
-                p.parse::<u16>()
-                    .map_err(|_| invalid(format!("port: \"{p}\" is not a port number")))
-            })
-            .collect::<Result<_, _>>()?;
-        for p in &ports {
-            c.port(*p);
-        }
-        let user = value("user")
+        let hosts = apply_hosts(&mut c, &lookup)?;
+        let ports = apply_ports(&mut c, &lookup)?;
+        let user = lookup
+            .value("user")
             .or_else(|| env.os_user.clone())
             .ok_or_else(|| invalid("no user given and the OS user name is unknown"))?;
         c.user(&user);
-        let dbname = value("dbname").unwrap_or_else(|| user.clone());
+        let dbname = lookup.value("dbname").unwrap_or_else(|| user.clone());
         c.dbname(&dbname);
-        if let Some(o) = value("options") {
-            c.options(&o);
-        }
-        if let Some(a) = value("application_name") {
-            c.application_name(&a);
-        }
-        if let Some(t) = value("connect_timeout") {
-            let secs: i64 = t.trim().parse().map_err(|_| {
-                invalid(format!(
-                    "connect_timeout: \"{t}\" is not a number of seconds"
-                ))
-            })?;
-            // libpq: 0 or less waits forever, and the minimum is 2 s.
-            if secs > 0 {
-                c.connect_timeout(Duration::from_secs(secs.max(2) as u64));
-            }
-        }
-        if let Some(t) = value("target_session_attrs") {
-            c.target_session_attrs(match t.as_str() {
-                "any" => TargetSessionAttrs::Any,
-                "read-write" => TargetSessionAttrs::ReadWrite,
-                "read-only" => TargetSessionAttrs::ReadOnly,
-                other => {
-                    return Err(invalid(format!(
-                        "target_session_attrs={other} is not supported (any, read-write, read-only)"
-                    )));
-                }
-            });
-        }
-        if let Some(b) = value("channel_binding") {
-            c.channel_binding(match b.as_str() {
-                "disable" => ChannelBinding::Disable,
-                "prefer" => ChannelBinding::Prefer,
-                "require" => ChannelBinding::Require,
-                other => {
-                    return Err(invalid(format!(
-                        "invalid channel_binding value: \"{other}\""
-                    )));
-                }
-            });
-        }
-        if value("load_balance_hosts").as_deref() == Some("random") {
-            c.load_balance_hosts(LoadBalanceHosts::Random);
-        }
+        apply_session_settings(&mut c, &lookup)?;
 
-        let mut warnings = Vec::new();
-        let mut password_source = None;
-        if let Some(p) = value("password") {
-            c.password(p);
-            password_source = Some("given");
-        } else {
-            let file = value("passfile")
-                .map(PathBuf::from)
-                .or_else(|| env.home.as_ref().map(|h| h.join(".pgpass")));
-            if let Some(file) = file {
-                let port = ports.first().copied().unwrap_or(5432).to_string();
-                match pgpass::lookup(&file, &hosts[0], &port, &dbname, &user) {
-                    pgpass::Lookup::Found(p) => {
-                        c.password(p);
-                        password_source = Some("from the password file");
-                    }
-                    pgpass::Lookup::Ignored(why) => warnings.push(why),
-                    pgpass::Lookup::NotFound => {}
-                }
-            }
-        }
-
-        let sslmode = match value("sslmode") {
-            Some(m) => SslMode::parse(&m).map_err(invalid)?,
-            None if value("requiressl").as_deref() == Some("1") => SslMode::Require,
-            None => SslMode::Prefer,
+        let server = PassfileKey {
+            host: &hosts[0],
+            port: ports.first().copied().unwrap_or(5432).to_string(),
+            dbname: &dbname,
+            user: &user,
         };
-        // libpq ignores sslmode on Unix sockets: no TLS there.
-        let only_sockets = hosts.iter().all(|h| h.starts_with('/'));
-        c.ssl_mode(match sslmode {
-            _ if only_sockets => DriverSslMode::Disable,
-            SslMode::Disable => DriverSslMode::Disable,
-            SslMode::Allow | SslMode::Prefer => DriverSslMode::Prefer,
-            SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => DriverSslMode::Require,
-        });
-        let root_cert = value("sslrootcert")
-            .map(PathBuf::from)
-            .or_else(|| env.home.as_ref().map(|h| h.join(".postgresql/root.crt")))
-            .filter(|p| p.is_file());
-        if let Some(explicit) = value("sslrootcert")
-            && !Path::new(&explicit).is_file()
-            && sslmode.requires_tls()
-        {
-            return Err(invalid(format!(
-                "sslrootcert: root certificate file \"{explicit}\" does not exist"
-            )));
-        }
-        let verify = tls::verification(sslmode, root_cert.is_some());
-        let tls = tls::connector(verify, root_cert.as_deref()).map_err(invalid)?;
+        let (password_source, warnings) = apply_password(&mut c, &lookup, &server);
+        let (sslmode, tls) = apply_tls(&mut c, &lookup, &hosts)?;
 
         let display = display(&c, sslmode, password_source);
         Ok(PgTarget {
@@ -399,6 +271,212 @@ impl PgTarget {
     pub fn config(&self) -> &Config {
         &self.config
     }
+}
+
+/// Where libpq finds a keyword's value: the DSN, else its `PG*` variable; empty means unset.
+struct Lookup<'a> {
+    params: &'a Params,
+    env: &'a Env,
+}
+
+impl Lookup<'_> {
+    fn value(&self, key: &str) -> Option<String> {
+        conninfo::get(self.params, key)
+            .map(str::to_string)
+            .or_else(|| env_var_for(key).and_then(|v| self.env.vars.get(v).cloned()))
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// Refuses keywords we do not implement, before anything else is read.
+fn refuse_unsupported(lookup: &Lookup) -> Result<(), DsnError> {
+    for (key, what) in UNSUPPORTED {
+        if lookup.value(key).is_some() {
+            return Err(invalid(format!(
+                "{key}: {what} are not supported by cln-replguard"
+            )));
+        }
+    }
+    if lookup.value("gssencmode").as_deref() == Some("require") {
+        return Err(invalid(
+            "gssencmode=require: GSSAPI encryption is not supported",
+        ));
+    }
+    Ok(())
+}
+
+/// `host` (socket directories and names) and `hostaddr`; returns the host list as given.
+fn apply_hosts(c: &mut Config, lookup: &Lookup) -> Result<Vec<String>, DsnError> {
+    let hosts: Vec<String> = lookup
+        .value("host")
+        .unwrap_or_else(|| pgpass::DEFAULT_SOCKET_DIR.to_string())
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    for h in &hosts {
+        if h.starts_with('/') {
+            c.host_path(h);
+        } else if !h.is_empty() {
+            c.host(h);
+        }
+    }
+    if let Some(addrs) = lookup.value("hostaddr") {
+        for a in addrs.split(',') {
+            let ip: IpAddr = a
+                .parse()
+                .map_err(|_| invalid(format!("hostaddr: \"{a}\" is not an IP address")))?;
+            c.hostaddr(ip);
+        }
+    }
+    Ok(hosts)
+}
+
+fn apply_ports(c: &mut Config, lookup: &Lookup) -> Result<Vec<u16>, DsnError> {
+    let ports: Vec<u16> = lookup
+        .value("port")
+        .unwrap_or_else(|| "5432".into())
+        .split(',')
+        .map(|p| {
+            p.parse::<u16>()
+                .map_err(|_| invalid(format!("port: \"{p}\" is not a port number")))
+        })
+        .collect::<Result<_, _>>()?;
+    for p in &ports {
+        c.port(*p);
+    }
+    Ok(ports)
+}
+
+/// `options`, `application_name`, `connect_timeout`, `target_session_attrs`,
+/// `channel_binding` and `load_balance_hosts`.
+fn apply_session_settings(c: &mut Config, lookup: &Lookup) -> Result<(), DsnError> {
+    if let Some(o) = lookup.value("options") {
+        c.options(&o);
+    }
+    if let Some(a) = lookup.value("application_name") {
+        c.application_name(&a);
+    }
+    if let Some(t) = lookup.value("connect_timeout") {
+        let secs: i64 = t.trim().parse().map_err(|_| {
+            invalid(format!(
+                "connect_timeout: \"{t}\" is not a number of seconds"
+            ))
+        })?;
+        // libpq: 0 or less waits forever, and the minimum is 2 s.
+        if secs > 0 {
+            c.connect_timeout(Duration::from_secs(secs.max(2) as u64));
+        }
+    }
+    if let Some(t) = lookup.value("target_session_attrs") {
+        c.target_session_attrs(match t.as_str() {
+            "any" => TargetSessionAttrs::Any,
+            "read-write" => TargetSessionAttrs::ReadWrite,
+            "read-only" => TargetSessionAttrs::ReadOnly,
+            other => {
+                return Err(invalid(format!(
+                    "target_session_attrs={other} is not supported (any, read-write, read-only)"
+                )));
+            }
+        });
+    }
+    if let Some(b) = lookup.value("channel_binding") {
+        c.channel_binding(match b.as_str() {
+            "disable" => ChannelBinding::Disable,
+            "prefer" => ChannelBinding::Prefer,
+            "require" => ChannelBinding::Require,
+            other => {
+                return Err(invalid(format!(
+                    "invalid channel_binding value: \"{other}\""
+                )));
+            }
+        });
+    }
+    if lookup.value("load_balance_hosts").as_deref() == Some("random") {
+        c.load_balance_hosts(LoadBalanceHosts::Random);
+    }
+    Ok(())
+}
+
+/// The first server, as the password file is keyed.
+struct PassfileKey<'a> {
+    host: &'a str,
+    port: String,
+    dbname: &'a str,
+    user: &'a str,
+}
+
+/// The DSN's password, else the password file's; returns where it came from (for the
+/// display) and what libpq would have warned about.
+fn apply_password(
+    c: &mut Config,
+    lookup: &Lookup,
+    server: &PassfileKey,
+) -> (Option<&'static str>, Vec<String>) {
+    let mut warnings = Vec::new();
+    if let Some(p) = lookup.value("password") {
+        c.password(p);
+        return (Some("given"), warnings);
+    }
+    let file = lookup
+        .value("passfile")
+        .map(PathBuf::from)
+        .or_else(|| lookup.env.home.as_ref().map(|h| h.join(".pgpass")));
+    let mut source = None;
+    if let Some(file) = file {
+        match pgpass::lookup(&file, server.host, &server.port, server.dbname, server.user) {
+            pgpass::Lookup::Found(p) => {
+                c.password(p);
+                source = Some("from the password file");
+            }
+            pgpass::Lookup::Ignored(why) => warnings.push(why),
+            pgpass::Lookup::NotFound => {}
+        }
+    }
+    (source, warnings)
+}
+
+/// `sslmode` (or the old `requiressl`) and `sslrootcert`, turned into the driver's mode and
+/// our TLS connector.
+fn apply_tls(
+    c: &mut Config,
+    lookup: &Lookup,
+    hosts: &[String],
+) -> Result<(SslMode, MakeRustlsConnect), DsnError> {
+    let sslmode = match lookup.value("sslmode") {
+        Some(m) => SslMode::parse(&m).map_err(invalid)?,
+        None if lookup.value("requiressl").as_deref() == Some("1") => SslMode::Require,
+        None => SslMode::Prefer,
+    };
+    // libpq ignores sslmode on Unix sockets: no TLS there.
+    let only_sockets = hosts.iter().all(|h| h.starts_with('/'));
+    c.ssl_mode(match sslmode {
+        _ if only_sockets => DriverSslMode::Disable,
+        SslMode::Disable => DriverSslMode::Disable,
+        SslMode::Allow | SslMode::Prefer => DriverSslMode::Prefer,
+        SslMode::Require | SslMode::VerifyCa | SslMode::VerifyFull => DriverSslMode::Require,
+    });
+    let root_cert = lookup
+        .value("sslrootcert")
+        .map(PathBuf::from)
+        .or_else(|| {
+            lookup
+                .env
+                .home
+                .as_ref()
+                .map(|h| h.join(".postgresql/root.crt"))
+        })
+        .filter(|p| p.is_file());
+    if let Some(explicit) = lookup.value("sslrootcert")
+        && !Path::new(&explicit).is_file()
+        && sslmode.requires_tls()
+    {
+        return Err(invalid(format!(
+            "sslrootcert: root certificate file \"{explicit}\" does not exist"
+        )));
+    }
+    let verify = tls::verification(sslmode, root_cert.is_some());
+    let tls = tls::connector(verify, root_cert.as_deref()).map_err(invalid)?;
+    Ok((sslmode, tls))
 }
 
 /// key=value form without the password: what logs, reports and errors show.
