@@ -112,25 +112,31 @@ fn overrides_key(o: &[SettingOverride]) -> String {
         .join(";")
 }
 
-async fn read(
+/// The reads that need only this session, and when the WAL senders' rows came.
+type OtherReads = (
+    Option<String>,
+    Vec<SettingOverride>,
+    Vec<Slot>,
+    Archiver,
+    SyncRepWaiters,
+    Option<i64>,
+    (Vec<WalSender>, Instant),
+);
+
+/// Every read that does not wait on another, pipelined on the one connection: one wait
+/// instead of eight. The WAL senders are read now too (a skip is decided on them, and it
+/// warms the view for the read after the probe).
+async fn read_pipelined(
     session: &Session,
-    target: &PgTarget,
     targets: &super::Targets,
-    policy: &Policy,
-    mode: Mode,
-    early_probe: Option<tokio::task::JoinHandle<CommitProbe>>,
-    replies: &mut ReplyMemory,
-) -> Result<PrimaryFacts, ProbeFailure> {
-    // Every read that does not wait on another, pipelined on the one connection: one wait
-    // instead of eight. The WAL senders are read now too (a skip is decided on them, and it
-    // warms the view for the read after the probe).
+) -> (Result<Row, ProbeFailure>, Result<OtherReads, ProbeFailure>) {
     let own_sessions = async {
         match (&targets.lightningd_dsn, targets.expect_lightningd_session) {
             (None, true) => lightningd_sessions(session, None).await.map(Some),
             _ => Ok(None),
         }
     };
-    let (basics, rest) = tokio::join!(session.query_one("server", BASICS_SQL, &[]), async {
+    tokio::join!(session.query_one("server", BASICS_SQL, &[]), async {
         tokio::try_join!(
             system_identifier(session),
             overrides(session),
@@ -141,20 +147,22 @@ async fn read(
             // When the rows came: the freshness rule measures on this process's clock.
             async { Ok((read_walsenders(session).await?, Instant::now())) },
         )
-    });
+    })
+}
+
+async fn read(
+    session: &Session,
+    target: &PgTarget,
+    targets: &super::Targets,
+    policy: &Policy,
+    mode: Mode,
+    early_probe: Option<tokio::task::JoinHandle<CommitProbe>>,
+    replies: &mut ReplyMemory,
+) -> Result<PrimaryFacts, ProbeFailure> {
+    let (basics, rest) = read_pipelined(session, targets).await;
     // The version first: on an older server the other reads fail for want of a column.
     let row = basics?;
-    let server_version_num: i32 = row.get("version_num");
-    if server_version_num < MIN_SERVER_VERSION_NUM {
-        return Err(ProbeFailure {
-            kind: FailureKind::Query,
-            stage: "server".into(),
-            detail: format!(
-                "PostgreSQL {} is not supported; cln-replguard reads PostgreSQL 13 or newer",
-                row.get::<_, String>("version")
-            ),
-        });
-    }
+    let server_version_num = supported_version(&row)?;
     let in_recovery: bool = row.get("in_recovery");
     let flush_lsn = parse_lsn(row.get("flush_lsn"));
     let sync_names_raw: String = row.get("sync_names");
@@ -163,16 +171,9 @@ async fn read(
         rest?;
     let (senders_now, read_at) = senders_read;
     let reply_ages = replies.observe(&senders_now, read_at);
-    let (role, db): (String, String) = (row.get("role"), row.get("db"));
     let (session_facts, wallet_cluster) = match &targets.lightningd_dsn {
         None => (
-            SessionFacts {
-                role,
-                database: db,
-                synchronous_commit: row.get("sync_commit"),
-                synchronous_commit_source: row.get("sync_commit_source"),
-                overrides: own_overrides,
-            },
+            own_session_facts(&row, own_overrides),
             WalletCluster::SameDsn,
         ),
         Some(wallet) => lightningd_session(wallet, policy, system_identifier.as_deref()).await?,
@@ -192,25 +193,9 @@ async fn read(
     let (commit_probe, wait_for) = match mode {
         _ if in_recovery => (CommitProbe::NotRun, None),
         Mode::Status => {
-            let probe = match early_probe {
-                // The task died (a panic of ours): nothing was learnt about the standbys.
-                Some(started) => started.await.unwrap_or_else(|e| CommitProbe::PluginFault {
-                    error: format!("commit probe task: {e}"),
-                }),
-                None => {
-                    match fresh_replies(policy, &sync_names, &waiters, &senders_now, &reply_ages) {
-                        Some(skipped) => skipped,
-                        None => probe_twice_if_slow(target, policy).await,
-                    }
-                }
-            };
-            // Standbys get the rest of the deadline to confirm an acknowledged probe; a probe
-            // still waiting already says all there is to say.
-            let wait = match &probe {
-                CommitProbe::Acknowledged { lsn, .. } => Some((*lsn, policy.probe_deadline, false)),
-                CommitProbe::Waiting { lsn, .. } => Some((*lsn, Duration::ZERO, false)),
-                _ => None,
-            };
+            let skip = || fresh_replies(policy, &sync_names, &waiters, &senders_now, &reply_ages);
+            let probe = status_probe(early_probe, target, policy, skip).await;
+            let wait = wait_after_probe(&probe, policy);
             (probe, wait)
         }
         Mode::Failover { wait } => (CommitProbe::NotRun, flush_lsn.map(|l| (l, wait, true))),
@@ -240,16 +225,7 @@ async fn read(
         commit_probe,
         walsenders,
         slots,
-        max_slot_wal_keep_size_mb: megabytes(row.get("max_slot_keep")).ok_or_else(|| {
-            ProbeFailure {
-                kind: FailureKind::Query,
-                stage: "server".into(),
-                detail: format!(
-                    "unreadable max_slot_wal_keep_size {:?}",
-                    row.get::<_, String>("max_slot_keep")
-                ),
-            }
-        })?,
+        max_slot_wal_keep_size_mb: max_slot_wal_keep_size_mb(&row)?,
         wal_log_hints: row.get("wal_log_hints"),
         data_checksums: row.get("data_checksums"),
         archiver: (row.get::<_, String>("archive_mode") != "off").then_some(archiver),
@@ -257,6 +233,75 @@ async fn read(
         syncrep_waiters: waiters,
         wallet_cluster,
         lightningd_sessions,
+    })
+}
+
+/// The server's `version_num`, or the failure that says it is too old to read.
+fn supported_version(row: &Row) -> Result<i32, ProbeFailure> {
+    let server_version_num: i32 = row.get("version_num");
+    if server_version_num < MIN_SERVER_VERSION_NUM {
+        return Err(ProbeFailure {
+            kind: FailureKind::Query,
+            stage: "server".into(),
+            detail: format!(
+                "PostgreSQL {} is not supported; cln-replguard reads PostgreSQL 13 or newer",
+                row.get::<_, String>("version")
+            ),
+        });
+    }
+    Ok(server_version_num)
+}
+
+/// lightningd's session settings when the checks read through the wallet DSN itself: this
+/// session's.
+fn own_session_facts(row: &Row, overrides: Vec<SettingOverride>) -> SessionFacts {
+    SessionFacts {
+        role: row.get("role"),
+        database: row.get("db"),
+        synchronous_commit: row.get("sync_commit"),
+        synchronous_commit_source: row.get("sync_commit_source"),
+        overrides,
+    }
+}
+
+/// `status`'s commit probe: the one started beside the reads, else the skip that fresh
+/// standby replies allow, else a probe now.
+async fn status_probe(
+    early_probe: Option<tokio::task::JoinHandle<CommitProbe>>,
+    target: &PgTarget,
+    policy: &Policy,
+    skip: impl FnOnce() -> Option<CommitProbe>,
+) -> CommitProbe {
+    match early_probe {
+        // The task died (a panic of ours): nothing was learnt about the standbys.
+        Some(started) => started.await.unwrap_or_else(|e| CommitProbe::PluginFault {
+            error: format!("commit probe task: {e}"),
+        }),
+        None => match skip() {
+            Some(skipped) => skipped,
+            None => probe_twice_if_slow(target, policy).await,
+        },
+    }
+}
+
+/// Standbys get the rest of the deadline to confirm an acknowledged probe; a probe still
+/// waiting already says all there is to say.
+fn wait_after_probe(probe: &CommitProbe, policy: &Policy) -> Option<(Lsn, Duration, bool)> {
+    match probe {
+        CommitProbe::Acknowledged { lsn, .. } => Some((*lsn, policy.probe_deadline, false)),
+        CommitProbe::Waiting { lsn, .. } => Some((*lsn, Duration::ZERO, false)),
+        _ => None,
+    }
+}
+
+fn max_slot_wal_keep_size_mb(row: &Row) -> Result<i64, ProbeFailure> {
+    megabytes(row.get("max_slot_keep")).ok_or_else(|| ProbeFailure {
+        kind: FailureKind::Query,
+        stage: "server".into(),
+        detail: format!(
+            "unreadable max_slot_wal_keep_size {:?}",
+            row.get::<_, String>("max_slot_keep")
+        ),
     })
 }
 
