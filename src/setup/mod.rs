@@ -5,6 +5,7 @@
 //! judged by the same check as everything else.
 
 mod input;
+mod local;
 mod plan;
 mod quote;
 
@@ -13,11 +14,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result};
 use clap::{Args, Subcommand};
 
-use crate::dsn::WalletDsn;
 use crate::pgbin::PgInstall;
-use crate::policy::Policy;
-use crate::probe::{self, Targets};
-use crate::{report, verdict};
 
 use plan::Step;
 use quote::{conf_literal, conninfo_value, sql_literal, wal_command_dir};
@@ -220,7 +217,7 @@ pub async fn run(cmd: SetupCommand) -> Result<i32> {
     check_input(&cmd)?;
     match cmd {
         SetupCommand::ScramVerifier => print_scram_verifier(),
-        SetupCommand::Local(a) => local(a).await,
+        SetupCommand::Local(a) => local::local(a).await,
         SetupCommand::Primary(a) => {
             let hba_address = a
                 .standby_addr
@@ -516,153 +513,6 @@ fn rejoin_steps(
     // Streaming now: the new primary may wait for it.
     steps.push(name_the_standby(&c.name, admin));
     steps
-}
-
-async fn local(a: LocalArgs) -> Result<i32> {
-    let pg = PgInstall::find()?;
-    let dir = std::path::absolute(&a.dir).context("--dir")?;
-    let (p_dir, s_dir) = (dir.join("primary"), dir.join("standby"));
-    for d in [
-        &dir,
-        &p_dir,
-        &s_dir,
-        &p_dir.join("sock"),
-        &s_dir.join("sock"),
-    ] {
-        pg.mkdir(d)?;
-    }
-    let (p_data, s_data) = (p_dir.join("data"), s_dir.join("data"));
-    let p_sock = p_dir.join("sock").display().to_string();
-    let admin = format!(
-        "host={} port={} dbname=postgres user=postgres",
-        conninfo_value(&p_sock),
-        a.primary_port
-    );
-    let mut common = a.common;
-    if common.archive_dir.is_none() {
-        let archive = dir.join("archive");
-        pg.mkdir(&archive)?;
-        common.archive_dir = Some(archive);
-    }
-
-    let mut steps = Vec::new();
-    if !p_data.join("PG_VERSION").is_file() {
-        steps.push(Step::Tool {
-            what: format!("initdb {}", p_data.display()),
-            program: "initdb",
-            args: vec![
-                "-D".into(),
-                p_data.display().to_string(),
-                "-U".into(),
-                "postgres".into(),
-                "--auth=trust".into(),
-                "--data-checksums".into(),
-                "-E".into(),
-                "UTF8".into(),
-                "--locale=C".into(),
-            ],
-        });
-    }
-    for line in [
-        "listen_addresses = ''".to_string(),
-        format!("unix_socket_directories = {}", conf_literal(&p_sock)),
-        format!("port = {}", a.primary_port),
-    ] {
-        steps.push(Step::AppendOnce {
-            path: p_data.join("postgresql.conf"),
-            line,
-        });
-    }
-    steps.push(Step::Start {
-        data: p_data.clone(),
-        log: p_dir.join("server.log"),
-        restart_if_pending: None,
-        command: None,
-    });
-    steps.extend(primary_steps(&common, &admin, &p_data, None, None, false));
-
-    let is_our_standby = s_data.join("standby.signal").is_file();
-    if !is_our_standby {
-        if a.force && s_data.exists() {
-            std::fs::remove_dir_all(&s_data)
-                .with_context(|| format!("removing {}", s_data.display()))?;
-        }
-        let source = format!(
-            "host={} port={} user={REPLICATOR} application_name={}",
-            conninfo_value(&p_sock),
-            a.primary_port,
-            common.name
-        );
-        let s_sock = s_dir.join("sock").display().to_string();
-        let local_conf = [
-            "listen_addresses = ''".to_string(),
-            format!("unix_socket_directories = {}", conf_literal(&s_sock)),
-            format!("port = {}", a.standby_port),
-        ];
-        let itself = format!(
-            "host={} port={} dbname=postgres",
-            conninfo_value(&s_sock),
-            a.standby_port
-        );
-        steps.extend(standby_steps(
-            &common,
-            &source,
-            &s_data,
-            &local_conf,
-            &itself,
-            None,
-        ));
-    } else {
-        steps.push(Step::Start {
-            data: s_data.clone(),
-            log: s_dir.join("server.log"),
-            restart_if_pending: None,
-            command: None,
-        });
-    }
-    steps.push(Step::WaitFor {
-        what: format!("standby {} streaming synchronously", common.name),
-        conninfo: admin.clone(),
-        sql: format!(
-            "SELECT state || '/' || sync_state FROM pg_stat_replication WHERE application_name \
-             = '{}'",
-            common.name
-        ),
-        expect: "streaming/sync".into(),
-    });
-    plan::apply(&pg, &steps)?;
-
-    let wallet = format!(
-        "postgres://host={} port={} user={WALLET} dbname={WALLET}",
-        conninfo_value(&p_sock),
-        a.primary_port
-    );
-    let targets = Targets::new(WalletDsn::parse(&wallet).context("the wallet DSN")?, vec![]);
-    let policy = Policy::default();
-    let obs = probe::observe(&targets, &policy).await;
-    let v = verdict::evaluate(&obs, &policy);
-    println!("{}", report::check_line(&obs, &v, &policy));
-    if let Err(e) = probe::record_evidence(
-        &targets,
-        crate::evidence::Record::of(&obs, &v),
-        "setup",
-        &policy,
-    )
-    .await
-    {
-        eprintln!("cln-replguard: warning: {e}");
-    }
-    for f in &v.findings {
-        println!("  {f}");
-    }
-    println!(
-        "\nwallet={wallet}\n\nThe pair runs until you stop it:\n  pg_ctl -D {} stop; pg_ctl -D {} \
-         stop   # as the postgres user\nRun this command again to start it (nothing is \
-         rebuilt).",
-        s_data.display(),
-        p_data.display()
-    );
-    Ok(v.level.exit_code())
 }
 
 #[cfg(test)]
