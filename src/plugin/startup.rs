@@ -90,50 +90,10 @@ pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
 
     // Whether lightningd stops by itself when we exit decides how to refuse; ask first, so
     // every refusal below (bad options included) stops the node.
-    let ask = |config: &'static str, timeout| {
-        lightningd_rpc::call(
-            &rpc_path,
-            "listconfigs",
-            json!({ "config": config }),
-            timeout,
-        )
-    };
-    // Both answers at once: lightningd waits for our init answer.
-    let query_timeout = Policy::default().query_timeout;
-    let (important, wallet) = tokio::join!(
-        ask("important-plugin", query_timeout),
-        ask("wallet", query_timeout)
-    );
-    let important = match important {
-        Ok(v) => lightningd::names_this_binary(&lightningd::important_plugins(&v), &lightning_dir),
-        Err(e) => {
-            log::debug!("listconfigs important-plugin: {e:#}");
-            false
-        }
-    };
-
-    let settings = match read_settings(c) {
-        Ok(s) => s,
-        Err((mode, problem)) => {
-            if mode == Mode::Enforce {
-                refuse(vec![format!("invalid option: {problem}")], important);
-            }
-            log::warn!("invalid option, using the defaults (replguard-mode=warn): {problem}");
-            Settings {
-                mode: Mode::Warn,
-                ..Settings::default()
-            }
-        }
-    };
+    let (important, wallet) = ask_lightningd(&rpc_path, &lightning_dir).await;
+    let settings = settings_or_refuse(c, important);
     let deadline = started + settings.startup_wait;
-
-    let version = std::env::var("LIGHTNINGD_VERSION").unwrap_or_default();
-    if let Err(problem) = lightningd_rpc::hook_filters_supported(&version) {
-        if settings.mode == Mode::Enforce {
-            refuse(vec![problem], important);
-        }
-        log::warn!("{problem}");
-    }
+    refuse_unsupported_lightningd(&settings, important);
 
     let targets = match wallet.map(|v| lightningd::wallet_from_listconfigs(&v)) {
         Ok(Some(w)) => config::plugin_targets(&w, &settings),
@@ -160,38 +120,8 @@ pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
         log::warn!("{w}");
     }
 
-    let (obs, verdict, decision) = loop {
-        let obs = observe_until(&targets, &settings.policy, deadline).await;
-        let v = verdict::evaluate(&obs, &settings.policy);
-        let d = action::decide(v.level, settings.mode);
-        if d.go || Instant::now() >= deadline {
-            break (obs, v, d);
-        }
-        tokio::time::sleep(RETRY_EVERY.min(deadline.saturating_duration_since(Instant::now())))
-            .await;
-    };
-    let took = started.elapsed();
-    if !decision.go {
-        let mut lines = vec![format!(
-            "refusing to run lightningd: the wallet's storage is {} (replguard-mode=enforce, \
-             checked for {:.1} s)",
-            verdict.level,
-            took.as_secs_f64()
-        )];
-        lines.extend(finding_lines(&verdict));
-        refuse(lines, important);
-    }
-    if decision.report_findings {
-        for l in finding_lines(&verdict) {
-            log::warn!("{l}");
-        }
-    }
-    log::info!(
-        "startup check: {} in {} ms (replguard-mode={})",
-        verdict.level,
-        took.as_millis(),
-        settings.mode
-    );
+    let (obs, verdict, decision) = check_until_go(&targets, &settings, deadline).await;
+    act_on_the_decision(&verdict, decision, started.elapsed(), &settings, important);
     let pinned = obs.primary().map(|p| PinnedCommit {
         value: p.session.synchronous_commit.clone(),
         source: p.session.synchronous_commit_source.clone(),
@@ -204,6 +134,117 @@ pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
         rpc_path,
         guard: GuardShared::new(verdict.level),
     }))
+}
+
+/// Whether lightningd names us an important plugin (it then stops by itself when we exit),
+/// and its `wallet` config. Both at once: lightningd waits for our init answer.
+async fn ask_lightningd(
+    rpc_path: &std::path::Path,
+    lightning_dir: &std::path::Path,
+) -> (bool, anyhow::Result<serde_json::Value>) {
+    let ask = |config: &'static str, timeout| {
+        lightningd_rpc::call(
+            rpc_path,
+            "listconfigs",
+            json!({ "config": config }),
+            timeout,
+        )
+    };
+    let query_timeout = Policy::default().query_timeout;
+    let (important, wallet) = tokio::join!(
+        ask("important-plugin", query_timeout),
+        ask("wallet", query_timeout)
+    );
+    let important = match important {
+        Ok(v) => lightningd::names_this_binary(&lightningd::important_plugins(&v), lightning_dir),
+        Err(e) => {
+            log::debug!("listconfigs important-plugin: {e:#}");
+            false
+        }
+    };
+    (important, wallet)
+}
+
+/// The options, validated; invalid ones stop the node in enforce mode, else the defaults in
+/// warn mode.
+fn settings_or_refuse(
+    c: &ConfiguredPlugin<State, DuplexStream, Stdout>,
+    important: bool,
+) -> Settings {
+    match read_settings(c) {
+        Ok(s) => s,
+        Err((mode, problem)) => {
+            if mode == Mode::Enforce {
+                refuse(vec![format!("invalid option: {problem}")], important);
+            }
+            log::warn!("invalid option, using the defaults (replguard-mode=warn): {problem}");
+            Settings {
+                mode: Mode::Warn,
+                ..Settings::default()
+            }
+        }
+    }
+}
+
+/// A lightningd whose hooks cannot be filtered: refused in enforce mode, a warning otherwise.
+fn refuse_unsupported_lightningd(settings: &Settings, important: bool) {
+    let version = std::env::var("LIGHTNINGD_VERSION").unwrap_or_default();
+    if let Err(problem) = lightningd_rpc::hook_filters_supported(&version) {
+        if settings.mode == Mode::Enforce {
+            refuse(vec![problem], important);
+        }
+        log::warn!("{problem}");
+    }
+}
+
+/// Checks again, a pause apart, until the decision is a go or the deadline has passed.
+async fn check_until_go(
+    targets: &Targets,
+    settings: &Settings,
+    deadline: Instant,
+) -> (Observation, Verdict, action::Decision) {
+    loop {
+        let obs = observe_until(targets, &settings.policy, deadline).await;
+        let v = verdict::evaluate(&obs, &settings.policy);
+        let d = action::decide(v.level, settings.mode);
+        if d.go || Instant::now() >= deadline {
+            return (obs, v, d);
+        }
+        tokio::time::sleep(RETRY_EVERY.min(deadline.saturating_duration_since(Instant::now())))
+            .await;
+    }
+}
+
+/// A no-go stops the node with the findings; a go logs them when the decision says so, then
+/// the outcome.
+fn act_on_the_decision(
+    verdict: &Verdict,
+    decision: action::Decision,
+    took: Duration,
+    settings: &Settings,
+    important: bool,
+) {
+    if !decision.go {
+        let mut lines = vec![format!(
+            "refusing to run lightningd: the wallet's storage is {} (replguard-mode=enforce, \
+             checked for {:.1} s)",
+            verdict.level,
+            took.as_secs_f64()
+        )];
+        lines.extend(finding_lines(verdict));
+        refuse(lines, important);
+    }
+    if decision.report_findings {
+        for l in finding_lines(verdict) {
+            log::warn!("{l}");
+        }
+    }
+    log::info!(
+        "startup check: {} in {} ms (replguard-mode={})",
+        verdict.level,
+        took.as_millis(),
+        settings.mode
+    );
 }
 
 /// `replguard-status-file`, relative paths under the lightning-dir.
