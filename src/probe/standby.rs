@@ -29,6 +29,63 @@ pub(crate) async fn observe(
     let server_version_num: i32 = row.get(0);
     let in_recovery: bool = row.get(1);
     let system_identifier = super::primary::system_identifier(&session).await?;
+    let (sender, receiver) = wal_receiver(&session).await?;
+    let replay_paused = if !in_recovery {
+        None
+    } else {
+        Some(replay_paused(&session, server_version_num).await?)
+    };
+    // With the primary gone the receiver shows nothing: the name, the upstream and the
+    // timeline then come from the standby's own configuration and control file.
+    let primary_conninfo = if in_recovery && (receiver.is_none() || sender.is_none()) {
+        primary_conninfo(&session).await?
+    } else {
+        None
+    };
+    let receiver_name = receiver.as_ref().and_then(|r| r.application_name.clone());
+    let configured_name = match receiver_name {
+        Some(_) => None,
+        None => primary_conninfo
+            .as_deref()
+            .and_then(|c| setting_value(c, "application_name")),
+    };
+    let upstream = match sender {
+        Some(s) => vec![s],
+        None => primary_conninfo
+            .as_deref()
+            .map(upstreams_of)
+            .unwrap_or_default(),
+    };
+    let received_tli = receiver.as_ref().and_then(|r| r.received_tli);
+    let timeline = if in_recovery && received_tli.is_some() {
+        received_tli
+    } else if in_recovery {
+        checkpoint_timeline(&session).await?
+    } else {
+        row.get::<_, Option<String>>(3)
+            .as_deref()
+            .and_then(timeline_of_walfile)
+    };
+    Ok(StandbyFacts {
+        server_version_num,
+        in_recovery,
+        system_identifier,
+        configured_name,
+        cluster_name: row.get(2),
+        postmaster_started_us: row.get(6),
+        timeline,
+        receiver,
+        replay_paused,
+        receive_lsn: parse_lsn(row.get(4)),
+        replay_lsn: parse_lsn(row.get(5)),
+        upstream,
+    })
+}
+
+/// The WAL receiver's row, if one runs, and the upstream it reports.
+async fn wal_receiver(
+    session: &Session,
+) -> Result<(Option<Upstream>, Option<WalReceiver>), ProbeFailure> {
     let receiver_row = session
         .query(
             "wal receiver",
@@ -55,79 +112,45 @@ pub(crate) async fn observe(
             .get::<_, Option<String>>(5)
             .and_then(|c| printed_value(&c, "application_name")),
     });
-    let replay_paused = if !in_recovery {
-        None
+    Ok((sender, receiver))
+}
+
+/// Whether replay is paused (or pausing), in the words of the server's version.
+async fn replay_paused(session: &Session, server_version_num: i32) -> Result<bool, ProbeFailure> {
+    let sql = if server_version_num >= 140000 {
+        "SELECT pg_get_wal_replay_pause_state() <> 'not paused'"
     } else {
-        let sql = if server_version_num >= 140000 {
-            "SELECT pg_get_wal_replay_pause_state() <> 'not paused'"
-        } else {
-            "SELECT pg_is_wal_replay_paused()"
-        };
-        Some(session.query_one("replay", sql, &[]).await?.get(0))
+        "SELECT pg_is_wal_replay_paused()"
     };
-    // With the primary gone the receiver shows nothing: the name, the upstream and the
-    // timeline then come from the standby's own configuration and control file.
-    let primary_conninfo = if in_recovery && (receiver.is_none() || sender.is_none()) {
-        optional(
-            session
-                .query_one(
-                    "primary_conninfo",
-                    "SELECT current_setting('primary_conninfo')",
-                    &[],
-                )
-                .await,
-        )?
-        .map(|r| r.get::<_, String>(0))
-    } else {
-        None
-    };
-    let receiver_name = receiver.as_ref().and_then(|r| r.application_name.clone());
-    let configured_name = match receiver_name {
-        Some(_) => None,
-        None => primary_conninfo
-            .as_deref()
-            .and_then(|c| setting_value(c, "application_name")),
-    };
-    let upstream = match sender {
-        Some(s) => vec![s],
-        None => primary_conninfo
-            .as_deref()
-            .map(upstreams_of)
-            .unwrap_or_default(),
-    };
-    let received_tli = receiver.as_ref().and_then(|r| r.received_tli);
-    let timeline = if in_recovery && received_tli.is_some() {
-        received_tli
-    } else if in_recovery {
-        optional(
-            session
-                .query_one(
-                    "timeline",
-                    "SELECT timeline_id FROM pg_control_checkpoint()",
-                    &[],
-                )
-                .await,
-        )?
-        .map(|r| r.get::<_, i32>(0) as u32)
-    } else {
-        row.get::<_, Option<String>>(3)
-            .as_deref()
-            .and_then(timeline_of_walfile)
-    };
-    Ok(StandbyFacts {
-        server_version_num,
-        in_recovery,
-        system_identifier,
-        configured_name,
-        cluster_name: row.get(2),
-        postmaster_started_us: row.get(6),
-        timeline,
-        receiver,
-        replay_paused,
-        receive_lsn: parse_lsn(row.get(4)),
-        replay_lsn: parse_lsn(row.get(5)),
-        upstream,
-    })
+    Ok(session.query_one("replay", sql, &[]).await?.get(0))
+}
+
+/// The standby's configured `primary_conninfo`; `None` when privileges hide it.
+async fn primary_conninfo(session: &Session) -> Result<Option<String>, ProbeFailure> {
+    Ok(optional(
+        session
+            .query_one(
+                "primary_conninfo",
+                "SELECT current_setting('primary_conninfo')",
+                &[],
+            )
+            .await,
+    )?
+    .map(|r| r.get::<_, String>(0)))
+}
+
+/// The timeline in the control file's last checkpoint; `None` when privileges hide it.
+async fn checkpoint_timeline(session: &Session) -> Result<Option<u32>, ProbeFailure> {
+    Ok(optional(
+        session
+            .query_one(
+                "timeline",
+                "SELECT timeline_id FROM pg_control_checkpoint()",
+                &[],
+            )
+            .await,
+    )?
+    .map(|r| r.get::<_, i32>(0) as u32))
 }
 
 /// One value of a `primary_conninfo` setting, the last one given (as libpq reads it).
