@@ -169,73 +169,22 @@ pub struct Given<'a> {
 pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settings, String> {
     let mut s = Settings::default();
     let mut metrics_remote = false;
-    let ms = |g: &Given, target: &mut Duration| -> Result<(), String> {
-        let v = required(g)?;
-        let n: u64 = v
-            .trim()
-            .parse()
-            .map_err(|_| bad(g, v, "a whole number of milliseconds"))?;
-        if n == 0 {
-            return Err(bad(g, v, "a number of milliseconds above 0"));
-        }
-        *target = Duration::from_millis(n);
-        Ok(())
-    };
     for g in given {
         match g.name {
             MODE => s.mode = choice(&g)?,
             DSN => s.dsn = Some(required(&g)?.to_string()),
             STANDBY_DSN => s.standby_dsns.push(required(&g)?.to_string()),
-            QUERY_TIMEOUT_MS => ms(&g, &mut s.policy.query_timeout)?,
-            PROBE_DEADLINE_MS => ms(&g, &mut s.policy.probe_deadline)?,
-            PROBE_SLOW_MS => ms(&g, &mut s.policy.probe_slow)?,
-            STARTUP_WAIT => {
-                let v = required(&g)?;
-                let secs: u64 = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad(&g, v, "a whole number of seconds"))?;
-                if Duration::from_secs(secs) > MAX_STARTUP_WAIT {
-                    return Err(bad(
-                        &g,
-                        v,
-                        "at most 100 seconds (lightningd gives a plugin 120 s to start)",
-                    ));
-                }
-                s.startup_wait = Duration::from_secs(secs);
-            }
+            QUERY_TIMEOUT_MS => s.policy.query_timeout = milliseconds(&g)?,
+            PROBE_DEADLINE_MS => s.policy.probe_deadline = milliseconds(&g)?,
+            PROBE_SLOW_MS => s.policy.probe_slow = milliseconds(&g)?,
+            STARTUP_WAIT => s.startup_wait = startup_wait(&g)?,
             INTERVAL => s.interval = seconds(&g, 1, 3600)?,
             UNSAFE_GRACE => s.unsafe_grace = seconds(&g, 0, 86400)?,
             ON_UNSAFE => s.gate.on_unsafe = choice(&g)?,
             ON_UNKNOWN => s.gate.on_unknown = choice(&g)?,
             GATE_PAYMENTS => s.gate.gate_payments = boolean(&g)?,
-            GATED_COMMANDS => {
-                let v = required(&g)?;
-                let commands: Vec<String> = v
-                    .split(',')
-                    .map(|c| c.trim().to_string())
-                    .filter(|c| !c.is_empty())
-                    .collect();
-                // The hook's filters are fixed in the manifest, before options arrive: only
-                // commands it listens to can be gated.
-                let known = crate::guard::gateable_commands();
-                if let Some(c) = commands.iter().find(|c| !known.contains(&c.as_str())) {
-                    return Err(bad(
-                        &g,
-                        v,
-                        &format!("a list of {} ({c} cannot be gated)", known.join(", ")),
-                    ));
-                }
-                s.gate.gated_commands = commands;
-            }
-            REPLY_FRESH_MS => {
-                let v = required(&g)?;
-                let ms: u64 = v
-                    .trim()
-                    .parse()
-                    .map_err(|_| bad(&g, v, "a whole number of milliseconds (0: always probe)"))?;
-                s.reply_fresh = (ms > 0).then(|| Duration::from_millis(ms));
-            }
+            GATED_COMMANDS => s.gate.gated_commands = gated_commands(&g)?,
+            REPLY_FRESH_MS => s.reply_fresh = reply_fresh(&g)?,
             METRICS => {
                 let v = required(&g)?;
                 s.metrics = Some(
@@ -259,14 +208,7 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
                 let v = required(&g)?;
                 s.status_file = Some((v != "off").then(|| v.to_string()));
             }
-            other if other.starts_with("replguard-") => {
-                let known: Vec<&str> = ALL.iter().map(|(n, _)| *n).collect();
-                return Err(format!(
-                    "unknown option {other} ({}); known: {}",
-                    g.origin,
-                    known.join(", ")
-                ));
-            }
+            other if other.starts_with("replguard-") => return Err(unknown_option(&g)),
             _ => {}
         }
     }
@@ -281,6 +223,78 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
     }
     s.policy.validate().map_err(|e| format!("replguard-{e}"))?;
     Ok(s)
+}
+
+/// A `replguard-` name we do not know, with the list of those we do.
+fn unknown_option(g: &Given) -> String {
+    let known: Vec<&str> = ALL.iter().map(|(n, _)| *n).collect();
+    format!(
+        "unknown option {} ({}); known: {}",
+        g.name,
+        g.origin,
+        known.join(", ")
+    )
+}
+
+/// A whole number of milliseconds above 0.
+fn milliseconds(g: &Given) -> Result<Duration, String> {
+    let v = required(g)?;
+    let n: u64 = v
+        .trim()
+        .parse()
+        .map_err(|_| bad(g, v, "a whole number of milliseconds"))?;
+    if n == 0 {
+        return Err(bad(g, v, "a number of milliseconds above 0"));
+    }
+    Ok(Duration::from_millis(n))
+}
+
+/// Seconds, at most `MAX_STARTUP_WAIT`.
+fn startup_wait(g: &Given) -> Result<Duration, String> {
+    let v = required(g)?;
+    let secs: u64 = v
+        .trim()
+        .parse()
+        .map_err(|_| bad(g, v, "a whole number of seconds"))?;
+    if Duration::from_secs(secs) > MAX_STARTUP_WAIT {
+        return Err(bad(
+            g,
+            v,
+            "at most 100 seconds (lightningd gives a plugin 120 s to start)",
+        ));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+/// A comma-separated list of commands the guard's hook listens to.
+fn gated_commands(g: &Given) -> Result<Vec<String>, String> {
+    let v = required(g)?;
+    let commands: Vec<String> = v
+        .split(',')
+        .map(|c| c.trim().to_string())
+        .filter(|c| !c.is_empty())
+        .collect();
+    // The hook's filters are fixed in the manifest, before options arrive: only
+    // commands it listens to can be gated.
+    let known = crate::guard::gateable_commands();
+    if let Some(c) = commands.iter().find(|c| !known.contains(&c.as_str())) {
+        return Err(bad(
+            g,
+            v,
+            &format!("a list of {} ({c} cannot be gated)", known.join(", ")),
+        ));
+    }
+    Ok(commands)
+}
+
+/// Milliseconds; 0 turns the skip off (always probe).
+fn reply_fresh(g: &Given) -> Result<Option<Duration>, String> {
+    let v = required(g)?;
+    let ms: u64 = v
+        .trim()
+        .parse()
+        .map_err(|_| bad(g, v, "a whole number of milliseconds (0: always probe)"))?;
+    Ok((ms > 0).then(|| Duration::from_millis(ms)))
 }
 
 /// The longest time a node may run without a standby on one acceptance.
