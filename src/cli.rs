@@ -11,7 +11,7 @@ use crate::config::{self, Preflight, Resolved};
 use crate::dsn::WalletDsn;
 use crate::lnconfig::Location;
 use crate::probe::{self, Targets};
-use crate::{failover, options, preflight, report, verdict};
+use crate::{failover, options, policy, preflight, report, verdict};
 
 /// Exit status when the command line itself is wrong: nothing was checked, so "unknown".
 pub const EXIT_USAGE: i32 = 3;
@@ -75,7 +75,7 @@ pub enum Command {
         #[command(flatten)]
         policy: PolicyArgs,
         /// How long to wait for a standby to flush up to the primary's position.
-        #[arg(long, value_name = "MS", default_value_t = 2000)]
+        #[arg(long, value_name = "MS", default_value_t = policy::DEFAULT_FAILOVER_WAIT.as_millis() as u64)]
         wait_ms: u64,
         /// Print the answer as JSON.
         #[arg(long)]

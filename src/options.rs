@@ -362,6 +362,61 @@ mod tests {
     }
 
     #[test]
+    fn descriptions_and_cli_help_state_the_defaults_in_force() {
+        use crate::policy::{DEFAULT_PROBE_DEADLINE, DEFAULT_PROBE_SLOW, DEFAULT_QUERY_TIMEOUT};
+        let description = |name: &str| ALL.iter().find(|(n, _)| *n == name).unwrap().1;
+        let ms = |d: Duration| d.as_millis();
+        for (name, stated) in [
+            (
+                QUERY_TIMEOUT_MS,
+                format!("(default {})", ms(DEFAULT_QUERY_TIMEOUT)),
+            ),
+            (
+                PROBE_DEADLINE_MS,
+                format!("(default {})", ms(DEFAULT_PROBE_DEADLINE)),
+            ),
+            (
+                PROBE_SLOW_MS,
+                format!("(default {})", ms(DEFAULT_PROBE_SLOW)),
+            ),
+            (
+                REPLY_FRESH_MS,
+                format!("(default {};", ms(DEFAULT_REPLY_FRESH)),
+            ),
+            (
+                STARTUP_WAIT,
+                format!("(default {},", DEFAULT_STARTUP_WAIT.as_secs()),
+            ),
+            (
+                INTERVAL,
+                format!("(default {})", DEFAULT_INTERVAL.as_secs()),
+            ),
+            (
+                UNSAFE_GRACE,
+                format!("(default {})", DEFAULT_UNSAFE_GRACE.as_secs()),
+            ),
+        ] {
+            assert!(description(name).contains(&stated), "{name}: {stated}");
+        }
+        // The CLI's threshold flags have no clap default (the configuration may give one):
+        // their help states the same numbers.
+        use clap::CommandFactory;
+        let mut cli = crate::cli::Cli::command();
+        let help = cli
+            .find_subcommand_mut("status")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for d in [
+            DEFAULT_QUERY_TIMEOUT,
+            DEFAULT_PROBE_DEADLINE,
+            DEFAULT_PROBE_SLOW,
+        ] {
+            assert!(help.contains(&format!("[default: {},", ms(d))), "{help}");
+        }
+    }
+
+    #[test]
     fn defaults_and_overrides() {
         assert_eq!(parse(&[]).unwrap(), Settings::default());
         let s = parse(&[

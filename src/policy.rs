@@ -29,12 +29,22 @@ pub struct Policy {
     pub accept_no_standby_until: Option<SystemTime>,
 }
 
+/// The defaults of the thresholds (`replguard-query-timeout-ms`, `--query-timeout-ms`, …): the
+/// option descriptions and the CLI's help say the same numbers (a test in options.rs checks).
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_millis(2000);
+pub const DEFAULT_PROBE_DEADLINE: Duration = Duration::from_millis(1000);
+pub const DEFAULT_PROBE_SLOW: Duration = Duration::from_millis(250);
+
+/// How long `failover-check` waits for a standby to flush up to the primary's position, by
+/// default (the CLI's `--wait-ms`, the RPC method's `wait_ms`).
+pub const DEFAULT_FAILOVER_WAIT: Duration = Duration::from_millis(2000);
+
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            query_timeout: Duration::from_millis(2000),
-            probe_deadline: Duration::from_millis(1000),
-            probe_slow: Duration::from_millis(250),
+            query_timeout: DEFAULT_QUERY_TIMEOUT,
+            probe_deadline: DEFAULT_PROBE_DEADLINE,
+            probe_slow: DEFAULT_PROBE_SLOW,
             skip_probe_within: None,
             accept_no_standby_until: None,
         }

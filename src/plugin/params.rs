@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub const DEFAULT_FAILOVER_WAIT: Duration = Duration::from_millis(2000);
+use crate::policy::DEFAULT_FAILOVER_WAIT;
+
 /// A longer wait would hold the caller (and a `&&` chain) for no useful answer.
 pub const MAX_FAILOVER_WAIT: Duration = Duration::from_secs(60);
 
