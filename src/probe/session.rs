@@ -31,22 +31,15 @@ impl Session {
         tls: MakeRustlsConnect,
         deadline: Duration,
     ) -> Result<Session, ProbeFailure> {
-        match timeout(deadline, config.connect(tls)).await {
-            Err(_) => Err(ProbeFailure {
-                kind: FailureKind::Timeout,
-                stage: "connect".into(),
-                detail: format!("no answer within {} ms", deadline.as_millis()),
+        let (client, connection) = within("connect", deadline, config.connect(tls)).await?;
+        Ok(Session {
+            client,
+            connection: tokio::spawn(async move {
+                let _ = connection.await;
             }),
-            Ok(Err(e)) => Err(classify("connect", &e)),
-            Ok(Ok((client, connection))) => Ok(Session {
-                client,
-                connection: tokio::spawn(async move {
-                    let _ = connection.await;
-                }),
-                deadline,
-                prepared: Mutex::new(HashMap::new()),
-            }),
-        }
+            deadline,
+            prepared: Mutex::new(HashMap::new()),
+        })
     }
 
     /// A session named `cln-replguard` (so lightningd's own sessions can be told from ours),
@@ -98,14 +91,7 @@ impl Session {
             let statement = self.statement(sql).await?;
             self.client.query(&statement, params).await
         };
-        match timeout(self.deadline, run).await {
-            Err(_) => Err(ProbeFailure {
-                kind: FailureKind::Timeout,
-                stage: stage.into(),
-                detail: format!("no answer within {} ms", self.deadline.as_millis()),
-            }),
-            Ok(r) => r.map_err(|e| classify(stage, &e)),
-        }
+        within(stage, self.deadline, run).await
     }
 
     /// Statements in one round trip (simple query protocol, no parameters); returns the
@@ -115,22 +101,15 @@ impl Session {
         stage: &str,
         sql: &str,
     ) -> Result<Option<String>, ProbeFailure> {
-        match timeout(self.deadline, self.client.simple_query(sql)).await {
-            Err(_) => Err(ProbeFailure {
-                kind: FailureKind::Timeout,
-                stage: stage.into(),
-                detail: format!("no answer within {} ms", self.deadline.as_millis()),
-            }),
-            Ok(Err(e)) => Err(classify(stage, &e)),
-            Ok(Ok(messages)) => Ok(messages
-                .iter()
-                .rev()
-                .find_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
-                    _ => None,
-                })
-                .flatten()),
-        }
+        let messages = within(stage, self.deadline, self.client.simple_query(sql)).await?;
+        Ok(messages
+            .iter()
+            .rev()
+            .find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(r.get(0).map(str::to_string)),
+                _ => None,
+            })
+            .flatten())
     }
 
     pub async fn query_one(
@@ -160,14 +139,7 @@ impl Session {
     }
 
     pub async fn batch(&self, stage: &str, sql: &str) -> Result<(), ProbeFailure> {
-        match timeout(self.deadline, self.batch_unbounded(stage, sql)).await {
-            Err(_) => Err(ProbeFailure {
-                kind: FailureKind::Timeout,
-                stage: stage.into(),
-                detail: format!("no answer within {} ms", self.deadline.as_millis()),
-            }),
-            Ok(r) => r,
-        }
+        within(stage, self.deadline, self.client.batch_execute(sql)).await
     }
 }
 
@@ -183,6 +155,23 @@ impl Drop for Session {
                 handle.abort();
             });
         }
+    }
+}
+
+/// `work` bounded by `deadline`: a driver error is classified for `stage`, no answer in time
+/// is the `Timeout` failure every bounded step of a session reports alike.
+async fn within<T>(
+    stage: &str,
+    deadline: Duration,
+    work: impl Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, ProbeFailure> {
+    match timeout(deadline, work).await {
+        Err(_) => Err(ProbeFailure {
+            kind: FailureKind::Timeout,
+            stage: stage.into(),
+            detail: format!("no answer within {} ms", deadline.as_millis()),
+        }),
+        Ok(r) => r.map_err(|e| classify(stage, &e)),
     }
 }
 
