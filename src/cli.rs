@@ -181,10 +181,8 @@ impl TargetArgs {
                 value: Some(t),
                 origin: "command line",
             };
-            settings.policy.accept_no_standby_until = Some(
-                options::accept_until(&given, std::time::SystemTime::now())
-                    .map_err(anyhow::Error::msg)?,
-            );
+            settings.policy.accept_no_standby_until =
+                Some(options::accept_until(&given, std::time::SystemTime::now())?);
         }
         settings.policy.validate().map_err(anyhow::Error::msg)?;
         let wallet = WalletDsn::parse(&wallet_dsn).context(match &preflight_config {

@@ -44,7 +44,6 @@ pub fn from_lightningd_config(loc: &Location) -> anyhow::Result<(LightningConfig
         value: l.value.as_deref(),
         origin: &l.origin,
     }))
-    .map_err(anyhow::Error::msg)
     .context("lightningd's configuration")?;
     Ok((config, settings))
 }

@@ -157,6 +157,65 @@ impl Default for Settings {
     }
 }
 
+/// An option that does not validate. The message names the option, where it was set, and
+/// what is expected.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum OptionError {
+    /// Given without a value.
+    Missing { name: String, origin: String },
+    /// A value of the wrong form.
+    Bad {
+        name: String,
+        value: String,
+        origin: String,
+        expected: String,
+    },
+    /// Not one of the option's words; `why` lists them.
+    NotAChoice {
+        name: String,
+        origin: String,
+        why: String,
+    },
+    /// A `replguard-` option we do not have (a typo).
+    Unknown { name: String, origin: String },
+    /// `replguard-metrics` beyond this machine without `replguard-metrics-remote=true`.
+    NotLoopback { addr: std::net::SocketAddr },
+    /// Thresholds that contradict each other (`Policy::validate`, which names the options
+    /// without their prefix).
+    Thresholds(String),
+}
+
+impl std::fmt::Display for OptionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OptionError::Missing { name, origin } => write!(f, "{name} ({origin}) needs a value"),
+            OptionError::Bad {
+                name,
+                value,
+                origin,
+                expected,
+            } => write!(f, "{name}={value} ({origin}): expected {expected}"),
+            OptionError::NotAChoice { name, origin, why } => write!(f, "{name} ({origin}): {why}"),
+            OptionError::Unknown { name, origin } => {
+                let known: Vec<&str> = ALL.iter().map(|(n, _)| *n).collect();
+                write!(
+                    f,
+                    "unknown option {name} ({origin}); known: {}",
+                    known.join(", ")
+                )
+            }
+            OptionError::NotLoopback { addr } => write!(
+                f,
+                "{METRICS}={addr}: not a loopback address; set {METRICS_REMOTE}=true to serve \
+                 metrics beyond this machine"
+            ),
+            OptionError::Thresholds(why) => write!(f, "replguard-{why}"),
+        }
+    }
+}
+
+impl std::error::Error for OptionError {}
+
 /// One option as given: name, value, and where (for the error message).
 pub struct Given<'a> {
     pub name: &'a str,
@@ -166,7 +225,7 @@ pub struct Given<'a> {
 
 /// Validates every `replguard-*` option; later values override earlier ones, except the
 /// repeatable standby DSN. The error names the option, where it was set, and what is expected.
-pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settings, String> {
+pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settings, OptionError> {
     let mut s = Settings::default();
     let mut metrics_remote = false;
     for g in given {
@@ -216,28 +275,22 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
         && !addr.ip().is_loopback()
         && !metrics_remote
     {
-        return Err(format!(
-            "{METRICS}={addr}: not a loopback address; set {METRICS_REMOTE}=true to serve \
-             metrics beyond this machine"
-        ));
+        return Err(OptionError::NotLoopback { addr });
     }
-    s.policy.validate().map_err(|e| format!("replguard-{e}"))?;
+    s.policy.validate().map_err(OptionError::Thresholds)?;
     Ok(s)
 }
 
-/// A `replguard-` name we do not know, with the list of those we do.
-fn unknown_option(g: &Given) -> String {
-    let known: Vec<&str> = ALL.iter().map(|(n, _)| *n).collect();
-    format!(
-        "unknown option {} ({}); known: {}",
-        g.name,
-        g.origin,
-        known.join(", ")
-    )
+/// A `replguard-` name we do not know.
+fn unknown_option(g: &Given) -> OptionError {
+    OptionError::Unknown {
+        name: g.name.to_string(),
+        origin: g.origin.to_string(),
+    }
 }
 
 /// A whole number of milliseconds above 0.
-fn milliseconds(g: &Given) -> Result<Duration, String> {
+fn milliseconds(g: &Given) -> Result<Duration, OptionError> {
     let v = required(g)?;
     let n: u64 = v
         .trim()
@@ -250,7 +303,7 @@ fn milliseconds(g: &Given) -> Result<Duration, String> {
 }
 
 /// Seconds, at most `MAX_STARTUP_WAIT`.
-fn startup_wait(g: &Given) -> Result<Duration, String> {
+fn startup_wait(g: &Given) -> Result<Duration, OptionError> {
     let v = required(g)?;
     let secs: u64 = v
         .trim()
@@ -267,7 +320,7 @@ fn startup_wait(g: &Given) -> Result<Duration, String> {
 }
 
 /// A comma-separated list of commands the guard's hook listens to.
-fn gated_commands(g: &Given) -> Result<Vec<String>, String> {
+fn gated_commands(g: &Given) -> Result<Vec<String>, OptionError> {
     let v = required(g)?;
     let commands: Vec<String> = v
         .split(',')
@@ -288,7 +341,7 @@ fn gated_commands(g: &Given) -> Result<Vec<String>, String> {
 }
 
 /// Milliseconds; 0 turns the skip off (always probe).
-fn reply_fresh(g: &Given) -> Result<Option<Duration>, String> {
+fn reply_fresh(g: &Given) -> Result<Option<Duration>, OptionError> {
     let v = required(g)?;
     let ms: u64 = v
         .trim()
@@ -302,7 +355,7 @@ pub const MAX_ACCEPT_NO_STANDBY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// An RFC 3339 time, at most `MAX_ACCEPT_NO_STANDBY` after `now`: running without a replica
 /// is a bounded, dated decision, never a standing one.
-pub fn accept_until(g: &Given, now: SystemTime) -> Result<SystemTime, String> {
+pub fn accept_until(g: &Given, now: SystemTime) -> Result<SystemTime, OptionError> {
     let v = required(g)?;
     let t = humantime::parse_rfc3339_weak(v.trim())
         .map_err(|_| bad(g, v, "an RFC 3339 time such as 2026-11-26T18:00:00Z"))?;
@@ -313,13 +366,15 @@ pub fn accept_until(g: &Given, now: SystemTime) -> Result<SystemTime, String> {
 }
 
 /// One of a fixed set of words (`FromStr` says which ones in its error).
-fn choice<T: std::str::FromStr<Err = String>>(g: &Given) -> Result<T, String> {
-    required(g)?
-        .parse()
-        .map_err(|e| format!("{} ({}): {e}", g.name, g.origin))
+fn choice<T: std::str::FromStr<Err = String>>(g: &Given) -> Result<T, OptionError> {
+    required(g)?.parse().map_err(|why| OptionError::NotAChoice {
+        name: g.name.to_string(),
+        origin: g.origin.to_string(),
+        why,
+    })
 }
 
-fn boolean(g: &Given) -> Result<bool, String> {
+fn boolean(g: &Given) -> Result<bool, OptionError> {
     match required(g)? {
         "true" => Ok(true),
         "false" => Ok(false),
@@ -327,7 +382,7 @@ fn boolean(g: &Given) -> Result<bool, String> {
     }
 }
 
-fn seconds(g: &Given, min: u64, max: u64) -> Result<Duration, String> {
+fn seconds(g: &Given, min: u64, max: u64) -> Result<Duration, OptionError> {
     let v = required(g)?;
     let n: u64 = v
         .trim()
@@ -339,14 +394,22 @@ fn seconds(g: &Given, min: u64, max: u64) -> Result<Duration, String> {
     Ok(Duration::from_secs(n))
 }
 
-fn required<'a>(g: &Given<'a>) -> Result<&'a str, String> {
+fn required<'a>(g: &Given<'a>) -> Result<&'a str, OptionError> {
     g.value
         .filter(|v| !v.is_empty())
-        .ok_or_else(|| format!("{} ({}) needs a value", g.name, g.origin))
+        .ok_or_else(|| OptionError::Missing {
+            name: g.name.to_string(),
+            origin: g.origin.to_string(),
+        })
 }
 
-fn bad(g: &Given, value: &str, expected: &str) -> String {
-    format!("{}={value} ({}): expected {expected}", g.name, g.origin)
+fn bad(g: &Given, value: &str, expected: &str) -> OptionError {
+    OptionError::Bad {
+        name: g.name.to_string(),
+        value: value.to_string(),
+        origin: g.origin.to_string(),
+        expected: expected.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -359,6 +422,7 @@ mod tests {
             value: *v,
             origin: "config:1",
         }))
+        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -447,9 +511,13 @@ mod tests {
             accept_until(&given("2026-11-27T12:00:00Z"), now),
             Ok(now + Duration::from_secs(86400))
         );
-        let far = accept_until(&given("2026-12-24T12:00:00Z"), now).unwrap_err();
+        let far = accept_until(&given("2026-12-24T12:00:00Z"), now)
+            .unwrap_err()
+            .to_string();
         assert!(far.contains("at most 7 days ahead"), "{far}");
-        let bad = accept_until(&given("tomorrow"), now).unwrap_err();
+        let bad = accept_until(&given("tomorrow"), now)
+            .unwrap_err()
+            .to_string();
         assert!(bad.contains("RFC 3339"), "{bad}");
     }
 

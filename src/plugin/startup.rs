@@ -256,7 +256,7 @@ fn status_file(settings: &Settings, lightning_dir: &std::path::Path) -> Option<P
 /// unless warn was given plainly) and the problem.
 fn read_settings(
     c: &ConfiguredPlugin<State, DuplexStream, Stdout>,
-) -> Result<Settings, (Mode, String)> {
+) -> Result<Settings, (Mode, options::OptionError)> {
     use cln_plugin::options::Value;
     let mut given: Vec<(&str, String)> = Vec::new();
     for (name, _) in options::ALL {
