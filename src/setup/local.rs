@@ -13,7 +13,8 @@ use crate::{report, verdict};
 
 use super::plan::{self, Step};
 use super::quote::{conf_literal, conninfo_value};
-use super::{Common, LocalArgs, REPLICATOR, WALLET, primary_steps, standby_steps};
+use super::steps::{REPLICATOR, WALLET, primary_steps, standby_steps};
+use super::{Common, LocalArgs};
 
 /// Where each server's data, socket and log live under `--dir`.
 struct Layout {
