@@ -72,40 +72,8 @@ pub fn judge(newest: Option<&Recorded>, standby: &StandbySide) -> Judgement {
         };
     };
     let r = &row.record;
-    if !row.owned_by_the_wallets_role {
-        return Judgement::Unverifiable {
-            why: format!(
-                "replguard.evidence belongs to {} and its schema to {}, not both to {} (the \
-                 role that owns lightningd's tables), so its rows could be forged",
-                row.owner.as_deref().unwrap_or("?"),
-                row.schema_owner.as_deref().unwrap_or("?"),
-                row.wallets_role.as_deref().unwrap_or("?")
-            ),
-        };
-    }
-    if row.rewritten {
-        return Judgement::Unverifiable {
-            why: "a trigger or rule on replguard.evidence may rewrite what is inserted, so its \
-                  rows could be forged"
-                .into(),
-        };
-    }
-    if r.system_identifier.is_none() || r.timeline.is_none() {
-        return Judgement::Unverifiable {
-            why: "the newest evidence records no system identifier or timeline: it cannot be \
-                  tied to this cluster and timeline"
-                .into(),
-        };
-    }
-    if !row.other_writers.is_empty() {
-        return Judgement::Unverifiable {
-            why: format!(
-                "besides its owner {}, the roles {} may write replguard.evidence, so its rows \
-                 could be forged: revoke their INSERT, UPDATE, DELETE and TRUNCATE",
-                row.owner.as_deref().unwrap_or("?"),
-                row.other_writers.join(", ")
-            ),
-        };
+    if let Some(why) = forgeable(row) {
+        return Judgement::Unverifiable { why };
     }
     if let (Some(a), Some(b)) = (r.system_identifier.as_deref(), standby.system_id)
         && a != b
@@ -160,6 +128,43 @@ pub fn judge(newest: Option<&Recorded>, standby: &StandbySide) -> Judgement {
         };
     }
     Judgement::Covered
+}
+
+/// Why no row of this table can be trusted, whatever it says (`None`: it can be read).
+fn forgeable(row: &Recorded) -> Option<String> {
+    let r = &row.record;
+    if !row.owned_by_the_wallets_role {
+        return Some(format!(
+            "replguard.evidence belongs to {} and its schema to {}, not both to {} (the \
+             role that owns lightningd's tables), so its rows could be forged",
+            row.owner.as_deref().unwrap_or("?"),
+            row.schema_owner.as_deref().unwrap_or("?"),
+            row.wallets_role.as_deref().unwrap_or("?")
+        ));
+    }
+    if row.rewritten {
+        return Some(
+            "a trigger or rule on replguard.evidence may rewrite what is inserted, so its \
+             rows could be forged"
+                .into(),
+        );
+    }
+    if r.system_identifier.is_none() || r.timeline.is_none() {
+        return Some(
+            "the newest evidence records no system identifier or timeline: it cannot be \
+             tied to this cluster and timeline"
+                .into(),
+        );
+    }
+    if !row.other_writers.is_empty() {
+        return Some(format!(
+            "besides its owner {}, the roles {} may write replguard.evidence, so its rows \
+             could be forged: revoke their INSERT, UPDATE, DELETE and TRUNCATE",
+            row.owner.as_deref().unwrap_or("?"),
+            row.other_writers.join(", ")
+        ));
+    }
+    None
 }
 
 /// Why the standbys acknowledging commits could have changed after the row without a change of

@@ -157,31 +157,7 @@ pub fn evaluate(obs: &Observation) -> FailoverAnswer {
         .iter()
         .map(|w| judge_sender(obs, p, w, req, l, &blockers))
         .collect();
-    // Standbys the operator named that are not connected at all.
-    for s in &obs.standbys {
-        let name = s.facts.as_ref().map(|f| f.walsender_name()).ok();
-        let connected = name.as_ref().is_some_and(|n| {
-            p.walsenders
-                .iter()
-                .any(|w| w.application_name.eq_ignore_ascii_case(n))
-        });
-        if !connected {
-            standbys.push(StandbyReadiness {
-                name: name.unwrap_or_else(|| s.target.clone()),
-                ready: false,
-                flush_lsn: None,
-                missing_bytes: None,
-                dsn: Some(s.target.clone()),
-                reasons: vec![match &s.facts {
-                    Err(f) => Reason::new(
-                        verdict::standby_failure_code(f),
-                        format!("its DSN did not answer: {f}"),
-                    ),
-                    Ok(_) => Reason::new(Code::StandbyNotConnected, "not connected to the primary"),
-                }],
-            });
-        }
-    }
+    standbys.extend(not_connected(obs, p));
     // Priority order: the first ready standby is the target.
     standbys.sort_by_key(|s| {
         req.and_then(|r| r.priority_of(&s.name))
@@ -194,6 +170,37 @@ pub fn evaluate(obs: &Observation) -> FailoverAnswer {
         Readiness::NotReady
     };
     answer(readiness, Some(l), blockers, standbys)
+}
+
+/// Standbys the operator named (`--standby-dsn`) that are not connected at all.
+fn not_connected(obs: &Observation, p: &PrimaryFacts) -> Vec<StandbyReadiness> {
+    let mut out = Vec::new();
+    for s in &obs.standbys {
+        let name = s.facts.as_ref().map(|f| f.walsender_name()).ok();
+        let connected = name.as_ref().is_some_and(|n| {
+            p.walsenders
+                .iter()
+                .any(|w| w.application_name.eq_ignore_ascii_case(n))
+        });
+        if connected {
+            continue;
+        }
+        out.push(StandbyReadiness {
+            name: name.unwrap_or_else(|| s.target.clone()),
+            ready: false,
+            flush_lsn: None,
+            missing_bytes: None,
+            dsn: Some(s.target.clone()),
+            reasons: vec![match &s.facts {
+                Err(f) => Reason::new(
+                    verdict::standby_failure_code(f),
+                    format!("its DSN did not answer: {f}"),
+                ),
+                Ok(_) => Reason::new(Code::StandbyNotConnected, "not connected to the primary"),
+            }],
+        });
+    }
+    out
 }
 
 /// Reasons that rule out every standby: no acknowledgement waits for a named one.

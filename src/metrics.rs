@@ -17,16 +17,9 @@ const LEVELS: [&str; 4] = ["safe", "degraded", "unsafe", "unknown"];
 
 /// Renders the metrics; `report` is a status report (`None` before the first check).
 pub fn render(report: Option<&StatusDocument>, counters: Counters) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {}", number(*v));
-        }
-    };
+    let mut m = Exposition(String::new());
     let reported = report.map_or("unknown", |r| r.reported_level().as_str());
-    metric(
+    m.metric(
         "replguard_verdict",
         "gauge",
         "1 for the reported (debounced) verdict, 0 for the others",
@@ -41,84 +34,102 @@ pub fn render(report: Option<&StatusDocument>, counters: Counters) -> String {
             .collect::<Vec<_>>(),
     );
     if let Some(r) = report {
-        let sync = r.sync.as_ref();
-        metric(
-            "replguard_sync_standbys_healthy",
-            "gauge",
-            "synchronous standbys that confirmed the last check",
-            &[(String::new(), sync.map_or(0.0, |s| f64::from(s.healthy)))],
-        );
-        metric(
-            "replguard_sync_standbys_required",
-            "gauge",
-            "synchronous standbys synchronous_standby_names requires",
-            &[(String::new(), sync.map_or(0.0, |s| f64::from(s.required)))],
-        );
-        let primary_flush = r.primary.flush_lsn();
-        // The connected standbys, each with its WAL sender's row.
-        let standbys: Vec<(&str, &WalSender)> = r
-            .standbys
-            .iter()
-            .filter(|s| s.connected)
-            .filter_map(|s| Some((s.name.as_deref().unwrap_or(""), s.sender.as_ref()?)))
-            .collect();
-        let label = |name: &str| format!("{{standby=\"{}\"}}", escape(name));
-        metric(
-            "replguard_standby_reply_age_seconds",
-            "gauge",
-            "age of the standby's last reply to the primary",
-            &standbys
-                .iter()
-                .filter_map(|(name, s)| s.reply_age_ms.map(|ms| (label(name), ms / 1000.0)))
-                .collect::<Vec<_>>(),
-        );
-        metric(
-            "replguard_standby_flush_gap_bytes",
-            "gauge",
-            "WAL bytes the primary flushed that the standby has not",
-            &standbys
-                .iter()
-                .filter_map(|(name, s)| {
-                    Some((label(name), primary_flush?.bytes_after(s.flush_lsn?) as f64))
-                })
-                .collect::<Vec<_>>(),
-        );
-        metric(
-            "replguard_commit_probe_seconds",
-            "gauge",
-            "round trip of the last acknowledged test commit (NaN when none)",
-            &[(
-                String::new(),
-                r.commit_probe_ms.map_or(f64::NAN, |ms| ms / 1000.0),
-            )],
-        );
-        let w = r.syncrep_waiters.clone().unwrap_or_default();
-        metric(
-            "replguard_syncrep_waiting_backends",
-            "gauge",
-            "backends (ours excepted) waiting for the synchronous standby",
-            &[(String::new(), w.count as f64)],
-        );
-        metric(
-            "replguard_syncrep_longest_wait_seconds",
-            "gauge",
-            "longest of those waits",
-            &[(String::new(), w.longest_ms.map_or(0.0, |ms| ms / 1000.0))],
-        );
+        storage_metrics(&mut m, r);
     }
-    metric(
+    m.metric(
         "replguard_checks_total",
         "counter",
         "checks run by the runtime guard",
         &[(String::new(), counters.checks as f64)],
     );
-    metric(
+    m.metric(
         "replguard_checks_failed_total",
         "counter",
         "checks that could not observe the primary",
         &[(String::new(), counters.failed as f64)],
     );
-    out
+    m.0
+}
+
+/// The metrics of the last check: standbys, replies, flush gaps, the probe, the waiters.
+fn storage_metrics(m: &mut Exposition, r: &StatusDocument) {
+    let sync = r.sync.as_ref();
+    m.metric(
+        "replguard_sync_standbys_healthy",
+        "gauge",
+        "synchronous standbys that confirmed the last check",
+        &[(String::new(), sync.map_or(0.0, |s| f64::from(s.healthy)))],
+    );
+    m.metric(
+        "replguard_sync_standbys_required",
+        "gauge",
+        "synchronous standbys synchronous_standby_names requires",
+        &[(String::new(), sync.map_or(0.0, |s| f64::from(s.required)))],
+    );
+    let primary_flush = r.primary.flush_lsn();
+    // The connected standbys, each with its WAL sender's row.
+    let standbys: Vec<(&str, &WalSender)> = r
+        .standbys
+        .iter()
+        .filter(|s| s.connected)
+        .filter_map(|s| Some((s.name.as_deref().unwrap_or(""), s.sender.as_ref()?)))
+        .collect();
+    let label = |name: &str| format!("{{standby=\"{}\"}}", escape(name));
+    m.metric(
+        "replguard_standby_reply_age_seconds",
+        "gauge",
+        "age of the standby's last reply to the primary",
+        &standbys
+            .iter()
+            .filter_map(|(name, s)| s.reply_age_ms.map(|ms| (label(name), ms / 1000.0)))
+            .collect::<Vec<_>>(),
+    );
+    m.metric(
+        "replguard_standby_flush_gap_bytes",
+        "gauge",
+        "WAL bytes the primary flushed that the standby has not",
+        &standbys
+            .iter()
+            .filter_map(|(name, s)| {
+                Some((label(name), primary_flush?.bytes_after(s.flush_lsn?) as f64))
+            })
+            .collect::<Vec<_>>(),
+    );
+    m.metric(
+        "replguard_commit_probe_seconds",
+        "gauge",
+        "round trip of the last acknowledged test commit (NaN when none)",
+        &[(
+            String::new(),
+            r.commit_probe_ms.map_or(f64::NAN, |ms| ms / 1000.0),
+        )],
+    );
+    let w = r.syncrep_waiters.clone().unwrap_or_default();
+    m.metric(
+        "replguard_syncrep_waiting_backends",
+        "gauge",
+        "backends (ours excepted) waiting for the synchronous standby",
+        &[(String::new(), w.count as f64)],
+    );
+    m.metric(
+        "replguard_syncrep_longest_wait_seconds",
+        "gauge",
+        "longest of those waits",
+        &[(String::new(), w.longest_ms.map_or(0.0, |ms| ms / 1000.0))],
+    );
+}
+
+/// Prometheus' text exposition being written.
+struct Exposition(String);
+
+impl Exposition {
+    fn metric(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(self.0, "{name}{labels} {}", number(*v));
+        }
+    }
 }
 
 fn number(v: f64) -> String {

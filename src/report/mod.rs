@@ -77,29 +77,7 @@ pub fn status_text(obs: &Observation, verdict: &Verdict) -> String {
                     );
                     let _ = writeln!(out, "probe:   {}", probe_text(&p.commit_probe));
                     for w in &p.walsenders {
-                        let judgement = verdict
-                            .sync
-                            .as_ref()
-                            .and_then(|a| a.senders.iter().find(|s| s.pid == w.pid));
-                        let _ = writeln!(
-                            out,
-                            "standby: {} {}/{} flushed {}{}{}",
-                            if w.application_name.is_empty() {
-                                "?"
-                            } else {
-                                &w.application_name
-                            },
-                            w.state.as_deref().unwrap_or("?"),
-                            w.sync_state.as_deref().unwrap_or("?"),
-                            w.flush_lsn.map_or("?".into(), |l| l.to_string()),
-                            w.reply_age_ms.map_or(String::new(), |a| format!(
-                                ", reply {:.1} s ago",
-                                a / 1000.0
-                            )),
-                            judgement
-                                .and_then(|j| j.why_not.as_deref())
-                                .map_or(String::new(), |why| format!(" — {why}")),
-                        );
+                        let _ = writeln!(out, "standby: {}", sender_text(w, verdict));
                     }
                     if p.walsenders.is_empty() {
                         let _ = writeln!(out, "standby: none connected");
@@ -143,6 +121,33 @@ pub fn status_text(obs: &Observation, verdict: &Verdict) -> String {
         }
     }
     out
+}
+
+/// One connected WAL sender: name, state, flush position, reply age, and why it does not
+/// count when it does not.
+fn sender_text(w: &crate::facts::WalSender, verdict: &Verdict) -> String {
+    let judgement = verdict
+        .sync
+        .as_ref()
+        .and_then(|a| a.senders.iter().find(|s| s.pid == w.pid));
+    format!(
+        "{} {}/{} flushed {}{}{}",
+        if w.application_name.is_empty() {
+            "?"
+        } else {
+            &w.application_name
+        },
+        w.state.as_deref().unwrap_or("?"),
+        w.sync_state.as_deref().unwrap_or("?"),
+        w.flush_lsn.map_or("?".into(), |l| l.to_string()),
+        w.reply_age_ms.map_or(String::new(), |a| format!(
+            ", reply {:.1} s ago",
+            a / 1000.0
+        )),
+        judgement
+            .and_then(|j| j.why_not.as_deref())
+            .map_or(String::new(), |why| format!(" — {why}")),
+    )
 }
 
 /// One line for monitoring systems: `REPLGUARD SAFE: …` with perfdata after `|`.
