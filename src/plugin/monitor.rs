@@ -43,17 +43,20 @@ pub(super) async fn run(plugin: Plugin<State>) {
     };
     // Each check's record goes to the evidence writer, which writes the changes on its own
     // time: the guard never waits for it.
-    let evidence_tx = st.settings.evidence.then(|| {
-        let (tx, rx) = tokio::sync::watch::channel(None);
-        let writer = targets.evidence_writer().cloned();
-        tokio::spawn(evidence_writer(writer, policy, rx));
-        tx
-    });
-    if let Some(addr) = st.settings.metrics {
-        tokio::spawn(super::metrics_http::serve(addr, plugin.state().clone()));
-    }
+    let writer = targets.evidence_writer().filter(|_| st.settings.evidence);
+    let mut evidence = writer.map(|w| EvidenceWriter::spawn(w, policy));
+    let metrics = st
+        .settings
+        .metrics
+        .map(|addr| tokio::spawn(super::metrics_http::serve(addr, plugin.state().clone())));
+    let mut metrics_ended_said = false;
     loop {
         tokio::time::sleep_until(next_check).await;
+        EvidenceWriter::keep(&mut evidence, writer, policy);
+        if !metrics_ended_said && metrics.as_ref().is_some_and(|m| m.is_finished()) {
+            log::error!("the metrics endpoint ended: no metrics are served until a restart");
+            metrics_ended_said = true;
+        }
         let started = tokio::time::Instant::now();
         let mut obs = probe::observe_kept(targets, &policy, &mut kept).await;
         next_check = started
@@ -64,8 +67,8 @@ pub(super) async fn run(plugin: Plugin<State>) {
         obs.pinned_commit = st.pinned.clone();
         let v = verdict::evaluate(&obs, &policy);
         fault.observe(&v);
-        if let Some(tx) = &evidence_tx {
-            tx.send_replace(evidence::Record::of(&obs, &v));
+        if let Some(e) = &evidence {
+            e.tx.send_replace(evidence::Record::of(&obs, &v));
         }
         {
             let mut c = st.guard.counters.lock().unwrap_or_else(|e| e.into_inner());
@@ -198,6 +201,38 @@ fn panic_if_told(checks: u64) {
     let _ = checks;
 }
 
+/// The evidence writer's task and the channel that feeds it the newest record.
+struct EvidenceWriter {
+    tx: tokio::sync::watch::Sender<Option<evidence::Record>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl EvidenceWriter {
+    fn spawn(target: &crate::dsn::PgTarget, policy: Policy) -> EvidenceWriter {
+        let (tx, rx) = tokio::sync::watch::channel(None);
+        let task = tokio::spawn(evidence_writer(target.clone(), policy, rx));
+        EvidenceWriter { tx, task }
+    }
+
+    /// The tasks beside the monitor are kept and their end noticed: a writer that died would
+    /// leave the standby with an older verdict as the newest, so it starts again.
+    fn keep(
+        evidence: &mut Option<EvidenceWriter>,
+        target: Option<&crate::dsn::PgTarget>,
+        policy: Policy,
+    ) {
+        if let (Some(t), Some(e)) = (target, evidence.as_ref())
+            && e.task.is_finished()
+        {
+            log::error!(
+                "the evidence writer ended unexpectedly; starting it again (cln-replguard \
+                 failover reads what it writes)"
+            );
+            *evidence = Some(EvidenceWriter::spawn(t, policy));
+        }
+    }
+}
+
 /// Pause before writing again after a failed write, doubled while writes keep failing (a
 /// lasting cause, such as a table another role owns, then costs a session every 30 s, not
 /// every second).
@@ -209,13 +244,10 @@ const EVIDENCE_RETRY_MAX: Duration = Duration::from_secs(30);
 /// standby must never keep an older "safe" row as the newest because a write failed. The
 /// failure is logged once per record.
 async fn evidence_writer(
-    target: Option<crate::dsn::PgTarget>,
+    target: crate::dsn::PgTarget,
     policy: Policy,
     mut rx: tokio::sync::watch::Receiver<Option<evidence::Record>>,
 ) {
-    let Some(target) = target else {
-        return;
-    };
     let mut written: Option<evidence::Record> = None;
     let mut warned: Option<evidence::Record> = None;
     let mut retry = EVIDENCE_RETRY;
