@@ -198,6 +198,15 @@ pub enum CommitProbe {
     },
 }
 
+impl PrimaryFacts {
+    /// Whether a WAL sender streams under `name` (matched as PostgreSQL matches names).
+    pub fn has_sender_named(&self, name: &str) -> bool {
+        self.walsenders
+            .iter()
+            .any(|w| w.application_name.eq_ignore_ascii_case(name))
+    }
+}
+
 impl CommitProbe {
     pub fn ms(&self) -> Option<f64> {
         match self {

@@ -177,11 +177,7 @@ fn not_connected(obs: &Observation, p: &PrimaryFacts) -> Vec<StandbyReadiness> {
     let mut out = Vec::new();
     for s in &obs.standbys {
         let name = s.facts.as_ref().map(|f| f.walsender_name()).ok();
-        let connected = name.as_ref().is_some_and(|n| {
-            p.walsenders
-                .iter()
-                .any(|w| w.application_name.eq_ignore_ascii_case(n))
-        });
+        let connected = name.as_ref().is_some_and(|n| p.has_sender_named(n));
         if connected {
             continue;
         }

@@ -399,22 +399,20 @@ fn standby_entries(obs: &Observation, verdict: &Verdict) -> Vec<StandbyEntry> {
             p.walsenders
                 .iter()
                 .map(|w| {
-                    let judgement = verdict
-                        .sync
-                        .as_ref()
-                        .and_then(|a| a.senders.iter().find(|s| s.pid == w.pid));
-                    StandbyEntry::connected(w, judgement, obs.standby_named(&w.application_name))
+                    StandbyEntry::connected(
+                        w,
+                        verdict.sender_judgement(w.pid),
+                        obs.standby_named(&w.application_name),
+                    )
                 })
                 .collect()
         })
         .unwrap_or_default();
     for s in &obs.standbys {
         let listed = primary.is_some_and(|p| {
-            s.facts.as_ref().is_ok_and(|f| {
-                p.walsenders
-                    .iter()
-                    .any(|w| w.application_name.eq_ignore_ascii_case(&f.walsender_name()))
-            })
+            s.facts
+                .as_ref()
+                .is_ok_and(|f| p.has_sender_named(&f.walsender_name()))
         });
         if !listed {
             entries.push(StandbyEntry {

@@ -126,10 +126,7 @@ pub fn status_text(obs: &Observation, verdict: &Verdict) -> String {
 /// One connected WAL sender: name, state, flush position, reply age, and why it does not
 /// count when it does not.
 fn sender_text(w: &crate::facts::WalSender, verdict: &Verdict) -> String {
-    let judgement = verdict
-        .sync
-        .as_ref()
-        .and_then(|a| a.senders.iter().find(|s| s.pid == w.pid));
+    let judgement = verdict.sender_judgement(w.pid);
     format!(
         "{} {}/{} flushed {}{}{}",
         if w.application_name.is_empty() {

@@ -70,6 +70,13 @@ pub struct Verdict {
 }
 
 impl Verdict {
+    /// How the sync assessment judged the WAL sender with this pid, if it judged it.
+    pub fn sender_judgement(&self, pid: i32) -> Option<&SenderJudgement> {
+        self.sync
+            .as_ref()
+            .and_then(|a| a.senders.iter().find(|s| s.pid == pid))
+    }
+
     pub fn has(&self, code: Code) -> bool {
         self.finding(code).is_some()
     }
