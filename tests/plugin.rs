@@ -242,64 +242,49 @@ fn a_sqlite_wallet_is_refused() {
     );
 }
 
-#[test]
-fn an_old_lightningd_is_refused_in_enforce_and_reported_in_warn() {
+/// With LIGHTNINGD_VERSION = `version`: in enforce, no init answer and `broken` in the log; in
+/// warn, init answered and `warned` in the log.
+fn version_refused_in_enforce_reported_in_warn(version: &str, broken: &str, warned: &str) {
     let (c, _s) = healthy();
     let mut setup = Setup::new(&c.primary.wallet_dsn());
-    setup.version = "v25.09.1".into();
+    setup.version = version.into();
     let mut f = Fake::start(setup);
     f.getmanifest();
-    let InitOutcome::Ended(_) = f.init(Duration::from_secs(30)) else {
-        panic!()
-    };
+    let o = f.init(Duration::from_secs(30));
+    assert!(matches!(o, InitOutcome::Ended(_)), "{o:?}");
     assert!(
-        f.logs_at("broken")
-            .join("\n")
-            .contains("v25.09.1 is older than v25.12"),
+        f.logs_at("broken").join("\n").contains(broken),
         "{:?}",
         f.logs
     );
 
     let mut setup = Setup::new(&c.primary.wallet_dsn()).option("replguard-mode", json!("warn"));
-    setup.version = "v25.09.1".into();
+    setup.version = version.into();
     let mut f = Fake::start(setup);
     f.getmanifest();
     assert!(answered(&f.init(Duration::from_secs(30))));
     assert!(
-        f.logs_at("warn").join("\n").contains("older than v25.12"),
+        f.logs_at("warn").join("\n").contains(warned),
         "{:?}",
         f.logs
     );
 }
 
 #[test]
-fn an_unreadable_lightningd_version_is_refused_in_enforce_and_reported_in_warn() {
-    let (c, _s) = healthy();
-    let mut setup = Setup::new(&c.primary.wallet_dsn());
-    setup.version = "a-custom-build".into();
-    let mut f = Fake::start(setup);
-    f.getmanifest();
-    let o = f.init(Duration::from_secs(30));
-    assert!(matches!(o, InitOutcome::Ended(_)), "{o:?}");
-    assert!(
-        f.logs_at("broken")
-            .join("\n")
-            .contains("cannot tell lightningd's version"),
-        "{:?}",
-        f.logs
+fn an_old_lightningd_is_refused_in_enforce_and_reported_in_warn() {
+    version_refused_in_enforce_reported_in_warn(
+        "v25.09.1",
+        "v25.09.1 is older than v25.12",
+        "older than v25.12",
     );
+}
 
-    let mut setup = Setup::new(&c.primary.wallet_dsn()).option("replguard-mode", json!("warn"));
-    setup.version = "a-custom-build".into();
-    let mut f = Fake::start(setup);
-    f.getmanifest();
-    assert!(answered(&f.init(Duration::from_secs(30))));
-    assert!(
-        f.logs_at("warn")
-            .join("\n")
-            .contains("rpc_command gate is not registered"),
-        "{:?}",
-        f.logs
+#[test]
+fn an_unreadable_lightningd_version_is_refused_in_enforce_and_reported_in_warn() {
+    version_refused_in_enforce_reported_in_warn(
+        "a-custom-build",
+        "cannot tell lightningd's version",
+        "rpc_command gate is not registered",
     );
 }
 
