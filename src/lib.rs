@@ -32,6 +32,7 @@ pub mod lsn;
 pub mod metrics;
 pub mod options;
 pub mod pgbin;
+pub mod pgtool;
 pub mod pgpass;
 pub mod plugin;
 pub mod policy;

@@ -883,23 +883,30 @@ fn setup_local_then_failover_then_the_old_primary_rejoins_and_the_pair_is_safe_a
     ]);
     assert_eq!(code, 0, "{out}{err}");
 
-    // Back to a pair: the new primary names the old one, which is rewound and rejoins.
-    let (code, out, err) = cli(&[
+    // Back to a pair: the new primary prepares for the old one, which is rewound and
+    // rejoins; then the new primary names it.
+    let new_data = pair.data("standby").display().to_string();
+    let rejoin = [
         "setup",
         "primary",
         "--pgdata",
-        &pair.data("standby").display().to_string(),
+        &new_data,
         "--admin",
         &new_admin,
         "--name",
         "p1",
         "--rejoin",
         "--apply",
-    ]);
+    ];
+    let (code, out, err) = cli(&rejoin);
     assert_eq!(code, 0, "{out}{err}");
     assert!(
         !out.contains("restarting"),
         "--rejoin never restarts: {out}"
+    );
+    assert!(
+        out.contains("p1 does not stream yet"),
+        "not named before it streams: {out}"
     );
     let (code, out, err) = cli(&[
         "setup",
@@ -918,8 +925,7 @@ fn setup_local_then_failover_then_the_old_primary_rejoins_and_the_pair_is_safe_a
         &pair.sock("primary"),
         "--listen",
         "",
-        "--rewind-from",
-        &new_admin,
+        "--rewind",
         "--apply",
     ]);
     let log =
@@ -927,6 +933,9 @@ fn setup_local_then_failover_then_the_old_primary_rejoins_and_the_pair_is_safe_a
     let tail: Vec<&str> = log.lines().rev().take(15).collect();
     assert_eq!(code, 0, "{out}{err}\n--- log:\n{}", tail.join("\n"));
     assert!(out.contains("pg_rewind"), "{out}");
+    // The new primary names it, now that it streams.
+    let (code, out, err) = cli(&rejoin);
+    assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("FIRST 1 (p1)"), "named once it streams: {out}");
     let new_wallet = format!(
         "postgres://host={} port={sp} user=lightningd dbname=lightningd",

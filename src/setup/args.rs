@@ -67,10 +67,16 @@ pub struct PrimaryArgs {
     #[arg(long, value_name = "CONNINFO", default_value = "dbname=postgres")]
     pub admin: String,
     /// This primary already serves lightningd (after a failover): never restart it (settings
-    /// that need a restart wait for your next one), and leave synchronous_standby_names to
-    /// `setup standby --rewind-from`, which names the standby once it streams.
+    /// that need a restart wait for your next one), and name the standby in
+    /// synchronous_standby_names only once it streams (run it again after `setup standby
+    /// --rewind` on the other host).
     #[arg(long)]
     pub rejoin: bool,
+    /// How to restart the primary when a setting waits for a restart, when not `pg_ctl
+    /// restart` logging where the server logs now: e.g. "pg_ctlcluster 15 main restart" or
+    /// "systemctl restart postgresql" (needed when the server logs to a service's journal).
+    #[arg(long, value_name = "COMMAND")]
+    pub restart_command: Option<String>,
     /// Run the steps here instead of printing them.
     #[arg(long)]
     pub apply: bool,
@@ -88,10 +94,10 @@ pub struct StandbyArgs {
     #[arg(long, default_value_t = 5432)]
     pub primary_port: u16,
     /// After a failover: turn the old primary's data directory into a standby of the new
-    /// primary with pg_rewind instead of a new clone. The value is how pg_rewind reaches the
-    /// new primary as a superuser, e.g. "host=10.0.0.2 user=postgres dbname=postgres".
-    #[arg(long, value_name = "CONNINFO")]
-    pub rewind_from: Option<String>,
+    /// primary (--primary-host) with pg_rewind instead of a new clone. pg_rewind connects as
+    /// the replication role (`setup primary` allows it: pg_hba.conf line and grants).
+    #[arg(long)]
+    pub rewind: bool,
     /// The standby's own port, when not the one its files came with (clone and pg_rewind
     /// copy the primary's configuration).
     #[arg(long)]
@@ -108,6 +114,10 @@ pub struct StandbyArgs {
     /// configuration in /etc: e.g. "pg_ctlcluster 15 main start".
     #[arg(long, value_name = "COMMAND")]
     pub start_command: Option<String>,
+    /// The longest pg_basebackup (or pg_rewind) may take before it is stopped: raise it for
+    /// a large database on a slow link.
+    #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = humantime::parse_duration)]
+    pub copy_timeout: std::time::Duration,
     /// Run the steps here instead of printing them.
     #[arg(long)]
     pub apply: bool,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context as _, Result};
 
 use crate::dsn::WalletDsn;
-use crate::pgbin::PgInstall;
+use crate::pgtool::Tools;
 use crate::policy::Policy;
 use crate::probe::{self, Targets};
 use crate::{report, verdict};
@@ -29,7 +29,7 @@ struct Layout {
 
 impl Layout {
     /// Creates the directories (the data directories are left to initdb/pg_basebackup).
-    fn create(pg: &PgInstall, dir: &std::path::Path) -> Result<Layout> {
+    fn create(pg: &Tools, dir: &std::path::Path) -> Result<Layout> {
         let dir = std::path::absolute(dir).context("--dir")?;
         let (p_dir, s_dir) = (dir.join("primary"), dir.join("standby"));
         for d in [
@@ -54,7 +54,7 @@ impl Layout {
 }
 
 pub(super) async fn local(a: LocalArgs) -> Result<i32> {
-    let pg = PgInstall::find()?;
+    let pg = Tools::find(None, None)?;
     let layout = Layout::create(&pg, &a.dir)?;
     let admin = format!(
         "host={} port={} dbname=postgres user=postgres",
@@ -126,7 +126,7 @@ fn primary_plan(layout: &Layout, port: u16, common: &Common, admin: &str) -> Vec
         restart_if_pending: None,
         command: None,
     });
-    steps.extend(primary_steps(common, admin, p_data, None, None, false));
+    steps.extend(primary_steps(common, admin, p_data, None, None, false, None));
     steps
 }
 

@@ -13,7 +13,7 @@ mod steps;
 
 use anyhow::{Context as _, Result};
 
-use crate::pgbin::PgInstall;
+use crate::pgtool::Tools;
 
 pub use args::{Common, LocalArgs, PrimaryArgs, SetupCommand, StandbyArgs};
 use plan::Step;
@@ -77,6 +77,9 @@ fn check_input(cmd: &SetupCommand) -> Result<()> {
             if let Some(addr) = &a.standby_addr {
                 input::hba_address("--standby-addr", addr)?;
             }
+            if let Some(c) = &a.restart_command {
+                input::no_control_chars("--restart-command", c)?;
+            }
         }
         SetupCommand::Standby(a) => {
             input::path("--pgdata", &a.pgdata, false)?;
@@ -87,10 +90,6 @@ fn check_input(cmd: &SetupCommand) -> Result<()> {
             }
             if let Some(c) = &a.start_command {
                 input::no_control_chars("--start-command", c)?;
-            }
-            if let Some(c) = &a.rewind_from {
-                input::no_control_chars("--rewind-from", c)?;
-                no_password("--rewind-from", c)?;
             }
         }
         SetupCommand::ScramVerifier => {}
@@ -109,15 +108,18 @@ pub async fn run(cmd: SetupCommand) -> Result<i32> {
                 .as_deref()
                 .map(|v| input::hba_address("--standby-addr", v))
                 .transpose()?;
+            let pgdata = std::path::absolute(&a.pgdata).context("--pgdata")?;
             let steps = primary_steps(
                 &a.common,
                 &a.admin,
-                &a.pgdata,
+                &pgdata,
                 a.listen.as_deref(),
                 hba_address.as_deref(),
                 a.rejoin,
+                a.restart_command.as_deref(),
             );
-            emit("the primary host", &steps, a.apply)
+            let tools = || Tools::find(None, Some(&pgdata));
+            emit("the primary host", &steps, a.apply.then_some(tools))
         }
         SetupCommand::Standby(a) => {
             let source = format!(
@@ -142,13 +144,14 @@ pub async fn run(cmd: SetupCommand) -> Result<i32> {
                 itself += &format!(" port={p}");
             }
             let start = a.start_command.as_deref();
-            let steps = match &a.rewind_from {
-                None => standby_steps(&a.common, &source, &a.pgdata, &own, &itself, start),
-                Some(admin) => {
-                    rejoin_steps(&a.common, admin, &source, &a.pgdata, &own, &itself, start)
-                }
+            let pgdata = std::path::absolute(&a.pgdata).context("--pgdata")?;
+            let steps = if a.rewind {
+                rejoin_steps(&a.common, &source, &pgdata, &own, &itself, start)
+            } else {
+                standby_steps(&a.common, &source, &pgdata, &own, &itself, start)
             };
-            emit("the standby host", &steps, a.apply)
+            let tools = || Ok(Tools::find(None, Some(&pgdata))?.with_copy_deadline(a.copy_timeout));
+            emit("the standby host", &steps, a.apply.then_some(tools))
         }
     }
 }
@@ -172,9 +175,10 @@ fn print_scram_verifier() -> Result<i32> {
     Ok(0)
 }
 
-fn emit(title: &str, steps: &[Step], apply: bool) -> Result<i32> {
-    if apply {
-        plan::apply(&*PgInstall::find()?, steps)?;
+/// Prints the steps as a script, or (given how to find the tools) applies them here.
+fn emit(title: &str, steps: &[Step], apply: Option<impl FnOnce() -> Result<Tools>>) -> Result<i32> {
+    if let Some(tools) = apply {
+        plan::apply(&tools()?, steps)?;
         println!("cln-replguard setup: done on {title}");
     } else {
         print!("{}", plan::render(title, steps));
@@ -205,6 +209,7 @@ mod tests {
             Some("10.0.0.1"),
             Some("10.0.0.2/32"),
             false,
+            None,
         );
         let script = plan::render("primary", &steps);
         for expected in [
@@ -276,6 +281,7 @@ mod tests {
             Some("*"),
             None,
             false,
+            None,
         );
         let script = plan::render("primary", &steps);
         // A shell word with % doubled for PostgreSQL, in a SQL literal with '' for each '.

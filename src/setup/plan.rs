@@ -5,13 +5,13 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
 use super::quote::shell_word;
-use crate::pgbin::{PgInstall, wait_for};
+use crate::pgbin::wait_for;
+use crate::pgtool::{self, Tools};
 
 pub enum Step {
     /// A comment in the script; said while applying.
@@ -65,6 +65,11 @@ pub enum Step {
     /// `pg_basebackup` into `dir`, unless `dir` already holds a standby (`standby.signal`);
     /// a directory that is neither empty nor a standby is refused.
     Clone { dir: PathBuf, args: Vec<String> },
+    /// `synchronous_standby_names = 'FIRST 1 (name)'` on the primary behind `conninfo`, but
+    /// only once a standby of that name streams there (after a failover the primary serves
+    /// lightningd: naming a standby that is not there yet would block every commit). Says
+    /// what it did, or to run the step again.
+    NameOnceStreaming { name: String, conninfo: String },
     /// Waits until the server behind `conninfo` answers `sql` with `expect`.
     WaitFor {
         what: String,
@@ -73,6 +78,11 @@ pub enum Step {
         expect: String,
     },
 }
+
+/// Setup's own commits (roles, grants, passwords) do not wait for a synchronous standby: on a
+/// primary whose standby is gone or not back yet they would wait forever. None of them is
+/// lightningd's state.
+const LOCAL_COMMIT: &str = "SET synchronous_commit = local;";
 
 /// Does a changed setting wait for a restart?
 /// (`pg_file_settings` reads the files at query time, so no reload is needed first.)
@@ -113,7 +123,7 @@ pub fn render(title: &str, steps: &[Step]) -> String {
             } => {
                 let _ = writeln!(
                     out,
-                    "\n# {what}\npsql -X -q -v ON_ERROR_STOP=1 -d {} -f - <<'SQL'\n{}\nSQL",
+                    "\n# {what}\npsql -X -q -v ON_ERROR_STOP=1 -d {} -f - <<'SQL'\n{LOCAL_COMMIT}\n{}\nSQL",
                     shell_word(conninfo),
                     script.trim_end()
                 );
@@ -129,7 +139,7 @@ pub fn render(title: &str, steps: &[Step]) -> String {
                      scram-verifier` hashes it here, so only its SCRAM verifier reaches the \
                      server\nif [ -n \"${{{from_env}:-}}\" ]; then\n  V=\"$(printf %s \
                      \"${from_env}\" | cln-replguard setup scram-verifier)\"\n  printf '%s\\n' \
-                     \"ALTER ROLE {role} PASSWORD '$V';\" | psql -X -q -v ON_ERROR_STOP=1 -d {} -f -\nfi",
+                     \"{LOCAL_COMMIT} ALTER ROLE {role} PASSWORD '$V';\" | psql -X -q -v ON_ERROR_STOP=1 -d {} -f -\nfi",
                     shell_word(conninfo)
                 );
             }
@@ -164,6 +174,18 @@ pub fn render(title: &str, steps: &[Step]) -> String {
                      if [ -n \"$(ls -A {d} 2>/dev/null)\" ]; then printf '%s is not empty: \
                      refusing to overwrite it\\n' {d} >&2; exit 1; fi\n  pg_basebackup {}\nfi",
                     args.join(" ")
+                );
+            }
+            Step::NameOnceStreaming { name, conninfo } => {
+                let c = shell_word(conninfo);
+                let _ = writeln!(
+                    out,
+                    "\n# name {name} once it streams\nif [ \"$(psql -X -A -t -d {c} -c {})\" = t ]; \
+                     then\n  psql -X -q -d {c} -c {}\n  psql -X -q -d {c} -c 'SELECT \
+                     pg_reload_conf()'\nelse\n  echo '{name} does not stream yet: run this again \
+                     once setup standby --rewind has finished on its host'\nfi",
+                    shell_word(&streaming_sql(name)),
+                    shell_word(&name_sql(name))
                 );
             }
             Step::WaitFor {
@@ -218,7 +240,8 @@ fn render_hba(out: &mut String, conninfo: &str, line: &str) {
     );
 }
 
-/// Start unless running; restart when a setting waits for it; a start command is waited for.
+/// Start unless running; restart when a setting waits for it (with the operator's command,
+/// or pg_ctl logging where the server logs now); a start command is waited for.
 fn render_start(
     out: &mut String,
     data: &Path,
@@ -230,32 +253,39 @@ fn render_start(
         shell_word(&data.display().to_string()),
         shell_word(&log.display().to_string()),
     );
-    let _ = if let Some(cmd) = command {
-        writeln!(
+    if let Some(c) = restart_if_pending {
+        let restart = match command {
+            Some(cmd) => cmd.to_string(),
+            None => format!(
+                "LOG=\"$(readlink \"/proc/$(head -n 1 {d}/postmaster.pid)/fd/2\")\"\n  case \
+                 \"$LOG\" in\n    /*) pg_ctl -D {d} -l \"$LOG\" -w restart ;;\n    *) echo \"the \
+                 server logs to $LOG: restart it with its service\" >&2; exit 1 ;;\n  esac"
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "\n# restart when a setting waits for it\nif [ \"$(psql -X -A -t -d {} -c {})\" = t \
+             ]; then\n  {restart}\nfi",
+            shell_word(c),
+            shell_word(PENDING_SQL)
+        );
+    }
+    let _ = match command {
+        Some(cmd) => writeln!(
             out,
             "\npg_ctl -D {d} status >/dev/null || {cmd}\nfor _ in $(seq 60); do pg_ctl -D \
                  {d} status >/dev/null && break; sleep 1; done\npg_ctl -D {d} status \
                  >/dev/null || {{ echo \"the server did not start: see its log\" >&2; exit 1; }}"
-        )
-    } else if let Some(c) = restart_if_pending {
-        writeln!(
-            out,
-            "\n# restart when a setting waits for it (or: systemctl restart \
-                 postgresql)\nif [ \"$(psql -X -A -t -d {} -c {})\" = t ]; then pg_ctl -D \
-                 {d} -l {l} -w restart; fi",
-            shell_word(c),
-            shell_word(PENDING_SQL)
-        )
-    } else {
-        writeln!(
+        ),
+        None => writeln!(
             out,
             "\npg_ctl -D {d} status >/dev/null || pg_ctl -D {d} -l {l} -w start"
-        )
+        ),
     };
 }
 
 /// Runs the steps here, in order; the first failure stops with what failed.
-pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
+pub fn apply(pg: &Tools, steps: &[Step]) -> Result<()> {
     for s in steps {
         match s {
             Step::Note(n) => println!("cln-replguard setup: {n}"),
@@ -330,6 +360,7 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
                 );
                 run_tool(pg, "pg_basebackup", args)?;
             }
+            Step::NameOnceStreaming { name, conninfo } => name_once_streaming(pg, name, conninfo)?,
             Step::WaitFor {
                 what,
                 conninfo,
@@ -348,6 +379,32 @@ pub fn apply(pg: &PgInstall, steps: &[Step]) -> Result<()> {
     Ok(())
 }
 
+/// Does a standby of this name (a checked `valid_name`) stream to this server?
+fn streaming_sql(name: &str) -> String {
+    format!(
+        "SELECT count(*) > 0 FROM pg_stat_replication WHERE application_name = '{name}' AND \
+         state = 'streaming'"
+    )
+}
+
+fn name_sql(name: &str) -> String {
+    format!("ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 ({name})'")
+}
+
+fn name_once_streaming(pg: &Tools, name: &str, conninfo: &str) -> Result<()> {
+    if psql_script(pg, conninfo, &streaming_sql(name))?.trim() != "t" {
+        println!(
+            "cln-replguard setup: {name} does not stream yet, so synchronous_standby_names are \
+             left as they are: run this again once `setup standby --rewind` has finished on its \
+             host"
+        );
+        return Ok(());
+    }
+    println!("cln-replguard setup: synchronous_standby_names = 'FIRST 1 ({name})'");
+    psql_script(pg, conninfo, &format!("{};\nSELECT pg_reload_conf();", name_sql(name)))?;
+    Ok(())
+}
+
 /// What `ALTER ROLE … PASSWORD` should get: a SCRAM-SHA-256 verifier (random salt, 4096
 /// iterations, SASLprep as libpq's PQencryptPasswordConn). It holds only characters that
 /// need no quoting in SQL or in a shell's double quotes.
@@ -358,7 +415,7 @@ pub fn scram_verifier(password: &[u8]) -> String {
 /// Adds the line to the server's own hba_file, and reloads only when the file still loads:
 /// a file PostgreSQL refuses would be ignored by the reload, then stop the next start. Then
 /// the line is taken out again.
-fn append_to_hba(pg: &PgInstall, conninfo: &str, line: &str) -> Result<()> {
+fn append_to_hba(pg: &Tools, conninfo: &str, line: &str) -> Result<()> {
     let hba = PathBuf::from(psql_script(pg, conninfo, "SHOW hba_file")?.trim());
     // The file the server reads: it exists, or something is off.
     let before = fs::read_to_string(&hba).with_context(|| format!("reading {}", hba.display()))?;
@@ -385,7 +442,7 @@ fn append_to_hba(pg: &PgInstall, conninfo: &str, line: &str) -> Result<()> {
 /// Starts the server unless it runs (restarts it when `restart_if_pending` finds a setting
 /// waiting for a restart), then makes sure it came back before anything goes on.
 fn start(
-    pg: &PgInstall,
+    pg: &Tools,
     data: &Path,
     log: &Path,
     restart_if_pending: Option<&str>,
@@ -400,28 +457,37 @@ fn start(
         return Ok(());
     }
     let verb = if running { "restart" } else { "start" };
-    println!("cln-replguard setup: {verb}ing {}", data.display());
-    let out = match (command, running) {
-        (Some(cmd), false) => std::process::Command::new("sh")
-            .args(["-c", cmd])
-            .output()
-            .with_context(|| format!("running {cmd}"))?,
-        _ => pg
-            .tool("pg_ctl")
-            .arg("-D")
-            .arg(data)
-            .arg("-l")
-            .arg(log)
-            .args(["-w", "-t", "60", verb])
-            .output()?,
+    // A restart keeps the log where the server has it; a start logs where the step says.
+    let log = match (command, running) {
+        (None, true) => current_log(data)?,
+        _ => log.to_path_buf(),
     };
-    if !out.status.success() {
-        bail!(
-            "could not {verb} {}: {} (see {})",
-            data.display(),
-            String::from_utf8_lossy(&out.stderr).trim(),
-            log.display()
-        );
+    match command {
+        Some(cmd) => {
+            println!("cln-replguard setup: {verb}ing {} ({cmd})", data.display());
+            pgtool::shell(cmd, Duration::from_secs(300))
+                .with_context(|| format!("could not {verb} {}", data.display()))?;
+        }
+        None => {
+            println!(
+                "cln-replguard setup: {verb}ing {} (log: {})",
+                data.display(),
+                log.display()
+            );
+            let args = [
+                "-D".as_ref(),
+                data.as_os_str(),
+                "-l".as_ref(),
+                log.as_os_str(),
+                "-w".as_ref(),
+                "-t".as_ref(),
+                "60".as_ref(),
+                verb.as_ref(),
+            ];
+            pg.run("pg_ctl", &args).with_context(|| {
+                format!("could not {verb} {} (see {})", data.display(), log.display())
+            })?;
+        }
     }
     let back = wait_for("the server", Duration::from_secs(60), || {
         Ok(server_running(pg, data)?
@@ -437,20 +503,39 @@ fn start(
     })
 }
 
-fn server_running(pg: &PgInstall, data: &Path) -> Result<bool> {
+/// Where the running server writes what it prints (its stderr): the file `pg_ctl -l` or the
+/// service gave it, so that a restart by `pg_ctl` logs there too. A server whose stderr is a
+/// pipe or a socket (a service manager's journal) is the service's to restart.
+fn current_log(data: &Path) -> Result<PathBuf> {
+    let pid_file = data.join("postmaster.pid");
+    let pid = fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
+        .with_context(|| format!("reading the server's pid from {}", pid_file.display()))?;
+    let target = fs::read_link(format!("/proc/{pid}/fd/2"))
+        .with_context(|| format!("cannot see where the server (pid {pid}) logs"))?;
+    let shown = target.display().to_string();
+    if target.is_absolute() && !shown.ends_with(" (deleted)") {
+        return Ok(target);
+    }
+    bail!(
+        "{} logs to {shown} (a service manager's journal?): restarting it with pg_ctl would lose \
+         that, so give the command that restarts it with --restart-command (e.g. \
+         'pg_ctlcluster 15 main restart' or 'systemctl restart postgresql')",
+        data.display()
+    )
+}
+
+fn server_running(pg: &Tools, data: &Path) -> Result<bool> {
+    let data = data.as_os_str();
     Ok(pg
-        .tool("pg_ctl")
-        .arg("-D")
-        .arg(data)
-        .arg("status")
-        .stdout(Stdio::null())
-        .status()
-        .context("running pg_ctl status")?
+        .exec("pg_ctl", &["-D".as_ref(), data, "status".as_ref()], None)?
+        .status
         .success())
 }
 
 /// `pg_rewind -R` unless the marker shows it was done and the directory is a standby.
-fn rewind(pg: &PgInstall, dir: &Path, source: &str, done_marker: &str) -> Result<()> {
+fn rewind(pg: &Tools, dir: &Path, source: &str, done_marker: &str) -> Result<()> {
     let conf = fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap_or_default();
     if conf.lines().any(|l| l == done_marker) && in_recovery_state(pg, dir)? {
         return Ok(());
@@ -479,14 +564,8 @@ fn rewind(pg: &PgInstall, dir: &Path, source: &str, done_marker: &str) -> Result
 /// server says "in production" or "shut down".
 const RECOVERY_STATE_RE: &str = "cluster state: +(in archive recovery|shut down in recovery)";
 
-fn in_recovery_state(pg: &PgInstall, dir: &std::path::Path) -> Result<bool> {
-    let out = pg
-        .tool("pg_controldata")
-        .arg("-D")
-        .arg(dir)
-        .output()
-        .context("running pg_controldata")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+fn in_recovery_state(pg: &Tools, dir: &std::path::Path) -> Result<bool> {
+    let text = pg.run("pg_controldata", &["-D".as_ref(), dir.as_os_str()])?;
     Ok(text.lines().any(|l| {
         l.starts_with("Database cluster state:")
             && (l.ends_with("in archive recovery") || l.ends_with("shut down in recovery"))
@@ -495,7 +574,7 @@ fn in_recovery_state(pg: &PgInstall, dir: &std::path::Path) -> Result<bool> {
 
 /// Adds `line` to the file (made if missing, owned by the PostgreSQL user) unless it is
 /// already one of its lines; says whether it added it.
-fn append_once(pg: &PgInstall, path: &std::path::Path, line: &str) -> Result<bool> {
+fn append_once(pg: &Tools, path: &std::path::Path, line: &str) -> Result<bool> {
     let text = fs::read_to_string(path).unwrap_or_default();
     if text.lines().any(|l| l == line) {
         return Ok(false);
@@ -512,19 +591,8 @@ fn append_once(pg: &PgInstall, path: &std::path::Path, line: &str) -> Result<boo
 }
 
 /// Runs a server program as the PostgreSQL user; a failure carries what it said.
-fn run_tool(pg: &PgInstall, program: &str, args: &[String]) -> Result<()> {
-    let out = pg
-        .tool(program)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {program}"))?;
-    if !out.status.success() {
-        bail!(
-            "{program} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
+fn run_tool(pg: &Tools, program: &str, args: &[String]) -> Result<()> {
+    pg.run(program, args).map(drop)
 }
 
 /// A killed postmaster that its parent has not reaped yet still "exists" for PostgreSQL's
@@ -557,36 +625,12 @@ fn remove_stale_pid_file(dir: &std::path::Path) -> Result<()> {
     fs::remove_file(&pid_file).with_context(|| format!("removing {}", pid_file.display()))
 }
 
-fn psql_script(pg: &PgInstall, conninfo: &str, script: &str) -> Result<String> {
-    let mut child = pg
-        .tool("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-q",
-            "-v",
-            "ON_ERROR_STOP=1",
-            "-d",
-            conninfo,
-            "-f",
-            "-",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("running psql")?;
-    child
-        .stdin
-        .take()
-        .context("psql stdin")?
-        .write_all(script.as_bytes())?;
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!("psql: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+fn psql_script(pg: &Tools, conninfo: &str, script: &str) -> Result<String> {
+    let args = [
+        "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-",
+    ];
+    let script = format!("{LOCAL_COMMIT}\n{script}");
+    pg.run_input("psql", &args, script.as_bytes())
 }
 
 #[cfg(test)]

@@ -21,6 +21,7 @@ pub(super) fn primary_steps(
     listen: Option<&str>,
     hba_address: Option<&str>,
     rejoin: bool,
+    restart_command: Option<&str>,
 ) -> Vec<Step> {
     let mut settings = vec![
         "wal_level = 'replica'".to_string(),
@@ -55,10 +56,14 @@ pub(super) fn primary_steps(
         script: alter,
     }];
     if let Some(addr) = hba_address {
-        steps.push(Step::AppendToHba {
-            conninfo: admin.into(),
-            line: format!("host replication {REPLICATOR} {addr} scram-sha-256"),
-        });
+        // Streaming, and pg_rewind when this server's standby comes back after a failover
+        // (pg_rewind reads files through an ordinary connection to database postgres).
+        for database in ["replication", "postgres"] {
+            steps.push(Step::AppendToHba {
+                conninfo: admin.into(),
+                line: format!("host {database} {REPLICATOR} {addr} scram-sha-256"),
+            });
+        }
     }
     if rejoin {
         steps.push(Step::Note(
@@ -69,9 +74,9 @@ pub(super) fn primary_steps(
     } else {
         steps.push(Step::Start {
             data: pgdata.to_path_buf(),
-            log: pgdata.join("../server.log"),
+            log: log_beside(pgdata),
             restart_if_pending: Some(admin.to_string()),
-            command: None,
+            command: restart_command.map(str::to_string),
         });
     }
     let name = &c.name;
@@ -87,10 +92,10 @@ pub(super) fn primary_steps(
         });
     }
     if rejoin {
-        steps.push(Step::Note(format!(
-            "synchronous_standby_names left as they are: `setup standby --rewind-from` names \
-             {name} once it streams"
-        )));
+        steps.push(Step::NameOnceStreaming {
+            name: name.clone(),
+            conninfo: admin.into(),
+        });
     } else {
         steps.push(name_the_standby(name, admin));
         steps.push(Step::Note(format!(
@@ -101,9 +106,30 @@ pub(super) fn primary_steps(
     steps
 }
 
-/// The roles, the wallet database and the slot, each created only when missing.
+/// The functions pg_rewind runs on its source (PostgreSQL's pg_rewind documentation).
+const REWIND_FUNCTIONS: [&str; 4] = [
+    "pg_catalog.pg_ls_dir(text, boolean, boolean)",
+    "pg_catalog.pg_stat_file(text, boolean)",
+    "pg_catalog.pg_read_binary_file(text)",
+    "pg_catalog.pg_read_binary_file(text, bigint, bigint, boolean)",
+];
+
+/// The roles, the wallet database and the slot, each created only when missing. The
+/// replication role may also run the four functions pg_rewind needs (PostgreSQL's pg_rewind
+/// documentation): it reads no more than its base backups already copy.
 /// `name` is a checked standby name (`valid_name`), safe inside SQL as it is.
 fn roles_database_slot(name: &str, admin: &str) -> Step {
+    // Granted only when missing: after a failover they came with the copy, and a write here
+    // would wait for a standby that is not back yet.
+    let grants: String = REWIND_FUNCTIONS
+        .iter()
+        .map(|f| {
+            format!(
+                "SELECT 'GRANT EXECUTE ON FUNCTION {f} TO {REPLICATOR}'\n  WHERE NOT \
+                 has_function_privilege('{REPLICATOR}', '{f}', 'EXECUTE') \\gexec\n"
+            )
+        })
+        .collect();
     Step::Psql {
         what: format!("roles {REPLICATOR} and {WALLET}, database {WALLET}, slot {name}"),
         conninfo: admin.into(),
@@ -113,6 +139,7 @@ fn roles_database_slot(name: &str, admin: &str) -> Step {
 SELECT 'CREATE ROLE {WALLET} LOGIN'
   WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{WALLET}') \\gexec
 GRANT pg_monitor TO {WALLET};
+{grants}
 SELECT 'CREATE DATABASE {WALLET} OWNER {WALLET}'
   WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{WALLET}') \\gexec
 SELECT pg_create_physical_replication_slot('{name}')
@@ -195,36 +222,46 @@ pub(super) fn standby_steps(
     steps
 }
 
-/// The old primary back as a standby: pg_rewind to the new primary's timeline (it needed
-/// wal_log_hints or checksums: the `rewind-impossible` finding), then the standby settings.
+/// The old primary back as a standby: pg_rewind from the new primary as the replication role
+/// (it needed wal_log_hints or checksums: the `rewind-impossible` finding); `-R` writes the
+/// streaming connection, password included (as `pg_basebackup -R` does); then the standby
+/// settings. The new primary names it once it streams (`setup primary --rejoin`, again).
 pub(super) fn rejoin_steps(
     c: &Common,
-    admin: &str,
     source: &str,
     pgdata: &Path,
     own: &[String],
     itself: &str,
     start_command: Option<&str>,
 ) -> Vec<Step> {
-    let marker = format!("primary_conninfo = {}", conf_literal(source));
-    let mut steps = vec![Step::Rewind {
-        dir: pgdata.to_path_buf(),
-        source: admin.to_string(),
-        done_marker: marker.clone(),
-    }];
-    // pg_rewind -R wrote primary_conninfo with the superuser's DSN; the later line wins.
-    steps.push(Step::AppendOnce {
-        path: pgdata.join("postgresql.auto.conf"),
-        line: marker,
-    });
-    steps.push(Step::AppendOnce {
-        path: pgdata.join("postgresql.auto.conf"),
-        line: format!("primary_slot_name = '{}'", c.name),
-    });
+    // Written after the rewind: a directory in recovery with this line was rewound already
+    // (a second rewind of a standby that has replayed on would be wrong).
+    let marker = format!("primary_slot_name = '{}'", c.name);
+    let mut steps = vec![
+        Step::Rewind {
+            dir: pgdata.to_path_buf(),
+            source: format!("{source} dbname=postgres"),
+            done_marker: marker.clone(),
+        },
+        Step::AppendOnce {
+            path: pgdata.join("postgresql.auto.conf"),
+            line: marker,
+        },
+    ];
     let mut rest = standby_steps(c, source, pgdata, own, itself, start_command);
     rest.remove(0); // no clone
     steps.extend(rest);
-    // Streaming now: the new primary may wait for it.
-    steps.push(name_the_standby(&c.name, admin));
+    steps.push(Step::Note(format!(
+        "standby {} streams: on the new primary, run `cln-replguard setup primary --rejoin …` \
+         again, which names it in synchronous_standby_names",
+        c.name
+    )));
     steps
+}
+
+/// Where a server we start logs: beside its data directory (never in the current one).
+fn log_beside(pgdata: &Path) -> std::path::PathBuf {
+    pgdata
+        .parent()
+        .map_or_else(|| pgdata.join("server.log"), |p| p.join("server.log"))
 }

@@ -3,9 +3,8 @@
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -13,6 +12,7 @@ use serde_json::json;
 use super::reach::{self, Reach};
 use crate::facts::Upstream;
 use crate::lightningd_rpc;
+use crate::pgtool::Tools;
 
 /// What one fencing step established.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -121,13 +121,12 @@ pub fn old_primary(
             data.display()
         ));
     }
-    let bindir = bindir
-        .map(Path::to_path_buf)
-        .or_else(crate::pgbin::server_bindir);
+    // As root, the tools run as the data directory's owner: PostgreSQL refuses root.
+    let tools = Tools::find(bindir, Some(data)).map_err(|e| format!("{e:#}"));
     // The directory must be this cluster's: fencing another one would leave the real old
     // primary running while saying it was stopped.
     if let Some(expected) = cluster {
-        match system_identifier(data, bindir.as_deref()) {
+        match system_identifier(data, &tools) {
             Ok(found) if found == expected => {}
             Ok(found) => {
                 return Fenced::Refused(format!(
@@ -154,30 +153,28 @@ pub fn old_primary(
         ));
     }
     if let Some(pid) = was_running {
-        let Some(pg_ctl) = bindir.as_ref().map(|d| d.join("pg_ctl")) else {
-            return Fenced::Refused(format!(
-                "the old primary runs (pid {pid}) and pg_ctl was not found to stop it: give \
-                 --pg-bindir"
-            ));
-        };
-        let mut cmd = Command::new(&pg_ctl);
-        cmd.arg("-D")
-            .arg(data)
-            .args(["stop", "-m", "fast", "-w", "-t"])
-            .arg(wait.as_secs().max(1).to_string())
-            .stdin(Stdio::null());
-        as_owner_of(&mut cmd, data);
-        match cmd.output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => {
+        let tools = match &tools {
+            Ok(t) => t,
+            Err(e) => {
                 return Fenced::Refused(format!(
-                    "the old primary (pid {pid}) did not stop: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
+                    "the old primary runs (pid {pid}) and pg_ctl was not found to stop it ({e}): \
+                     give --pg-bindir"
                 ));
             }
-            Err(e) => {
-                return Fenced::Refused(format!("cannot run {}: {e}", pg_ctl.display()));
-            }
+        };
+        let timeout = wait.as_secs().max(1).to_string();
+        let args = [
+            "-D".as_ref(),
+            data.as_os_str(),
+            "stop".as_ref(),
+            "-m".as_ref(),
+            "fast".as_ref(),
+            "-w".as_ref(),
+            "-t".as_ref(),
+            timeout.as_ref(),
+        ];
+        if let Err(e) = tools.run("pg_ctl", &args) {
+            return Fenced::Refused(format!("the old primary (pid {pid}) did not stop: {e:#}"));
         }
     }
     if let Some(pid) = postmaster_alive(data) {
@@ -250,24 +247,14 @@ fn listens_on(pid_file: &str, upstream: &[Upstream]) -> Option<bool> {
 }
 
 /// `pg_controldata`'s "Database system identifier" of a data directory.
-fn system_identifier(data: &Path, bindir: Option<&Path>) -> Result<String, String> {
-    let bin = bindir
-        .ok_or("pg_controldata not found: give --pg-bindir")?
-        .join("pg_controldata");
-    let mut cmd = Command::new(&bin);
-    cmd.arg("-D")
-        .arg(data)
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null());
-    as_owner_of(&mut cmd, data);
-    let out = cmd
-        .output()
-        .map_err(|e| format!("{}: {e}", bin.display()))?;
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
-    }
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
+fn system_identifier(data: &Path, tools: &Result<Tools, String>) -> Result<String, String> {
+    let tools = tools
+        .as_ref()
+        .map_err(|e| format!("pg_controldata not found ({e}): give --pg-bindir"))?;
+    let out = tools
+        .run("pg_controldata", &["-D".as_ref(), data.as_os_str()])
+        .map_err(|e| format!("{e:#}"))?;
+    out.lines()
         .find_map(|l| l.strip_prefix("Database system identifier:"))
         .map(|v| v.trim().to_string())
         .ok_or_else(|| "pg_controldata printed no system identifier".to_string())
@@ -278,17 +265,6 @@ fn postmaster_alive(data: &Path) -> Option<i32> {
     let text = fs::read_to_string(data.join("postmaster.pid")).ok()?;
     let pid: i32 = text.lines().next()?.trim().parse().ok()?;
     crate::pgbin::process_alive(pid).then_some(pid)
-}
-
-/// PostgreSQL refuses to run as root: tools run as the data directory's owner.
-fn as_owner_of(cmd: &mut Command, data: &Path) {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0
-        && let Ok(m) = fs::metadata(data)
-        && m.uid() != 0
-    {
-        cmd.uid(m.uid()).gid(m.gid()).current_dir("/");
-    }
 }
 
 fn write_owned(path: &Path, owner_of: &Path) -> std::io::Result<()> {

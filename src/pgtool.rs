@@ -1,0 +1,445 @@
+//! The PostgreSQL programs that `setup` and `failover` run for the operator (pg_ctl,
+//! pg_basebackup, pg_rewind, psql, pg_controldata, initdb), and the operator's own start
+//! command. Not the test harness's runner (`pgbin::PgInstall::tool`, which hides our `PG*`
+//! variables from throwaway servers): here the operator's environment reaches the tools —
+//! `PGPASSWORD`, `PGPASSFILE`, `~/.pgpass`, `PGHOST`… — exactly as when they type the command.
+//!
+//! And no tool can hang cln-replguard (a `pg_basebackup` waiting for a password at a prompt
+//! nobody sees spun forever, issue 16):
+//! - it cannot prompt: its stdin is /dev/null (or the script we give it), `--no-password` is
+//!   passed where the tool has it, and it runs in a new session with no controlling terminal,
+//!   so libpq cannot open /dev/tty to ask;
+//! - an unreachable host fails within `PGCONNECT_TIMEOUT` (10 s unless the operator set it),
+//!   not after the kernel's TCP retries;
+//! - it runs under a deadline, after which its whole process group is killed;
+//! - it dies with cln-replguard (`PR_SET_PDEATHSIG`), so no orphan is left spinning.
+//!
+//! A failure carries what the tool printed on stderr, and when the server asked for a
+//! password that nobody gave, the error says which variable or file to set.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::{Read as _, Seek as _, Write as _};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, chown};
+use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+
+/// How long an unreachable server may take to refuse, unless the operator set
+/// `PGCONNECT_TIMEOUT` (libpq's default is to wait for the kernel: minutes).
+const CONNECT_TIMEOUT_S: &str = "10";
+/// Default deadline of `pg_basebackup` and `pg_rewind`, which copy the database.
+pub const COPY_DEADLINE: Duration = Duration::from_secs(2 * 3600);
+
+/// Whom the tools run as when cln-replguard runs as root (PostgreSQL refuses root).
+#[derive(Clone, Debug)]
+pub struct User {
+    pub name: String,
+    uid: u32,
+    gid: u32,
+    home: PathBuf,
+}
+
+/// The server programs of one installation, and whom to run them as.
+#[derive(Debug)]
+pub struct Tools {
+    pub bindir: PathBuf,
+    user: Option<User>,
+    copy_deadline: Duration,
+}
+
+/// What a finished tool said.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Tools {
+    /// The installation in `bindir`, else the one `pgbin::server_bindir` finds. As root, the
+    /// tools run as the owner of `data` (or of its nearest existing parent) unless that is
+    /// root, else as `postgres`.
+    pub fn find(bindir: Option<&Path>, data: Option<&Path>) -> Result<Tools> {
+        let bindir = bindir
+            .map(Path::to_path_buf)
+            .or_else(crate::pgbin::server_bindir)
+            .ok_or_else(|| {
+                anyhow!(
+                    "PostgreSQL's programs were not found (pg_ctl, pg_basebackup, psql…): \
+                     install them (Debian/Ubuntu: apt-get install postgresql) or point \
+                     PG_BINDIR at their directory"
+                )
+            })?;
+        // SAFETY: geteuid has no preconditions.
+        let user = if unsafe { libc::geteuid() } == 0 {
+            Some(owner_of(data).map_or_else(|| user_named("postgres"), Ok)?)
+        } else {
+            None
+        };
+        Ok(Tools {
+            bindir,
+            user,
+            copy_deadline: COPY_DEADLINE,
+        })
+    }
+
+    pub fn with_copy_deadline(mut self, deadline: Duration) -> Tools {
+        self.copy_deadline = deadline;
+        self
+    }
+
+    /// Runs `program`; its stdout, or an error with its stderr.
+    pub fn run<S: AsRef<OsStr>>(&self, program: &str, args: &[S]) -> Result<String> {
+        let done = self.exec(program, args, None)?;
+        require_success(program, done, self.user.as_ref())
+    }
+
+    /// Runs `program` with `input` as its stdin (a psql script).
+    pub fn run_input<S: AsRef<OsStr>>(
+        &self,
+        program: &str,
+        args: &[S],
+        input: &[u8],
+    ) -> Result<String> {
+        let done = self.exec(program, args, Some(input))?;
+        require_success(program, done, self.user.as_ref())
+    }
+
+    /// Runs `program` whatever its exit status (`pg_ctl status` says "not running" with 3).
+    pub fn exec<S: AsRef<OsStr>>(
+        &self,
+        program: &str,
+        args: &[S],
+        input: Option<&[u8]>,
+    ) -> Result<Finished> {
+        let deadline = match program {
+            "pg_basebackup" | "pg_rewind" => self.copy_deadline,
+            "initdb" | "pg_ctl" => Duration::from_secs(300),
+            _ => Duration::from_secs(120),
+        };
+        spawn_guarded(self.command(program, args), program, input, deadline)
+    }
+
+    /// The command line and environment of a tool: the operator's environment as it is.
+    fn command<S: AsRef<OsStr>>(&self, program: &str, args: &[S]) -> Command {
+        let mut cmd = Command::new(self.bindir.join(program));
+        if NO_PROMPT_FLAG.contains(&program) {
+            cmd.arg("--no-password");
+        }
+        cmd.args(args).env("LC_ALL", "C");
+        if let Some(u) = &self.user {
+            cmd.uid(u.uid).gid(u.gid).current_dir("/");
+            // libpq finds ~/.pgpass through HOME: that of the user the tool runs as.
+            cmd.env("HOME", &u.home)
+                .env("USER", &u.name)
+                .env("LOGNAME", &u.name);
+        }
+        cmd
+    }
+
+    /// Makes `path` belong to the user the tools run as.
+    pub fn own(&self, path: &Path) -> Result<()> {
+        if let Some(u) = &self.user {
+            chown(path, Some(u.uid), Some(u.gid))
+                .with_context(|| format!("chown {}", path.display()))?;
+        }
+        Ok(())
+    }
+
+    /// A directory only the tools' user may enter, as PostgreSQL wants its directories.
+    pub fn mkdir(&self, path: &Path) -> Result<()> {
+        fs::create_dir_all(path).with_context(|| format!("mkdir {}", path.display()))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+        self.own(path)
+    }
+}
+
+/// The programs whose libpq connection could otherwise prompt for a password.
+const NO_PROMPT_FLAG: [&str; 2] = ["psql", "pg_basebackup"];
+
+/// The operator's own command (`pg_ctlcluster 15 main start`, `systemctl restart …`), run as
+/// the invoking user through `sh -c`, under the same guarantees as the tools.
+pub fn shell(command: &str, deadline: Duration) -> Result<String> {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", command]);
+    let done = spawn_guarded(cmd, command, None, deadline)?;
+    require_success(command, done, None)
+}
+
+fn require_success(what: &str, done: Finished, user: Option<&User>) -> Result<String> {
+    if done.status.success() {
+        return Ok(done.stdout);
+    }
+    let said = done.stderr.trim();
+    let status = match (done.status.code(), done.status.signal()) {
+        (Some(c), _) => format!("exit status {c}"),
+        (None, Some(s)) => format!("killed by signal {s}"),
+        _ => done.status.to_string(),
+    };
+    match password_hint(said, user) {
+        Some(hint) => bail!("{what} failed ({status}): {said}\n{hint}"),
+        None => bail!("{what} failed ({status}): {said}"),
+    }
+}
+
+/// When the server asked for a password: which variable or file would have given it.
+fn password_hint(stderr: &str, user: Option<&User>) -> Option<String> {
+    let file = match std::env::var_os("PGPASSFILE") {
+        Some(f) => format!("the password file PGPASSFILE names ({})", f.to_string_lossy()),
+        None => {
+            let home = user.map_or_else(
+                || std::env::var_os("HOME").map_or("~".into(), PathBuf::from),
+                |u| u.home.clone(),
+            );
+            format!("{}/.pgpass (mode 0600)", home.display())
+        }
+    };
+    let as_user = user.map_or(String::new(), |u| {
+        format!(" (as root, PostgreSQL's programs run as user {})", u.name)
+    });
+    if stderr.contains("no password supplied") {
+        Some(format!(
+            "the server asks for a password and none was given: export PGPASSWORD (for the \
+             standby: PGPASSWORD=\"$REPLGUARD_REPLICATION_PASSWORD\") or put it in \
+             {file}{as_user}"
+        ))
+    } else if stderr.contains("password authentication failed") {
+        Some(format!(
+            "the server refused the password given (PGPASSWORD or {file}): it must be the one \
+             `setup primary` set from REPLGUARD_REPLICATION_PASSWORD{as_user}"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Spawns `cmd` so that it cannot prompt, cannot outlive us, and is killed (with its process
+/// group) at `deadline`. Output goes to unnamed files, not pipes: a server started by the tool
+/// may keep inherited descriptors open long after the tool ended, and a pipe would then never
+/// reach end-of-file.
+fn spawn_guarded(
+    mut cmd: Command,
+    what: &str,
+    input: Option<&[u8]>,
+    deadline: Duration,
+) -> Result<Finished> {
+    let mut out = tempfile::tempfile().context("a file for the tool's output")?;
+    let mut err = tempfile::tempfile().context("a file for the tool's errors")?;
+    let stdin = match input {
+        Some(bytes) => {
+            let mut f = tempfile::tempfile().context("a file for the tool's input")?;
+            f.write_all(bytes)?;
+            f.rewind()?;
+            Stdio::from(f)
+        }
+        None => Stdio::null(),
+    };
+    if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
+        cmd.env("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_S);
+    }
+    cmd.stdin(stdin)
+        .stdout(out.try_clone()?)
+        .stderr(err.try_clone()?);
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // A session of its own: no controlling terminal to prompt on, and a process
+            // group to kill whole.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Runs after the uid change (which would clear it), so it holds for the tool.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("cln-replguard ended before the tool began"));
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("cannot start {what} ({:?})", cmd.get_program()))?;
+    let status = wait_until(&mut child, deadline)?;
+    let read = |f: &mut fs::File| -> Result<String> {
+        let mut s = String::new();
+        f.rewind()?;
+        f.take(1 << 20).read_to_string(&mut s).ok();
+        Ok(s)
+    };
+    let (stdout, stderr) = (read(&mut out)?, read(&mut err)?);
+    match status {
+        Some(status) => Ok(Finished {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => bail!(
+            "{what} did not finish within {} and was stopped (with every process it \
+             started){}",
+            humantime::format_duration(deadline),
+            match stderr.trim() {
+                "" => String::new(),
+                s => format!("; it said: {s}"),
+            }
+        ),
+    }
+}
+
+/// The exit status, or `None` when the deadline passed (the process group is then killed
+/// and reaped).
+fn wait_until(child: &mut std::process::Child, deadline: Duration) -> Result<Option<ExitStatus>> {
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(5);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        if start.elapsed() >= deadline {
+            let pgid = i32::try_from(child.id()).unwrap_or(0);
+            if pgid > 0 {
+                // SAFETY: a signal to the process group the child leads (setsid above).
+                unsafe { libc::kill(-pgid, libc::SIGKILL) };
+            }
+            child.wait()?;
+            return Ok(None);
+        }
+        std::thread::sleep(pause.min(deadline.saturating_sub(start.elapsed())));
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
+
+/// The owner of `data`, or of its nearest existing parent, unless that is root.
+fn owner_of(data: Option<&Path>) -> Option<User> {
+    let mut p = data?;
+    let meta = loop {
+        match fs::metadata(p) {
+            Ok(m) => break m,
+            Err(_) => p = p.parent()?,
+        }
+    };
+    (meta.uid() != 0).then(|| user_by_uid(meta.uid(), meta.gid()))
+}
+
+fn user_by_uid(uid: u32, gid: u32) -> User {
+    // SAFETY: getpwuid returns NULL or a pointer to static storage we read at once.
+    let pw = unsafe { libc::getpwuid(uid) };
+    if pw.is_null() {
+        return User {
+            name: uid.to_string(),
+            uid,
+            gid,
+            home: PathBuf::from("/"),
+        };
+    }
+    // SAFETY: non-null pointer from getpwuid, whose strings are NUL-terminated.
+    unsafe { user_from(&*pw) }
+}
+
+fn user_named(name: &str) -> Result<User> {
+    let cname = std::ffi::CString::new(name)?;
+    // SAFETY: getpwnam returns NULL or a pointer to static storage we read at once.
+    let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
+    if pw.is_null() {
+        bail!(
+            "running as root, and no user {name} exists to run PostgreSQL's programs as: run \
+             cln-replguard as the user that owns the data directory"
+        );
+    }
+    // SAFETY: non-null pointer from getpwnam.
+    Ok(unsafe { user_from(&*pw) })
+}
+
+/// # Safety
+/// `pw` must come from getpwnam/getpwuid, just now.
+unsafe fn user_from(pw: &libc::passwd) -> User {
+    let text = |p: *const libc::c_char| {
+        // SAFETY: the caller's promise: NUL-terminated strings of a passwd entry.
+        unsafe { std::ffi::CStr::from_ptr(p) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    User {
+        name: text(pw.pw_name),
+        uid: pw.pw_uid,
+        gid: pw.pw_gid,
+        home: PathBuf::from(text(pw.pw_dir)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str, deadline: Duration) -> Result<String> {
+        shell(script, deadline)
+    }
+
+    #[test]
+    fn a_tool_past_its_deadline_is_killed_with_everything_it_started() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild");
+        let start = Instant::now();
+        let e = sh(
+            &format!("sleep 300 & echo $! > {}; wait", pidfile.display()),
+            Duration::from_millis(300),
+        )
+        .unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
+        assert!(format!("{e:#}").contains("did not finish within 300ms"), "{e:#}");
+        let pid: i32 = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        crate::pgbin::wait_for("the grandchild gone", Duration::from_secs(5), || {
+            Ok(!crate::pgbin::process_alive(pid))
+        })
+        .unwrap();
+    }
+
+    #[test]
+    fn a_tool_has_no_terminal_to_prompt_on_and_reads_nothing() {
+        // A prompt opens /dev/tty: in a session of its own there is none. stdin is empty.
+        let out = sh(
+            "if ( : < /dev/tty ) 2>/dev/null; then echo tty; else echo none; fi; cat; echo end",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        assert_eq!(out, "none\nend\n");
+    }
+
+    #[test]
+    fn the_operators_environment_reaches_the_tool_and_a_connect_timeout_is_set() {
+        let tools = Tools {
+            bindir: "/usr/bin".into(),
+            user: None,
+            copy_deadline: COPY_DEADLINE,
+        };
+        let cmd = tools.command("psql", &["-d", "dbname=postgres"]);
+        let touched: Vec<_> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
+        assert_eq!(touched, vec![std::ffi::OsString::from("LC_ALL")], "nothing hidden");
+        let args: Vec<_> = cmd.get_args().collect();
+        assert_eq!(args[0], "--no-password", "psql may never prompt");
+        let timeout = std::env::var("PGCONNECT_TIMEOUT").unwrap_or(CONNECT_TIMEOUT_S.into());
+        let out = sh("echo $PGCONNECT_TIMEOUT", Duration::from_secs(10)).unwrap();
+        assert_eq!(out.trim(), timeout);
+    }
+
+    #[test]
+    fn a_failure_carries_stderr_and_a_missing_password_names_what_to_set() {
+        let e = sh(
+            "echo 'pg_basebackup: error: fe_sendauth: no password supplied' >&2; exit 1",
+            Duration::from_secs(10),
+        )
+        .unwrap_err();
+        let e = format!("{e:#}");
+        assert!(e.contains("exit status 1"), "{e}");
+        assert!(e.contains("fe_sendauth: no password supplied"), "{e}");
+        assert!(e.contains("export PGPASSWORD"), "{e}");
+        assert!(e.contains(".pgpass"), "{e}");
+    }
+}
