@@ -189,7 +189,10 @@ fn require_success(what: &str, done: Finished, user: Option<&User>) -> Result<St
 /// When the server asked for a password: which variable or file would have given it.
 fn password_hint(stderr: &str, user: Option<&User>) -> Option<String> {
     let file = match std::env::var_os("PGPASSFILE") {
-        Some(f) => format!("the password file PGPASSFILE names ({})", f.to_string_lossy()),
+        Some(f) => format!(
+            "the password file PGPASSFILE names ({})",
+            f.to_string_lossy()
+        ),
         None => {
             let home = user.map_or_else(
                 || std::env::var_os("HOME").map_or("~".into(), PathBuf::from),
@@ -259,7 +262,9 @@ fn spawn_guarded(
                 return Err(std::io::Error::last_os_error());
             }
             if libc::getppid() != parent {
-                return Err(std::io::Error::other("cln-replguard ended before the tool began"));
+                return Err(std::io::Error::other(
+                    "cln-replguard ended before the tool began",
+                ));
             }
             Ok(())
         });
@@ -392,9 +397,20 @@ mod tests {
             Duration::from_millis(300),
         )
         .unwrap_err();
-        assert!(start.elapsed() < Duration::from_secs(5), "{:?}", start.elapsed());
-        assert!(format!("{e:#}").contains("did not finish within 300ms"), "{e:#}");
-        let pid: i32 = fs::read_to_string(&pidfile).unwrap().trim().parse().unwrap();
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            start.elapsed()
+        );
+        assert!(
+            format!("{e:#}").contains("did not finish within 300ms"),
+            "{e:#}"
+        );
+        let pid: i32 = fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         crate::pgbin::wait_for("the grandchild gone", Duration::from_secs(5), || {
             Ok(!crate::pgbin::process_alive(pid))
         })
@@ -421,7 +437,11 @@ mod tests {
         };
         let cmd = tools.command("psql", &["-d", "dbname=postgres"]);
         let touched: Vec<_> = cmd.get_envs().map(|(k, _)| k.to_owned()).collect();
-        assert_eq!(touched, vec![std::ffi::OsString::from("LC_ALL")], "nothing hidden");
+        assert_eq!(
+            touched,
+            vec![std::ffi::OsString::from("LC_ALL")],
+            "nothing hidden"
+        );
         let args: Vec<_> = cmd.get_args().collect();
         assert_eq!(args[0], "--no-password", "psql may never prompt");
         let timeout = std::env::var("PGCONNECT_TIMEOUT").unwrap_or(CONNECT_TIMEOUT_S.into());

@@ -148,7 +148,11 @@ fn a_host_name_standby_addr_makes_an_hba_line_postgresql_loads_and_the_restart_s
              FROM pg_hba_file_rules WHERE error IS NOT NULL OR 'replicator' = ANY(user_name)",
         )
         .unwrap();
-    assert_eq!(rules, "db2.example.com replication replicator", "{rules}");
+    // Streaming, and pg_rewind's ordinary connection should this primary's standby come back.
+    assert_eq!(
+        rules, "db2.example.com replication replicator\ndb2.example.com postgres replicator",
+        "{rules}"
+    );
 
     // Garbage is refused before anything is touched, naming the option and the forms.
     let hba = fs::read_to_string(c.primary.datadir.join("pg_hba.conf")).unwrap();

@@ -887,16 +887,8 @@ fn setup_local_then_failover_then_the_old_primary_rejoins_and_the_pair_is_safe_a
     // rejoins; then the new primary names it.
     let new_data = pair.data("standby").display().to_string();
     let rejoin = [
-        "setup",
-        "primary",
-        "--pgdata",
-        &new_data,
-        "--admin",
-        &new_admin,
-        "--name",
-        "p1",
-        "--rejoin",
-        "--apply",
+        "setup", "primary", "--pgdata", &new_data, "--admin", &new_admin, "--name", "p1",
+        "--rejoin", "--apply",
     ];
     let (code, out, err) = cli(&rejoin);
     assert_eq!(code, 0, "{out}{err}");

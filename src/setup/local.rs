@@ -126,7 +126,9 @@ fn primary_plan(layout: &Layout, port: u16, common: &Common, admin: &str) -> Vec
         restart_if_pending: None,
         command: None,
     });
-    steps.extend(primary_steps(common, admin, p_data, None, None, false, None));
+    steps.extend(primary_steps(
+        common, admin, p_data, None, None, false, None,
+    ));
     steps
 }
 

@@ -401,7 +401,11 @@ fn name_once_streaming(pg: &Tools, name: &str, conninfo: &str) -> Result<()> {
         return Ok(());
     }
     println!("cln-replguard setup: synchronous_standby_names = 'FIRST 1 ({name})'");
-    psql_script(pg, conninfo, &format!("{};\nSELECT pg_reload_conf();", name_sql(name)))?;
+    psql_script(
+        pg,
+        conninfo,
+        &format!("{};\nSELECT pg_reload_conf();", name_sql(name)),
+    )?;
     Ok(())
 }
 
@@ -485,7 +489,11 @@ fn start(
                 verb.as_ref(),
             ];
             pg.run("pg_ctl", &args).with_context(|| {
-                format!("could not {verb} {} (see {})", data.display(), log.display())
+                format!(
+                    "could not {verb} {} (see {})",
+                    data.display(),
+                    log.display()
+                )
             })?;
         }
     }
@@ -627,7 +635,16 @@ fn remove_stale_pid_file(dir: &std::path::Path) -> Result<()> {
 
 fn psql_script(pg: &Tools, conninfo: &str, script: &str) -> Result<String> {
     let args = [
-        "-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d", conninfo, "-f", "-",
+        "-X",
+        "-A",
+        "-t",
+        "-q",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-d",
+        conninfo,
+        "-f",
+        "-",
     ];
     let script = format!("{LOCAL_COMMIT}\n{script}");
     pg.run_input("psql", &args, script.as_bytes())
@@ -635,6 +652,8 @@ fn psql_script(pg: &Tools, conninfo: &str, script: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
+    use std::process::Stdio;
+
     use super::*;
 
     #[test]
@@ -658,6 +677,64 @@ mod tests {
             "printf %s \"$REPLGUARD_REPLICATION_PASSWORD\" | cln-replguard setup scram-verifier"
         ));
         assert!(s.contains("ALTER ROLE replicator PASSWORD '$V';"));
+    }
+
+    #[test]
+    fn a_restart_logs_where_the_server_logs_and_a_journal_needs_the_service() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("server.log");
+        let spawn = |stderr: Stdio| {
+            std::process::Command::new("sleep")
+                .arg("30")
+                .stderr(stderr)
+                .spawn()
+                .unwrap()
+        };
+        let mut to_file = spawn(Stdio::from(fs::File::create(&log).unwrap()));
+        fs::write(
+            dir.path().join("postmaster.pid"),
+            format!("{}\n", to_file.id()),
+        )
+        .unwrap();
+        let found = current_log(dir.path());
+        to_file.kill().unwrap();
+        to_file.wait().unwrap();
+        assert_eq!(found.unwrap(), log);
+        let mut to_pipe = spawn(Stdio::piped());
+        fs::write(
+            dir.path().join("postmaster.pid"),
+            format!("{}\n", to_pipe.id()),
+        )
+        .unwrap();
+        let e = current_log(dir.path()).unwrap_err().to_string();
+        to_pipe.kill().unwrap();
+        to_pipe.wait().unwrap();
+        assert!(
+            e.contains("pipe:") && e.contains("--restart-command"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn every_script_ends_with_a_newline_and_its_psql_commits_locally() {
+        let steps = [
+            Step::NameOnceStreaming {
+                name: "p1".into(),
+                conninfo: "dbname=postgres".into(),
+            },
+            Step::Psql {
+                what: "x".into(),
+                conninfo: "dbname=postgres".into(),
+                script: "SELECT 1;".into(),
+            },
+        ];
+        let s = render("primary", &steps);
+        assert!(s.ends_with('\n'), "{s}");
+        assert!(
+            s.contains("SET synchronous_commit = local;\nSELECT 1;"),
+            "{s}"
+        );
+        assert!(s.contains("p1 does not stream yet"), "{s}");
     }
 
     #[test]
