@@ -175,3 +175,73 @@ fn a_host_name_standby_addr_makes_an_hba_line_postgresql_loads_and_the_restart_s
         hba
     );
 }
+
+/// The pids whose parent is `parent` (from /proc).
+fn children_of(parent: u32) -> Vec<i32> {
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_string_lossy().parse().ok()?;
+            let stat = fs::read_to_string(e.path().join("stat")).ok()?;
+            let ppid: u32 = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()?;
+            (ppid == parent).then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn a_tool_that_waits_on_a_silent_server_dies_with_cln_replguard() {
+    // A "primary" that accepts the connection and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let pgdata = dir.path().join("standby");
+    // pg_basebackup must get as far as the connection: a directory its user may write.
+    let install = cln_replguard::pgbin::PgInstall::find().unwrap();
+    install.mkdir(&pgdata).unwrap();
+    install.own(dir.path()).unwrap();
+    let mut setup = Command::new(env!("CARGO_BIN_EXE_cln-replguard"))
+        .args(["setup", "standby", "--pgdata"])
+        .arg(&pgdata)
+        .args([
+            "--primary-host",
+            "127.0.0.1",
+            "--primary-port",
+            &port,
+            "--apply",
+        ])
+        .env("PGCONNECT_TIMEOUT", "600")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut tool = vec![];
+    cln_replguard::cluster::wait_for("pg_basebackup running", Duration::from_secs(20), || {
+        tool = children_of(setup.id());
+        Ok(!tool.is_empty())
+    })
+    .unwrap();
+    assert!(
+        tool.iter().any(|p| cln_replguard::pgbin::process_alive(*p)),
+        "pg_basebackup should still be waiting for the silent server"
+    );
+    setup.kill().unwrap();
+    setup.wait().unwrap();
+    let gone =
+        cln_replguard::cluster::wait_for("pg_basebackup gone", Duration::from_secs(5), || {
+            Ok(tool
+                .iter()
+                .all(|p| !cln_replguard::pgbin::process_alive(*p)))
+        });
+    for p in &tool {
+        // SAFETY: cleanup of the tool this test started, should the fix be missing.
+        unsafe { libc::kill(*p, libc::SIGKILL) };
+    }
+    gone.expect("the tool outlived cln-replguard");
+}
