@@ -165,29 +165,8 @@ pub fn render(title: &str, steps: &[Step]) -> String {
                 source,
                 done_marker,
             } => render_rewind(&mut out, dir, source, done_marker),
-            Step::Clone { dir, args } => {
-                let d = shell_word(&dir.display().to_string());
-                let args: Vec<String> = args.iter().map(|a| shell_word(a)).collect();
-                let _ = writeln!(
-                    out,
-                    "\n# clone the primary unless this is already its standby\nif [ ! -f {d}/standby.signal ]; then\n  \
-                     if [ -n \"$(ls -A {d} 2>/dev/null)\" ]; then printf '%s is not empty: \
-                     refusing to overwrite it\\n' {d} >&2; exit 1; fi\n  pg_basebackup {}\nfi",
-                    args.join(" ")
-                );
-            }
-            Step::NameOnceStreaming { name, conninfo } => {
-                let c = shell_word(conninfo);
-                let _ = writeln!(
-                    out,
-                    "\n# name {name} once it streams\nif [ \"$(psql -X -A -t -d {c} -c {})\" = t ]; \
-                     then\n  psql -X -q -d {c} -c {}\n  psql -X -q -d {c} -c 'SELECT \
-                     pg_reload_conf()'\nelse\n  echo '{name} does not stream yet: run this again \
-                     once setup standby --rewind has finished on its host'\nfi",
-                    shell_word(&streaming_sql(name)),
-                    shell_word(&name_sql(name))
-                );
-            }
+            Step::Clone { dir, args } => render_clone(&mut out, dir, args),
+            Step::NameOnceStreaming { name, conninfo } => render_naming(&mut out, name, conninfo),
             Step::WaitFor {
                 what,
                 conninfo,
@@ -205,6 +184,33 @@ pub fn render(title: &str, steps: &[Step]) -> String {
         }
     }
     out
+}
+
+/// pg_basebackup into `dir` unless it holds this standby already; anything else there is refused.
+fn render_clone(out: &mut String, dir: &Path, args: &[String]) {
+    let d = shell_word(&dir.display().to_string());
+    let args: Vec<String> = args.iter().map(|a| shell_word(a)).collect();
+    let _ = writeln!(
+        out,
+        "\n# clone the primary unless this is already its standby\nif [ ! -f {d}/standby.signal ]; then\n  \
+         if [ -n \"$(ls -A {d} 2>/dev/null)\" ]; then printf '%s is not empty: \
+         refusing to overwrite it\\n' {d} >&2; exit 1; fi\n  pg_basebackup {}\nfi",
+        args.join(" ")
+    );
+}
+
+/// The standby named on the primary once it streams there, else a word to run it again.
+fn render_naming(out: &mut String, name: &str, conninfo: &str) {
+    let c = shell_word(conninfo);
+    let _ = writeln!(
+        out,
+        "\n# name {name} once it streams\nif [ \"$(psql -X -A -t -d {c} -c {})\" = t ]; \
+         then\n  psql -X -q -d {c} -c {}\n  psql -X -q -d {c} -c 'SELECT \
+         pg_reload_conf()'\nelse\n  echo '{name} does not stream yet: run this again \
+         once setup standby --rewind has finished on its host'\nfi",
+        shell_word(&streaming_sql(name)),
+        shell_word(&name_sql(name))
+    );
 }
 
 /// pg_rewind unless the marker shows it done and the directory is a standby already.
