@@ -1,5 +1,5 @@
 //! Dispatch only: a subcommand is the operator CLI; no subcommand under lightningd
-//! (`LIGHTNINGD_PLUGIN=1`) is the plugin.
+//! (`LIGHTNINGD_PLUGIN=1`) is the plugin; nothing at all outside lightningd is the usage.
 
 use clap::Parser;
 
@@ -13,6 +13,13 @@ fn main() {
         .any(|a| !LIGHTNINGD_PLUGIN_FLAGS.iter().any(|f| a == *f));
     if !has_subcommand && std::env::var_os("LIGHTNINGD_PLUGIN").is_some_and(|v| v == "1") {
         std::process::exit(cln_replguard::plugin::run());
+    }
+    if !has_subcommand {
+        // Bare, outside lightningd: CLN's `reckless install` test-runs the plugin this way
+        // and keeps the install only on exit 0; an operator gets the usage.
+        use clap::CommandFactory;
+        let _ = cln_replguard::cli::Cli::command().print_help();
+        std::process::exit(0);
     }
     let cli = match cln_replguard::cli::Cli::try_parse() {
         Ok(cli) => cli,

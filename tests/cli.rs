@@ -168,6 +168,20 @@ fn help_and_version_exit_0() {
     assert_eq!(cli(&["--version"]).0, 0);
 }
 
+/// CLN's `reckless install` test-runs the built binary with no arguments and no
+/// `LIGHTNINGD_PLUGIN`, and keeps the install only on exit 0 (or a 10 s timeout): bare, the
+/// binary prints its usage and exits 0. A wrong flag is still a usage error (3).
+#[test]
+fn no_arguments_print_the_usage_and_exit_0_but_an_unknown_flag_exits_3() {
+    let (code, out, err) = cli(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("Usage: cln-replguard"), "{out}");
+    assert!(out.contains("failover-check"), "{out}");
+    let (code, _, err) = cli(&["--no-such-flag"]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("--no-such-flag"), "{err}");
+}
+
 /// lightningd in developer mode starts every plugin with `--developer`: still the plugin.
 #[test]
 fn plugin_mode_takes_the_flags_lightningd_passes_to_plugins() {

@@ -75,9 +75,6 @@ impl Inner {
     }
 }
 
-/// Time lightningd gets to log our last lines before it is ended (plain-plugin case).
-const LOG_GRACE: Duration = Duration::from_millis(1000);
-
 /// Pause between two attempts while waiting for a go.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
@@ -102,10 +99,14 @@ pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
     };
     let targets = match targets {
         Ok(t) => t,
-        Err(problem) if settings.mode == Mode::Enforce => refuse(vec![problem], important),
         Err(problem) => {
-            // warn: lightningd runs; the methods say why nothing can be checked.
-            log::warn!("{problem}; nothing to check (replguard-mode=warn)");
+            // warn, or a plain plugin: lightningd runs; the methods say why nothing can be
+            // checked.
+            if settings.mode == Mode::Enforce {
+                no_go(vec![problem.clone()], important);
+            } else {
+                log::warn!("{problem}; nothing to check (replguard-mode=warn)");
+            }
             return State(Arc::new(Inner {
                 targets: Err(problem),
                 pinned: None,
@@ -175,9 +176,15 @@ fn settings_or_refuse(
         Ok(s) => s,
         Err((mode, problem)) => {
             if mode == Mode::Enforce {
-                refuse(vec![format!("invalid option: {problem}")], important);
+                no_go(
+                    vec![format!(
+                        "invalid option, using the defaults with replguard-mode=warn: {problem}"
+                    )],
+                    important,
+                );
+            } else {
+                log::warn!("invalid option, using the defaults (replguard-mode=warn): {problem}");
             }
-            log::warn!("invalid option, using the defaults (replguard-mode=warn): {problem}");
             Settings {
                 mode: Mode::Warn,
                 ..Settings::default()
@@ -191,9 +198,10 @@ fn refuse_unsupported_lightningd(settings: &Settings, important: bool) {
     let version = std::env::var("LIGHTNINGD_VERSION").unwrap_or_default();
     if let Err(problem) = lightningd_rpc::hook_filters_supported(&version) {
         if settings.mode == Mode::Enforce {
-            refuse(vec![problem], important);
+            no_go(vec![problem], important);
+        } else {
+            log::warn!("{problem}");
         }
-        log::warn!("{problem}");
     }
 }
 
@@ -226,15 +234,13 @@ fn act_on_the_decision(
 ) {
     if !decision.go {
         let mut lines = vec![format!(
-            "refusing to run lightningd: the wallet's storage is {} (replguard-mode=enforce, \
-             checked for {:.1} s)",
+            "the wallet's storage is {} (replguard-mode=enforce, checked for {:.1} s)",
             verdict.level,
             took.as_secs_f64()
         )];
         lines.extend(finding_lines(verdict));
-        refuse(lines, important);
-    }
-    if decision.report_findings {
+        no_go(lines, important);
+    } else if decision.report_findings {
         for l in finding_lines(verdict) {
             log::warn!("{l}");
         }
@@ -310,32 +316,36 @@ fn finding_lines(v: &Verdict) -> Vec<String> {
     v.findings.iter().map(ToString::to_string).collect()
 }
 
-/// Stops the node: the lines reach lightningd's log, then we exit. As `important-plugin`
-/// that makes lightningd shut down before "Server started". Loaded as a plain `plugin`,
-/// lightningd would go on without us, so its process is ended first (SIGTERM before `init`
-/// is answered: it never serves; `stop` during init would deadlock, DESIGN §2).
-fn refuse(mut lines: Vec<String>, important: bool) -> ! {
-    let parent = lightningd::parent_lightningd();
-    if !important {
-        lines.push(
-            "cln-replguard is loaded as a plain plugin: configure it as \
-             important-plugin=/path/to/cln-replguard so lightningd stops by itself"
-                .into(),
-        );
-        if parent.is_some() {
-            lines.push("stopping lightningd (SIGTERM) before it starts serving".into());
-        }
+/// A no-go at startup in `enforce`. As `important-plugin` we stop the node (`refuse`). A plain
+/// `plugin=` means, in Core Lightning, that lightningd runs whatever the plugin finds (and
+/// `reckless install` writes that line): we say so in the same log line, with how to make
+/// lightningd refuse, and go on as the runtime guard.
+fn no_go(mut lines: Vec<String>, important: bool) {
+    if important {
+        lines[0] = format!("refusing to run lightningd: {}", lines[0]);
+        refuse(lines);
     }
+    let path = std::env::args()
+        .next()
+        .unwrap_or_else(|| "cln-replguard".into());
+    lines[0] = format!(
+        "{}: lightningd starts anyway, because cln-replguard is loaded with plugin=, not \
+         important-plugin=, and Core Lightning never stops for a plain plugin; the runtime \
+         guard still acts (replguard-on-unsafe). To have lightningd refuse to start, change the \
+         line to important-plugin={path}",
+        lines[0]
+    );
+    for l in &lines {
+        log::warn!("{l}");
+    }
+}
+
+/// Stops the node: the lines reach lightningd's log, then we exit. As `important-plugin`
+/// that makes lightningd shut down before "Server started" (DESIGN §2).
+fn refuse(lines: Vec<String>) -> ! {
     lightningd::log_now("broken", &lines);
     for l in &lines {
         eprintln!("cln-replguard: {l}");
-    }
-    if !important && let Some(pid) = parent {
-        // SIGTERM ends lightningd at once (its default action): give it a moment to read
-        // and log our lines first, or they die with it.
-        std::thread::sleep(LOG_GRACE);
-        // SAFETY: signalling our parent, which /proc says is lightningd.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
     }
     std::process::exit(1)
 }
