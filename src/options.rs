@@ -29,85 +29,153 @@ pub const ALERT_COMMAND: &str = "replguard-alert-command";
 pub const ACCEPT_NO_STANDBY_UNTIL: &str = "replguard-accept-no-standby-until";
 pub const EVIDENCE: &str = "replguard-evidence";
 
-/// Every option: (name, description). The plugin's manifest is built from this list.
-pub const ALL: &[(&str, &str)] = &[
-    (
-        MODE,
-        "enforce (default): refuse to run on unsafe or unverifiable storage; warn: report and run",
-    ),
-    (
-        DSN,
-        "DSN for monitoring (default: the wallet DSN); must reach the wallet's cluster",
-    ),
-    (
-        STANDBY_DSN,
-        "a standby to check from its own side (repeatable)",
-    ),
-    (
-        QUERY_TIMEOUT_MS,
-        "deadline of each connection and query, ms (default 2000)",
-    ),
-    (
-        PROBE_DEADLINE_MS,
-        "a test commit not acknowledged within this is unsafe, ms (default 1000)",
-    ),
-    (
-        PROBE_SLOW_MS,
-        "a test commit acknowledged later than this is degraded, ms (default 250)",
-    ),
-    (
-        STARTUP_WAIT,
-        "seconds to wait for a go at startup (default 10, at most 100)",
-    ),
-    (INTERVAL, "seconds between two runtime checks (default 1)"),
-    (
-        ON_UNSAFE,
-        "at runtime, when not safe: gate (default: refuse channel opens), stop (lightningd, after the grace), log",
-    ),
-    (
-        ON_UNKNOWN,
-        "reject (default: unknown counts as unsafe) or allow",
-    ),
-    (
-        UNSAFE_GRACE,
-        "stop mode: seconds not-safe must last before lightningd is stopped (default 30)",
-    ),
-    (
-        GATE_PAYMENTS,
-        "true: also refuse payments and fail incoming HTLCs while not safe (default false)",
-    ),
-    (
-        GATED_COMMANDS,
-        "comma-separated commands refused while not safe (default: the channel-opening ones)",
-    ),
-    (
-        STATUS_FILE,
-        "status file written every check, readable while lightningd is frozen (default: replguard-status.json in the lightning-dir; 'off' for none)",
-    ),
-    (
-        REPLY_FRESH_MS,
-        "skip the test commit (which writes WAL) while every synchronous standby replied within this, ms (default 1250; 0: always probe)",
-    ),
-    (
-        METRICS,
-        "serve Prometheus metrics at this address, e.g. 127.0.0.1:9750 (default: off)",
-    ),
-    (
-        METRICS_REMOTE,
-        "true: allow a replguard-metrics address that is not loopback (default false)",
-    ),
-    (
-        ALERT_COMMAND,
-        "run this command (sh -c) on each state change, the report on its stdin (default: none)",
-    ),
-    (
-        ACCEPT_NO_STANDBY_UNTIL,
-        "after a failover: accept running without a synchronous standby until this RFC 3339 time, at most 7 days ahead (reported degraded: no-replica-accepted); printed by cln-replguard failover --then run-alone",
-    ),
-    (
-        EVIDENCE,
-        "on (default): record each change of verdict in the table replguard.evidence, which replicates to the standby for cln-replguard failover to read; off: record nothing",
-    ),
+/// How lightningd is told to type an option, with the default it shows in `listconfigs` and
+/// `lightningd --help` (lightningd type-checks `int` and `bool` itself before we see them).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Str(Option<&'static str>),
+    /// Repeatable, no default.
+    StrArray,
+    Int(i64),
+    Bool(bool),
+}
+
+/// One option as declared to lightningd.
+pub struct Declared {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub kind: Kind,
+    /// Changeable with `setconfig` while lightningd runs: only what neither weakens the
+    /// startup decision nor the guard's thresholds (`RUNTIME_CHANGEABLE`).
+    pub dynamic: bool,
+}
+
+/// `replguard-gated-commands`' default, as lightningd shows it.
+pub const DEFAULT_GATED_COMMANDS: &str =
+    "fundchannel,fundchannel_start,multifundchannel,openchannel_init,openchannel_bump,splice_init";
+
+/// Every option. The plugin's manifest is built from this list.
+pub const ALL: &[Declared] = &[
+    Declared {
+        name: MODE,
+        description: "enforce (default): refuse to run on unsafe or unverifiable storage; warn: report and run",
+        kind: Kind::Str(Some("enforce")),
+        dynamic: false,
+    },
+    Declared {
+        name: DSN,
+        description: "DSN for monitoring (default: the wallet DSN); must reach the wallet's cluster",
+        kind: Kind::Str(None),
+        dynamic: false,
+    },
+    Declared {
+        name: STANDBY_DSN,
+        description: "a standby to check from its own side (repeatable)",
+        kind: Kind::StrArray,
+        dynamic: false,
+    },
+    Declared {
+        name: QUERY_TIMEOUT_MS,
+        description: "deadline of each connection and query, ms (default 2000)",
+        kind: Kind::Int(2000),
+        dynamic: false,
+    },
+    Declared {
+        name: PROBE_DEADLINE_MS,
+        description: "a test commit not acknowledged within this is unsafe, ms (default 1000)",
+        kind: Kind::Int(1000),
+        dynamic: false,
+    },
+    Declared {
+        name: PROBE_SLOW_MS,
+        description: "a test commit acknowledged later than this is degraded, ms (default 250)",
+        kind: Kind::Int(250),
+        dynamic: false,
+    },
+    Declared {
+        name: STARTUP_WAIT,
+        description: "seconds to wait for a go at startup (default 10, at most 100)",
+        kind: Kind::Int(10),
+        dynamic: false,
+    },
+    Declared {
+        name: INTERVAL,
+        description: "seconds between two runtime checks (default 1)",
+        kind: Kind::Int(1),
+        dynamic: true,
+    },
+    Declared {
+        name: ON_UNSAFE,
+        description: "at runtime, when not safe: gate (default: refuse channel opens), stop (lightningd, after the grace), log",
+        kind: Kind::Str(Some("gate")),
+        dynamic: false,
+    },
+    Declared {
+        name: ON_UNKNOWN,
+        description: "reject (default: unknown counts as unsafe) or allow",
+        kind: Kind::Str(Some("reject")),
+        dynamic: false,
+    },
+    Declared {
+        name: UNSAFE_GRACE,
+        description: "stop mode: seconds not-safe must last before lightningd is stopped (default 30)",
+        kind: Kind::Int(30),
+        dynamic: false,
+    },
+    Declared {
+        name: GATE_PAYMENTS,
+        description: "true: also refuse payments and fail incoming HTLCs while not safe (default false)",
+        kind: Kind::Bool(false),
+        dynamic: false,
+    },
+    Declared {
+        name: GATED_COMMANDS,
+        description: "comma-separated commands refused while not safe (default: the channel-opening ones)",
+        kind: Kind::Str(Some(DEFAULT_GATED_COMMANDS)),
+        dynamic: false,
+    },
+    Declared {
+        name: STATUS_FILE,
+        description: "status file written every check, readable while lightningd is frozen (default: replguard-status.json in the lightning-dir; 'off' for none)",
+        kind: Kind::Str(Some(crate::statusfile::DEFAULT_NAME)),
+        dynamic: false,
+    },
+    Declared {
+        name: REPLY_FRESH_MS,
+        description: "skip the test commit (which writes WAL) while every synchronous standby replied within this, ms (default 1250; 0: always probe)",
+        kind: Kind::Int(1250),
+        dynamic: false,
+    },
+    Declared {
+        name: METRICS,
+        description: "serve Prometheus metrics at this address, e.g. 127.0.0.1:9750 (default: off)",
+        kind: Kind::Str(None),
+        dynamic: false,
+    },
+    Declared {
+        name: METRICS_REMOTE,
+        description: "true: allow a replguard-metrics address that is not loopback (default false)",
+        kind: Kind::Bool(false),
+        dynamic: false,
+    },
+    Declared {
+        name: ALERT_COMMAND,
+        description: "run this command (sh -c) on each state change, the report on its stdin (default: none)",
+        kind: Kind::Str(None),
+        dynamic: true,
+    },
+    Declared {
+        name: ACCEPT_NO_STANDBY_UNTIL,
+        description: "after a failover: accept running without a synchronous standby until this RFC 3339 time, at most 7 days ahead (reported degraded: no-replica-accepted); printed by cln-replguard failover --then run-alone",
+        kind: Kind::Str(None),
+        dynamic: false,
+    },
+    Declared {
+        name: EVIDENCE,
+        description: "on (default): record each change of verdict in the table replguard.evidence, which replicates to the standby for cln-replguard failover to read; off: record nothing",
+        kind: Kind::Bool(true),
+        dynamic: false,
+    },
 ];
 
 pub const DEFAULT_REPLY_FRESH: Duration = Duration::from_millis(1250);
@@ -197,7 +265,7 @@ impl std::fmt::Display for OptionError {
             } => write!(f, "{name}={value} ({origin}): expected {expected}"),
             OptionError::NotAChoice { name, origin, why } => write!(f, "{name} ({origin}): {why}"),
             OptionError::Unknown { name, origin } => {
-                let known: Vec<&str> = ALL.iter().map(|(n, _)| *n).collect();
+                let known: Vec<&str> = ALL.iter().map(|d| d.name).collect();
                 write!(
                     f,
                     "unknown option {name} ({origin}); known: {}",
@@ -256,13 +324,7 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
             ACCEPT_NO_STANDBY_UNTIL => {
                 s.policy.accept_no_standby_until = Some(accept_until(&g, SystemTime::now())?)
             }
-            EVIDENCE => {
-                s.evidence = match required(&g)? {
-                    "on" => true,
-                    "off" => false,
-                    v => return Err(bad(&g, v, "on or off")),
-                }
-            }
+            EVIDENCE => s.evidence = boolean(&g)?,
             STATUS_FILE => {
                 let v = required(&g)?;
                 s.status_file = Some((v != "off").then(|| v.to_string()));
@@ -279,6 +341,33 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
     }
     s.policy.validate().map_err(OptionError::Thresholds)?;
     Ok(s)
+}
+
+/// A change `setconfig` may make while lightningd runs (the options declared `dynamic`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RuntimeChange {
+    Interval(Duration),
+    AlertCommand(Option<String>),
+}
+
+/// Validates a `setconfig` of a dynamic option with the same rules as at startup; `None`
+/// (the option unset) brings its default back.
+pub fn runtime_change(name: &str, value: Option<&str>) -> Result<RuntimeChange, OptionError> {
+    let given = value.map(|value| Given {
+        name,
+        value: Some(value),
+        origin: "setconfig",
+    });
+    let s = settings(given)?;
+    match name {
+        INTERVAL => Ok(RuntimeChange::Interval(s.interval)),
+        ALERT_COMMAND => Ok(RuntimeChange::AlertCommand(s.alert_command)),
+        _ => Err(OptionError::NotAChoice {
+            name: name.to_string(),
+            origin: "setconfig".into(),
+            why: "cannot be changed while lightningd runs".into(),
+        }),
+    }
 }
 
 /// A `replguard-` name we do not know.
@@ -374,11 +463,14 @@ fn choice<T: std::str::FromStr<Err = String>>(g: &Given) -> Result<T, OptionErro
     })
 }
 
-fn boolean(g: &Given) -> Result<bool, OptionError> {
-    match required(g)? {
-        "true" => Ok(true),
-        "false" => Ok(false),
-        v => Err(bad(g, v, "true or false")),
+/// One vocabulary for every boolean: `true`/`false` as lightningd shows them (and also its
+/// `yes`/`no`), `on`/`off` as `replguard-evidence` took before.
+pub fn boolean(g: &Given) -> Result<bool, OptionError> {
+    let v = required(g)?;
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" => Ok(true),
+        "false" | "no" | "off" => Ok(false),
+        _ => Err(bad(g, v, "true or false")),
     }
 }
 
@@ -428,7 +520,7 @@ mod tests {
     #[test]
     fn descriptions_and_cli_help_state_the_defaults_in_force() {
         use crate::policy::{DEFAULT_PROBE_DEADLINE, DEFAULT_PROBE_SLOW, DEFAULT_QUERY_TIMEOUT};
-        let description = |name: &str| ALL.iter().find(|(n, _)| *n == name).unwrap().1;
+        let description = |name: &str| ALL.iter().find(|d| d.name == name).unwrap().description;
         let ms = |d: Duration| d.as_millis();
         for (name, stated) in [
             (
@@ -478,6 +570,84 @@ mod tests {
         ] {
             assert!(help.contains(&format!("[default: {},", ms(d))), "{help}");
         }
+    }
+
+    #[test]
+    fn only_the_runtime_safe_options_change_at_runtime_and_by_the_same_rules() {
+        assert_eq!(
+            runtime_change(INTERVAL, Some("5")),
+            Ok(RuntimeChange::Interval(Duration::from_secs(5)))
+        );
+        assert_eq!(
+            runtime_change(INTERVAL, None),
+            Ok(RuntimeChange::Interval(DEFAULT_INTERVAL))
+        );
+        assert_eq!(
+            runtime_change(ALERT_COMMAND, Some("logger x")),
+            Ok(RuntimeChange::AlertCommand(Some("logger x".into())))
+        );
+        let e = runtime_change(INTERVAL, Some("0")).unwrap_err().to_string();
+        assert!(e.contains("between 1 and 3600"), "{e}");
+        let e = runtime_change(MODE, Some("warn")).unwrap_err().to_string();
+        assert!(e.contains("cannot be changed while lightningd runs"), "{e}");
+        let dynamic: Vec<&str> = ALL.iter().filter(|d| d.dynamic).map(|d| d.name).collect();
+        assert_eq!(dynamic, [INTERVAL, ALERT_COMMAND]);
+    }
+
+    #[test]
+    fn every_boolean_takes_true_false_and_on_off() {
+        for name in [GATE_PAYMENTS, METRICS_REMOTE, EVIDENCE] {
+            for (v, expected) in [
+                ("true", true),
+                ("on", true),
+                ("Yes", true),
+                ("false", false),
+                ("off", false),
+                ("no", false),
+            ] {
+                let g = Given {
+                    name,
+                    value: Some(v),
+                    origin: "config:1",
+                };
+                assert_eq!(boolean(&g), Ok(expected), "{name}={v}");
+            }
+        }
+        assert!(!parse(&[(EVIDENCE, Some("false"))]).unwrap().evidence);
+        assert!(
+            parse(&[(GATE_PAYMENTS, Some("on"))])
+                .unwrap()
+                .gate
+                .gate_payments
+        );
+    }
+
+    #[test]
+    fn the_declared_defaults_are_the_defaults_in_force() {
+        let defaults: Vec<(&str, String)> = ALL
+            .iter()
+            .filter_map(|d| match d.kind {
+                Kind::Str(Some(v)) => Some((d.name, v.to_string())),
+                Kind::Int(i) => Some((d.name, i.to_string())),
+                Kind::Bool(b) => Some((d.name, b.to_string())),
+                Kind::Str(None) | Kind::StrArray => None,
+            })
+            .collect();
+        let pairs: Vec<(&str, Option<&str>)> = defaults
+            .iter()
+            .map(|(n, v)| (*n, Some(v.as_str())))
+            .collect();
+        let mut s = parse(&pairs).unwrap();
+        assert_eq!(
+            s.status_file,
+            Some(Some(crate::statusfile::DEFAULT_NAME.into()))
+        );
+        s.status_file = None;
+        assert_eq!(s, Settings::default());
+        assert_eq!(
+            DEFAULT_GATED_COMMANDS,
+            crate::guard::DEFAULT_GATED_COMMANDS.join(",")
+        );
     }
 
     #[test]
@@ -551,7 +721,7 @@ mod tests {
                 vec![(ON_UNKNOWN, Some("maybe"))],
                 "expected reject or allow",
             ),
-            (vec![(GATE_PAYMENTS, Some("yes"))], "true or false"),
+            (vec![(GATE_PAYMENTS, Some("maybe"))], "true or false"),
             (vec![(INTERVAL, Some("0"))], "between 1 and 3600"),
             (
                 vec![(METRICS, Some("0.0.0.0:9750"))],

@@ -38,6 +38,36 @@ fn real_lightningd_with_the_plugin_on_a_real_pair() {
     assert_eq!(code, 0, "{out}");
     eprintln!("lightning-cli failover-check:\n{out}");
 
+    // listconfigs shows every replguard-* option that has a default, typed (issue 14, item 2).
+    let configs = node.json(&["listconfigs"]);
+    let mine: serde_json::Map<String, serde_json::Value> = configs["configs"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("replguard-"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    eprintln!(
+        "lightning-cli listconfigs (replguard-*):\n{}",
+        serde_json::to_string_pretty(&mine).unwrap()
+    );
+    for d in cln_replguard::options::ALL {
+        use cln_replguard::options::Kind;
+        let shown = &mine.get(d.name).cloned().unwrap_or_default();
+        match d.kind {
+            Kind::Int(i) => assert_eq!(shown["value_int"], i, "{}: {shown}", d.name),
+            Kind::Bool(b) => assert_eq!(shown["value_bool"], b, "{}: {shown}", d.name),
+            Kind::Str(Some(v)) => assert_eq!(shown["value_str"], v, "{}: {shown}", d.name),
+            Kind::Str(None) | Kind::StrArray => {}
+        }
+    }
+    // A runtime-safe option changes with setconfig; a safety option does not.
+    let (code, out) = node.cli(&["setconfig", "replguard-interval", "2"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = node.cli(&["setconfig", "replguard-mode", "warn"]);
+    assert_ne!(code, 0, "{out}");
+    eprintln!("setconfig replguard-mode: {out}");
+
     // 1b. A typo in a gated command's parameter reaches the rpc_command hook as raw tokens,
     // not JSON (DESIGN §6): the plugin answers, lightningd rejects the parameter itself, and
     // both live on (issue 11, item 9).

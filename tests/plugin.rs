@@ -32,9 +32,50 @@ fn manifest_declares_options_methods_and_the_notification() {
         .iter()
         .map(|o| o["name"].as_str().unwrap())
         .collect();
-    for (name, _) in cln_replguard::options::ALL {
-        assert!(names.contains(name), "{name} missing from {names:?}");
+    for d in cln_replguard::options::ALL {
+        assert!(names.contains(&d.name), "{} missing from {names:?}", d.name);
     }
+    // Typed, with the defaults lightningd shows in listconfigs and --help; only the
+    // runtime-safe options are dynamic.
+    let option = |name: &str| {
+        m["options"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    for (name, ty, default) in [
+        ("replguard-mode", "string", json!("enforce")),
+        ("replguard-interval", "int", json!(1)),
+        ("replguard-probe-deadline-ms", "int", json!(1000)),
+        ("replguard-startup-wait", "int", json!(10)),
+        ("replguard-gate-payments", "bool", json!(false)),
+        ("replguard-evidence", "bool", json!(true)),
+        ("replguard-on-unsafe", "string", json!("gate")),
+        (
+            "replguard-status-file",
+            "string",
+            json!("replguard-status.json"),
+        ),
+    ] {
+        let o = option(name);
+        assert_eq!(
+            (o["type"].as_str(), &o["default"]),
+            (Some(ty), &default),
+            "{o}"
+        );
+    }
+    let mut dynamic: Vec<&str> = m["options"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["dynamic"] == true)
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    dynamic.sort();
+    assert_eq!(dynamic, ["replguard-alert-command", "replguard-interval"]);
     let methods: Vec<(&str, &str)> = m["rpcmethods"]
         .as_array()
         .unwrap()
@@ -388,5 +429,43 @@ fn an_invalid_option_as_a_plain_plugin_is_logged_and_lightningd_runs() {
     assert!(
         warned.contains("replguard-on-unsafe") && warned.contains("important-plugin="),
         "{warned}"
+    );
+}
+
+/// `setconfig` (lightningd forwards it for the options declared dynamic) is validated by the
+/// same rules as at startup; the guard's safety options cannot change while it runs.
+#[test]
+fn setconfig_changes_only_the_runtime_safe_options_by_the_startup_rules() {
+    let setup = Setup::new("postgres://host=/nonexistent").option("replguard-mode", json!("warn"));
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    assert!(answered(&f.init(Duration::from_secs(30))), "{:?}", f.logs);
+    let ok = f.call(
+        "setconfig",
+        json!({"config": "replguard-interval", "val": "5"}),
+    );
+    assert_eq!(ok["result"], json!({}), "{ok:#}");
+    let ok = f.call(
+        "setconfig",
+        json!({"config": "replguard-alert-command", "val": "logger replguard"}),
+    );
+    assert_eq!(ok["result"], json!({}), "{ok:#}");
+    let bad = f.call(
+        "setconfig",
+        json!({"config": "replguard-interval", "val": "0"}),
+    );
+    assert!(
+        bad["error"].to_string().contains("between 1 and 3600"),
+        "{bad:#}"
+    );
+    let bad = f.call(
+        "setconfig",
+        json!({"config": "replguard-mode", "val": "warn"}),
+    );
+    assert!(
+        bad["error"]
+            .to_string()
+            .contains("cannot be changed while lightningd runs"),
+        "{bad:#}"
     );
 }

@@ -93,3 +93,16 @@ fn first_reason(a: &failover::FailoverAnswer) -> String {
         })
         .unwrap_or_else(|| "no standby is connected".into())
 }
+
+/// `setconfig` of a dynamic option (`replguard-interval`, `replguard-alert-command`):
+/// validated by the same rules as at startup, then in force from the next check. lightningd
+/// keeps the value for `listconfigs`; the guard reads its copy in the state.
+pub async fn setconfig(plugin: Plugin<State>, params: Value) -> Result<Value, anyhow::Error> {
+    let name = params["config"].as_str().unwrap_or_default().to_string();
+    let value = params["val"].as_str();
+    let change = crate::options::runtime_change(&name, value)
+        .map_err(|e| rpc_error(ERR_INVALID_PARAMS, e.to_string(), Value::Null))?;
+    log::info!("setconfig {name}: in force from the next check");
+    plugin.state().0.guard.change(change);
+    Ok(json!({}))
+}

@@ -20,7 +20,10 @@ mod startup;
 mod supervisor;
 
 use anyhow::Result;
-use cln_plugin::options::{ConfigOption, StringArrayConfigOption, StringConfigOption};
+use cln_plugin::options::{
+    ConfigOption, DefaultBooleanConfigOption, DefaultIntegerConfigOption,
+    DefaultStringConfigOption, StringArrayConfigOption, StringConfigOption,
+};
 use cln_plugin::{Builder, HookBuilder, HookFilter, RpcMethodBuilder};
 
 use crate::options;
@@ -60,16 +63,10 @@ async fn serve() -> Result<i32> {
                 )
                 .usage("[wait_ms]"),
         );
-    for (name, description) in options::ALL {
-        builder = if *name == options::STANDBY_DSN {
-            let o: StringArrayConfigOption =
-                ConfigOption::new_str_arr_no_default(name, description);
-            builder.option(o)
-        } else {
-            let o: StringConfigOption = ConfigOption::new_str_no_default(name, description);
-            builder.option(o)
-        };
+    for d in options::ALL {
+        builder = declare(builder, d);
     }
+    builder = builder.setconfig_callback(methods::setconfig);
     builder = builder
         .hook_from_builder(HookBuilder::new("openchannel", hooks::openchannel))
         .hook_from_builder(HookBuilder::new("openchannel2", hooks::openchannel))
@@ -102,4 +99,39 @@ async fn serve() -> Result<i32> {
     tokio::spawn(supervisor::supervised(plugin.clone()));
     plugin.join().await?;
     Ok(0)
+}
+
+type PluginBuilder = Builder<State, tokio::io::DuplexStream, tokio::io::Stdout>;
+
+/// One option in the manifest, typed and with its default (shown by `listconfigs` and
+/// `lightningd --help`); the value is validated by `options::settings` all the same.
+fn declare(builder: PluginBuilder, d: &options::Declared) -> PluginBuilder {
+    use options::Kind;
+    let (name, description) = (d.name, d.description);
+    match d.kind {
+        Kind::Str(Some(default)) => {
+            let o: DefaultStringConfigOption =
+                ConfigOption::new_str_with_default(name, default, description);
+            builder.option(if d.dynamic { o.dynamic() } else { o })
+        }
+        Kind::Str(None) => {
+            let o: StringConfigOption = ConfigOption::new_str_no_default(name, description);
+            builder.option(if d.dynamic { o.dynamic() } else { o })
+        }
+        Kind::StrArray => {
+            let o: StringArrayConfigOption =
+                ConfigOption::new_str_arr_no_default(name, description);
+            builder.option(o)
+        }
+        Kind::Int(default) => {
+            let o: DefaultIntegerConfigOption =
+                ConfigOption::new_i64_with_default(name, default, description);
+            builder.option(if d.dynamic { o.dynamic() } else { o })
+        }
+        Kind::Bool(default) => {
+            let o: DefaultBooleanConfigOption =
+                ConfigOption::new_bool_with_default(name, default, description);
+            builder.option(if d.dynamic { o.dynamic() } else { o })
+        }
+    }
 }

@@ -58,11 +58,13 @@ pub(super) async fn run(plugin: Plugin<State>) {
             metrics_ended_said = true;
         }
         let started = tokio::time::Instant::now();
+        // interval and alert command may change with setconfig while we run.
+        let runtime = st.guard.runtime();
         let mut obs = probe::observe_kept(targets, &policy, &mut kept).await;
         next_check = started
             + match obs.primary() {
-                Some(p) => guard::next_check_in(&p.commit_probe, st.settings.interval),
-                None => st.settings.interval,
+                Some(p) => guard::next_check_in(&p.commit_probe, runtime.interval),
+                None => runtime.interval,
             };
         obs.pinned_commit = st.pinned.clone();
         let v = verdict::evaluate(&obs, &policy);
@@ -85,7 +87,7 @@ pub(super) async fn run(plugin: Plugin<State>) {
         rep.plugin.mode = Some(st.settings.mode);
         rep.plugin.reported = Some(debounce.reported);
         rep.plugin.reported_for_ms = Some(debounce.held_for(now).as_millis() as u64);
-        rep.plugin.interval_ms = Some(st.settings.interval.as_millis() as u64);
+        rep.plugin.interval_ms = Some(runtime.interval.as_millis() as u64);
         if let Some(path) = &st.status_file
             && let Err(e) = statusfile::write(path, &rep)
         {
@@ -93,7 +95,7 @@ pub(super) async fn run(plugin: Plugin<State>) {
         }
         if let Some(t) = change {
             announce(&plugin, t, &v);
-            if let Some(cmd) = &st.settings.alert_command {
+            if let Some(cmd) = &runtime.alert_command {
                 tokio::spawn(alert::run(cmd.clone(), t, rep.to_json()));
             }
         }

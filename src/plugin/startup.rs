@@ -45,11 +45,24 @@ pub struct GuardShared {
     /// The last report and when it was taken.
     pub latest: std::sync::Mutex<Option<(Instant, crate::report::StatusDocument)>>,
     pub counters: std::sync::Mutex<crate::metrics::Counters>,
+    /// The options `setconfig` may change while lightningd runs.
+    pub runtime: std::sync::Mutex<Runtime>,
+}
+
+/// The runtime-safe options (declared `dynamic`), as last set.
+#[derive(Clone, Debug)]
+pub struct Runtime {
+    pub interval: Duration,
+    pub alert_command: Option<String>,
 }
 
 impl GuardShared {
-    pub fn new(level: Level) -> GuardShared {
+    pub fn new(level: Level, settings: &Settings) -> GuardShared {
         GuardShared {
+            runtime: std::sync::Mutex::new(Runtime {
+                interval: settings.interval,
+                alert_command: settings.alert_command.clone(),
+            }),
             level: std::sync::Mutex::new(level),
             latest: std::sync::Mutex::new(None),
             counters: std::sync::Mutex::new(crate::metrics::Counters::default()),
@@ -62,6 +75,22 @@ impl GuardShared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    pub fn runtime(&self) -> Runtime {
+        self.runtime
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// A `setconfig` the options module accepted.
+    pub fn change(&self, c: options::RuntimeChange) {
+        let mut r = self.runtime.lock().unwrap_or_else(|e| e.into_inner());
+        match c {
+            options::RuntimeChange::Interval(i) => r.interval = i,
+            options::RuntimeChange::AlertCommand(a) => r.alert_command = a,
+        }
     }
 
     pub fn counters(&self) -> crate::metrics::Counters {
@@ -111,9 +140,9 @@ pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
                 targets: Err(problem),
                 pinned: None,
                 status_file: status_file(&settings, &lightning_dir),
+                guard: GuardShared::new(Level::Unknown, &settings),
                 settings,
                 rpc_path,
-                guard: GuardShared::new(Level::Unknown),
             }));
         }
     };
@@ -131,9 +160,9 @@ pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
         targets: Ok(targets),
         pinned,
         status_file: status_file(&settings, &lightning_dir),
+        guard: GuardShared::new(verdict.level, &settings),
         settings,
         rpc_path,
-        guard: GuardShared::new(verdict.level),
     }))
 }
 
@@ -265,10 +294,11 @@ fn read_settings(
 ) -> Result<Settings, (Mode, options::OptionError)> {
     use cln_plugin::options::Value;
     let mut given: Vec<(&str, String)> = Vec::new();
-    for (name, _) in options::ALL {
+    for d in options::ALL {
+        let name = d.name;
         match c.option_str(name) {
             Ok(Some(Value::String(s))) => given.push((name, s)),
-            Ok(Some(Value::StringArray(a))) => given.extend(a.into_iter().map(|s| (*name, s))),
+            Ok(Some(Value::StringArray(a))) => given.extend(a.into_iter().map(|s| (name, s))),
             Ok(Some(Value::Integer(i))) => given.push((name, i.to_string())),
             Ok(Some(Value::Boolean(b))) => given.push((name, b.to_string())),
             _ => {}
