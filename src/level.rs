@@ -47,6 +47,45 @@ impl fmt::Display for Level {
     }
 }
 
+/// How much a finding weighs. The levels, and below them `Advice`: a finding that does not
+/// touch the replication guarantee (every acknowledged commit is replicated all the same). It
+/// is listed with its remedy and never changes the verdict's level or the exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Advice,
+    Degraded,
+    Unknown,
+    Unsafe,
+}
+
+impl Severity {
+    /// The level a finding of this severity gives the verdict; advice gives none.
+    pub fn level(self) -> Option<Level> {
+        match self {
+            Severity::Advice => None,
+            Severity::Degraded => Some(Level::Degraded),
+            Severity::Unknown => Some(Level::Unknown),
+            Severity::Unsafe => Some(Level::Unsafe),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Advice => "advice",
+            Severity::Degraded => "degraded",
+            Severity::Unknown => "unknown",
+            Severity::Unsafe => "unsafe",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 impl Level {
     /// A level as `as_str` wrote it (in `replguard.evidence`); anything else reads as unknown.
     pub fn from_recorded(text: &str) -> Level {

@@ -35,6 +35,7 @@ pub fn render(report: Option<&StatusDocument>, counters: Counters) -> String {
     );
     if let Some(r) = report {
         storage_metrics(&mut m, r);
+        finding_metrics(&mut m, r);
     }
     m.metric(
         "replguard_checks_total",
@@ -119,6 +120,42 @@ fn storage_metrics(m: &mut Exposition, r: &StatusDocument) {
     );
 }
 
+/// The last check's findings, advice included (which never changes `replguard_verdict`).
+fn finding_metrics(m: &mut Exposition, r: &StatusDocument) {
+    use crate::verdict::Severity;
+    m.metric(
+        "replguard_findings",
+        "gauge",
+        "findings of the last check by severity (advice does not change the verdict)",
+        &[
+            Severity::Unsafe,
+            Severity::Unknown,
+            Severity::Degraded,
+            Severity::Advice,
+        ]
+        .iter()
+        .map(|sev| {
+            let n = r.findings.iter().filter(|f| f.severity == *sev).count();
+            (format!("{{severity=\"{sev}\"}}"), n as f64)
+        })
+        .collect::<Vec<_>>(),
+    );
+    m.metric(
+        "replguard_finding",
+        "gauge",
+        "1 for each finding of the last check; its remedy is in replication-status",
+        &r.findings
+            .iter()
+            .map(|f| {
+                (
+                    format!("{{code=\"{}\",severity=\"{}\"}}", f.code, f.severity),
+                    1.0,
+                )
+            })
+            .collect::<Vec<_>>(),
+    );
+}
+
 /// Prometheus' text exposition being written.
 struct Exposition(String);
 
@@ -196,6 +233,30 @@ mod tests {
             "replguard_syncrep_longest_wait_seconds 4.2",
             "replguard_checks_total 7",
             "replguard_checks_failed_total 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing {line:?} in\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn advice_is_listed_and_leaves_the_verdict_alone() {
+        let mut report = crate::report::tests::plugin_document();
+        report.verdict = Level::Safe;
+        report.plugin.reported = Some(Level::Safe);
+        report.findings = vec![crate::verdict::Finding::new(
+            crate::verdict::Code::RewindImpossible,
+            "m",
+            "r",
+        )];
+        let text = render(Some(&report), Counters::default());
+        for line in [
+            "replguard_verdict{level=\"safe\"} 1",
+            "replguard_findings{severity=\"advice\"} 1",
+            "replguard_findings{severity=\"degraded\"} 0",
+            "replguard_finding{code=\"rewind-impossible\",severity=\"advice\"} 1",
         ] {
             assert!(
                 text.lines().any(|l| l == line),

@@ -92,13 +92,51 @@ fn findings_carry_code_severity_message_and_remedy_and_exit_2_when_unsafe() {
 
 #[test]
 fn degraded_exits_1() {
-    let mut spec = ClusterSpec::pair();
-    spec.primary_conf.push("max_slot_wal_keep_size = -1".into());
-    let c = start(&spec);
+    let c = start(&ClusterSpec::pair());
+    c.set_sync_names("*").unwrap();
     let (code, out, _) = cli(&["check", "--dsn", &c.primary.wallet_dsn()]);
     assert_eq!(code, 1, "{out}");
     assert!(out.starts_with("REPLGUARD DEGRADED"), "{out}");
-    assert!(out.contains("slot-retention-unbounded"), "{out}");
+    assert!(out.contains("sync-names-wildcard"), "{out}");
+}
+
+/// The seed guide's default pair (checksums off, wal_log_hints off, a slot without a WAL
+/// limit): every acknowledged commit is replicated, so SAFE and exit 0, with the advice and
+/// its remedies listed.
+#[test]
+fn a_default_pair_is_safe_with_advice_and_exits_0() {
+    let mut spec = ClusterSpec::pair();
+    spec.primary_conf.push("max_slot_wal_keep_size = -1".into());
+    spec.primary_conf.push("wal_log_hints = off".into());
+    let c = start(&spec);
+    let dsn = c.primary.wallet_dsn();
+    let (code, out, err) = cli(&["check", "--dsn", &dsn]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("REPLGUARD SAFE"), "{out}");
+    assert!(out.contains("2 advice"), "{out}");
+    let (code, out, _) = cli(&["status", "--dsn", &dsn]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("verdict: SAFE"), "{out}");
+    assert!(
+        out.contains("[advice] slot-retention-unbounded")
+            && out.contains("[advice] rewind-impossible"),
+        "{out}"
+    );
+    assert!(
+        out.contains("fix: ALTER SYSTEM SET wal_log_hints = on"),
+        "{out}"
+    );
+    let (code, out, _) = cli(&["status", "--json", "--dsn", &dsn]);
+    assert_eq!(code, 0, "{out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["verdict"], "safe");
+    let severities: Vec<&str> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["severity"].as_str().unwrap())
+        .collect();
+    assert_eq!(severities, ["advice", "advice"], "{out}");
 }
 
 #[test]

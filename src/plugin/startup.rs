@@ -273,6 +273,11 @@ fn act_on_the_decision(
         for l in finding_lines(verdict) {
             log::warn!("{l}");
         }
+    } else {
+        // Safe, perhaps with advice: worth reading once, not a warning.
+        for l in finding_lines(verdict) {
+            log::info!("{l}");
+        }
     }
     log::info!(
         "startup check: {} in {} ms (replguard-mode={})",

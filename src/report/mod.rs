@@ -149,26 +149,31 @@ fn sender_text(w: &crate::facts::WalSender, verdict: &Verdict) -> String {
 
 /// One line for monitoring systems: `REPLGUARD SAFE: …` with perfdata after `|`.
 pub fn check_line(obs: &Observation, verdict: &Verdict, policy: &Policy) -> String {
-    let summary = match verdict.findings.first() {
+    // Advice never leads a line whose level it did not set: "SAFE: verified (2 advice: …)".
+    let (advice, counted): (Vec<_>, Vec<_>) = verdict
+        .findings
+        .iter()
+        .partition(|f| f.severity == crate::verdict::Severity::Advice);
+    let mut summary = match counted.first() {
         None => "synchronous replication verified".to_string(),
         Some(f) => {
-            let more = verdict.findings.len() - 1;
+            let also: Vec<&str> = counted[1..].iter().map(|f| f.code.as_str()).collect();
             format!(
                 "{} ({}){}",
                 f.message,
                 f.code,
-                if more > 0 {
-                    let codes: Vec<&str> = verdict.findings[1..]
-                        .iter()
-                        .map(|f| f.code.as_str())
-                        .collect();
-                    format!("; also {}", codes.join(", "))
-                } else {
+                if also.is_empty() {
                     String::new()
+                } else {
+                    format!("; also {}", also.join(", "))
                 }
             )
         }
     };
+    if !advice.is_empty() {
+        let codes: Vec<&str> = advice.iter().map(|f| f.code.as_str()).collect();
+        summary.push_str(&format!(" ({} advice: {})", advice.len(), codes.join(", ")));
+    }
     let mut perf = Vec::new();
     if let Some(ms) = obs.primary().and_then(|p| p.commit_probe.ms()) {
         perf.push(format!(

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::Level;
+use super::Severity;
 
 /// How fast the runtime guard turns a finding into a reported not-safe level.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -29,8 +29,8 @@ pub enum Alarm {
 pub struct Entry {
     /// The stable string operators and alerting match on.
     pub id: &'static str,
-    /// The level a finding with this code gives.
-    pub severity: Level,
+    /// The level a finding with this code gives, or `Advice`: none.
+    pub severity: Severity,
     pub alarm: Alarm,
     /// One line, as in the README's findings table.
     pub meaning: &'static str,
@@ -53,7 +53,7 @@ macro_rules! catalogue {
                 match self {
                     $(Code::$variant => Entry {
                         id: $id,
-                        severity: Level::$severity,
+                        severity: Severity::$severity,
                         alarm: Alarm::$alarm,
                         meaning: $meaning,
                     },)*
@@ -114,11 +114,13 @@ catalogue! {
         "a slot is past `max_slot_wal_keep_size`";
     SlotInactive = "slot-inactive", Degraded, Debounced,
         "a slot has no standby connected";
-    SlotRetentionUnbounded = "slot-retention-unbounded", Degraded, Debounced,
-        "slots exist and `max_slot_wal_keep_size = -1`";
+    SlotRetentionUnbounded = "slot-retention-unbounded", Advice, Debounced,
+        "slots exist and `max_slot_wal_keep_size = -1`, their standbys connected: a slot whose \
+         standby goes away will keep WAL until the disk is full (an inactive slot is \
+         `slot-inactive`, degraded, and says so)";
     ArchiveFailing = "archive-failing", Degraded, Debounced,
         "the last WAL archiving attempt failed (older failures since recovered do not count)";
-    RewindImpossible = "rewind-impossible", Degraded, Debounced,
+    RewindImpossible = "rewind-impossible", Advice, Debounced,
         "`wal_log_hints` and data checksums are both off: after a failover, `pg_rewind` \
          cannot make the old primary a standby (a full clone is needed)";
     HotStandbyOff = "hot-standby-off", Unknown, Debounced,
@@ -186,7 +188,7 @@ impl Code {
         self.entry().id
     }
 
-    pub fn severity(self) -> Level {
+    pub fn severity(self) -> Severity {
         self.entry().severity
     }
 

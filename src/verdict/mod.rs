@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::facts::Observation;
 use crate::policy::Policy;
 
-pub use crate::level::Level;
+pub use crate::level::{Level, Severity};
 pub use catalogue::{Alarm, Code, Entry};
 pub(crate) use rules::{
     OtherServer, other_server, primary_failure_code, standby_failure_code, synchronous_commit_code,
@@ -30,7 +30,7 @@ pub use sync::{SenderJudgement, SyncAssessment, assess_sync};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     pub code: Code,
-    pub severity: Level,
+    pub severity: Severity,
     pub message: String,
     pub remedy: String,
 }
@@ -91,7 +91,7 @@ impl Verdict {
         self.findings
             .iter()
             .filter(|f| f.code != Code::PluginFault)
-            .map(|f| f.severity)
+            .filter_map(|f| f.severity.level())
             .max()
             .unwrap_or(Level::Safe)
     }
@@ -102,9 +102,10 @@ pub fn evaluate(obs: &Observation, policy: &Policy) -> Verdict {
     let ctx = rules::Context::new(obs, policy);
     let mut findings: Vec<Finding> = rules::RULES.iter().flat_map(|rule| rule(&ctx)).collect();
     findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+    // Advice is listed, never counted.
     let level = findings
         .iter()
-        .map(|f| f.severity)
+        .filter_map(|f| f.severity.level())
         .max()
         .unwrap_or(Level::Safe);
     Verdict {

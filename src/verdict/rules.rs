@@ -520,9 +520,19 @@ fn slots(ctx: &Context) -> Vec<Finding> {
             _ => {}
         }
         if !s.active {
+            // Without a WAL limit an abandoned slot is the real danger: the disk fills and
+            // the primary stops.
+            let unbounded = if p.max_slot_wal_keep_size_mb < 0 {
+                ", and max_slot_wal_keep_size = -1: it keeps WAL until the primary's disk is full"
+            } else {
+                ""
+            };
             out.push(Finding::new(
                 Code::SlotInactive,
-                format!("replication slot {} has no standby connected", s.name),
+                format!(
+                    "replication slot {} has no standby connected{unbounded}",
+                    s.name
+                ),
                 "start the standby that uses it, or drop the slot if that standby is gone \
                  (SELECT pg_drop_replication_slot(…))",
             ));
@@ -531,8 +541,8 @@ fn slots(ctx: &Context) -> Vec<Finding> {
     if !p.slots.is_empty() && p.max_slot_wal_keep_size_mb < 0 {
         out.push(Finding::new(
             Code::SlotRetentionUnbounded,
-            "max_slot_wal_keep_size = -1: a slot whose standby is gone keeps WAL until the \
-             primary's disk is full",
+            "max_slot_wal_keep_size = -1: should a slot's standby go away, the slot keeps WAL \
+             until the primary's disk is full (advice: replication is not affected now)",
             "ALTER SYSTEM SET max_slot_wal_keep_size = '10GB' (sized to your disk); SELECT \
              pg_reload_conf();",
         ));

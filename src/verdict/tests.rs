@@ -314,7 +314,7 @@ fn an_acceptance_does_not_excuse_a_named_standby_that_is_missing() {
 fn rewind_needs_wal_log_hints_or_checksums() {
     let mut p = primary();
     p.wal_log_hints = false;
-    assert_verdict(&observe(p.clone()), Level::Degraded, Code::RewindImpossible);
+    assert_verdict(&observe(p.clone()), Level::Safe, Code::RewindImpossible);
     p.data_checksums = true;
     assert_eq!(judge(&observe(p)).level, Level::Safe);
 }
@@ -537,7 +537,41 @@ fn slot_states() {
     assert_verdict(&observe(p), Level::Degraded, Code::SlotInactive);
     let mut p = primary();
     p.max_slot_wal_keep_size_mb = -1;
-    assert_verdict(&observe(p), Level::Degraded, Code::SlotRetentionUnbounded);
+    assert_verdict(&observe(p), Level::Safe, Code::SlotRetentionUnbounded);
+}
+
+/// The seed guide's pair: checksums off, wal_log_hints off, a slot without a WAL limit whose
+/// standby streams. Every acknowledged commit is replicated: safe, with two pieces of advice
+/// that do not change the level.
+#[test]
+fn a_default_pair_is_safe_with_advice() {
+    let mut p = primary();
+    p.wal_log_hints = false;
+    p.data_checksums = false;
+    p.max_slot_wal_keep_size_mb = -1;
+    let v = judge(&observe(p));
+    assert_eq!(v.level, Level::Safe, "findings: {:?}", codes(&v));
+    assert_eq!(codes(&v), ["slot-retention-unbounded", "rewind-impossible"]);
+    assert!(v.findings.iter().all(|f| f.severity == Severity::Advice));
+    assert!(v.findings.iter().all(|f| !f.remedy.is_empty()));
+    assert_eq!(v.storage_level(), Level::Safe);
+}
+
+/// A slot whose standby is gone, with unbounded retention: the primary's disk fills. That is
+/// `slot-inactive` (degraded), which says the retention is unbounded.
+#[test]
+fn an_inactive_slot_with_unbounded_retention_is_degraded_and_says_why() {
+    let mut p = primary();
+    p.max_slot_wal_keep_size_mb = -1;
+    p.slots[0].active = false;
+    let v = judge(&observe(p));
+    assert_eq!(v.level, Level::Degraded, "findings: {:?}", codes(&v));
+    let f = v.finding(Code::SlotInactive).unwrap();
+    assert!(
+        f.message.contains("until the primary's disk is full"),
+        "{}",
+        f.message
+    );
 }
 
 #[test]
@@ -645,7 +679,7 @@ fn a_standby_dsn_answering_as_a_primary_by_behaviour() {
     let f = v
         .finding(Code::StandbyDsnIsPrimary)
         .expect("standby-dsn-is-primary");
-    assert_eq!(f.severity, Level::Unknown);
+    assert_eq!(f.severity, Severity::Unknown);
 }
 
 #[test]
@@ -656,7 +690,7 @@ fn unsafe_outranks_unknown_and_findings_come_worst_first() {
     let obs = with_standby(observe(p), Err(failure(FailureKind::Timeout)));
     let v = judge(&obs);
     assert_eq!(v.level, Level::Unsafe);
-    let levels: Vec<Level> = v.findings.iter().map(|f| f.severity).collect();
+    let levels: Vec<Severity> = v.findings.iter().map(|f| f.severity).collect();
     let mut sorted = levels.clone();
     sorted.sort_by_key(|l| std::cmp::Reverse(*l));
     assert_eq!(levels, sorted);
@@ -839,7 +873,7 @@ fn failover_reasons_carry_the_code_the_status_check_gives() {
 #[test]
 fn findings_and_probe_failures_display_themselves() {
     let f = Finding::new(Code::SlotInactive, "slot s1 is idle", "start it");
-    assert_eq!(f.severity, Level::Degraded);
+    assert_eq!(f.severity, Severity::Degraded);
     assert_eq!(f.headline(), "[degraded] slot-inactive: slot s1 is idle");
     assert_eq!(
         f.to_string(),
