@@ -11,7 +11,7 @@ use crate::config::{self, Preflight, Resolved};
 use crate::dsn::WalletDsn;
 use crate::lnconfig::Location;
 use crate::probe::{self, Targets};
-use crate::{failover, options, policy, preflight, report, verdict};
+use crate::{failover, options, policy, preflight, report};
 
 /// Exit status when the command line itself is wrong: nothing was checked, so "unknown".
 pub const EXIT_USAGE: i32 = 3;
@@ -62,6 +62,10 @@ pub enum Command {
         /// `cln-replguard failover` to read on the standby).
         #[arg(long)]
         no_evidence: bool,
+        /// Pass only when the local Patroni (--patroni-url or replguard-patroni-url) is the
+        /// leader and the wallet DSN reaches its PostgreSQL: the pre-flight on a Patroni host.
+        #[arg(long)]
+        require_leader: bool,
         /// Without --lightning-dir: record a change of verdict in replguard.evidence. Only
         /// through lightningd's own wallet DSN: a check run as another role would record what
         /// that role's commits get, not lightningd's.
@@ -117,6 +121,10 @@ pub struct TargetArgs {
     /// With the configuration: lightningd's --conf (the only file lightningd then reads).
     #[arg(long, value_name = "FILE", conflicts_with = "dsn")]
     pub conf: Option<PathBuf>,
+    /// The local Patroni REST API, http://host:port [default: replguard-patroni-url]: its
+    /// settings and leader are judged with the rest.
+    #[arg(long, value_name = "URL")]
+    pub patroni_url: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -185,6 +193,10 @@ impl TargetArgs {
                 Some(options::accept_until(&given, std::time::SystemTime::now())?);
         }
         settings.policy.validate().map_err(anyhow::Error::msg)?;
+        if let Some(u) = &self.patroni_url {
+            settings.patroni_url =
+                Some(crate::patroni::PatroniUrl::parse(u).map_err(anyhow::Error::msg)?);
+        }
         let wallet = WalletDsn::parse(&wallet_dsn).context(match &preflight_config {
             Some(c) => format!("wallet= ({})", c.wallet_origin),
             None => "--dsn".to_string(),
@@ -197,6 +209,7 @@ impl TargetArgs {
             eprintln!("cln-replguard: warning: {w}");
         }
         Ok(Resolved {
+            patroni_url: settings.patroni_url.clone(),
             targets,
             policy: settings.policy,
             evidence: settings.evidence,
@@ -239,8 +252,7 @@ async fn execute(command: Command) -> Result<i32> {
             from_file: None,
         } => {
             let r = target.resolve(&policy)?;
-            let obs = probe::observe(&r.targets, &r.policy).await;
-            let v = verdict::evaluate(&obs, &r.policy);
+            let (obs, v) = preflight::observe_and_judge(&r, false).await;
             if json {
                 println!(
                     "{}",
@@ -259,28 +271,29 @@ async fn execute(command: Command) -> Result<i32> {
             wait,
             no_evidence,
             record_evidence,
+            require_leader,
         } => {
             let mut r = target.resolve(&policy)?;
             r.evidence = match &r.preflight {
                 Some(_) => r.evidence && !no_evidence,
                 None => record_evidence,
             };
+            if require_leader && r.patroni_url.is_none() {
+                anyhow::bail!(
+                    "--require-leader needs the local Patroni: give --patroni-url (or set {})",
+                    options::PATRONI_URL
+                );
+            }
             match &r.preflight {
-                Some(p) => Ok(preflight::run(&r, p, wait.map(Duration::from_secs)).await),
+                Some(p) => {
+                    Ok(preflight::run(&r, p, wait.map(Duration::from_secs), require_leader).await)
+                }
                 None if wait.is_some() => {
                     anyhow::bail!(
                         "--wait belongs to the pre-flight: give --lightning-dir (or --conf)"
                     )
                 }
-                None => {
-                    let obs = probe::observe(&r.targets, &r.policy).await;
-                    let v = verdict::evaluate(&obs, &r.policy);
-                    println!("{}", report::check_line(&obs, &v, &r.policy));
-                    if r.evidence {
-                        preflight::record_evidence(&r, &obs, &v).await;
-                    }
-                    Ok(v.level.exit_code())
-                }
+                None => Ok(check_once(&r, require_leader).await),
             }
         }
         Command::FailoverCheck {
@@ -308,4 +321,14 @@ async fn execute(command: Command) -> Result<i32> {
         Command::Setup(cmd) => crate::setup::run(cmd).await,
         Command::Demo => crate::demo::run().await,
     }
+}
+
+/// `check` without the configuration: one line and the verdict's exit status.
+async fn check_once(r: &Resolved, require_leader: bool) -> i32 {
+    let (obs, v) = preflight::observe_and_judge(r, require_leader).await;
+    println!("{}", report::check_line(&obs, &v, &r.policy));
+    if r.evidence {
+        preflight::record_evidence(r, &obs, &v).await;
+    }
+    v.level.exit_code()
 }

@@ -23,6 +23,8 @@ pub struct Resolved {
     pub evidence: bool,
     /// Set when read from lightningd's configuration: the pre-flight decides by it.
     pub preflight: Option<Preflight>,
+    /// The local Patroni's REST API (`--patroni-url`, `replguard-patroni-url`).
+    pub patroni_url: Option<crate::patroni::PatroniUrl>,
 }
 
 pub struct Preflight {

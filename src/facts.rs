@@ -427,3 +427,16 @@ pub struct Recorded {
 pub fn worth_recording(last: Option<&Record>, now: &Record) -> bool {
     last != Some(now)
 }
+
+/// Where the primary's effective `synchronous_standby_names` comes from (`pg_settings`), and
+/// whether Patroni's sessions are on the server: read through the wallet DSN by the probe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServerSigns {
+    /// `pg_settings.source` (`configuration file`, `command line`…).
+    pub names_source: String,
+    /// `pg_settings.sourcefile`; `None` when the role may not see it (no
+    /// `pg_read_all_settings`) or the value is not from a file.
+    pub names_sourcefile: Option<String>,
+    /// Client sessions whose `application_name` starts with `Patroni`.
+    pub patroni_sessions: i64,
+}

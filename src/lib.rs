@@ -31,6 +31,7 @@ pub mod lnconfig;
 pub mod lsn;
 pub mod metrics;
 pub mod options;
+pub mod patroni;
 pub mod pgbin;
 pub mod pgpass;
 pub mod pgtool;

@@ -28,6 +28,7 @@ pub const METRICS_REMOTE: &str = "replguard-metrics-remote";
 pub const ALERT_COMMAND: &str = "replguard-alert-command";
 pub const ACCEPT_NO_STANDBY_UNTIL: &str = "replguard-accept-no-standby-until";
 pub const EVIDENCE: &str = "replguard-evidence";
+pub const PATRONI_URL: &str = "replguard-patroni-url";
 
 /// How lightningd is told to type an option, with the default it shows in `listconfigs` and
 /// `lightningd --help` (lightningd type-checks `int` and `bool` itself before we see them).
@@ -176,6 +177,12 @@ pub const ALL: &[Declared] = &[
         kind: Kind::Bool(true),
         dynamic: false,
     },
+    Declared {
+        name: PATRONI_URL,
+        description: "the local Patroni REST API, http://host:port (default: none): its settings are judged and lightningd follows its leader",
+        kind: Kind::Str(None),
+        dynamic: false,
+    },
 ];
 
 pub const DEFAULT_REPLY_FRESH: Duration = Duration::from_millis(1250);
@@ -203,6 +210,8 @@ pub struct Settings {
     pub reply_fresh: Option<Duration>,
     /// Record verdict changes in `replguard.evidence` (`crate::evidence`).
     pub evidence: bool,
+    /// The local Patroni's REST API (`crate::patroni`).
+    pub patroni_url: Option<crate::patroni::PatroniUrl>,
 }
 
 impl Default for Settings {
@@ -221,6 +230,7 @@ impl Default for Settings {
             metrics: None,
             alert_command: None,
             evidence: true,
+            patroni_url: None,
         }
     }
 }
@@ -320,6 +330,13 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
                 );
             }
             METRICS_REMOTE => metrics_remote = boolean(&g)?,
+            PATRONI_URL => {
+                let v = required(&g)?;
+                s.patroni_url =
+                    Some(crate::patroni::PatroniUrl::parse(v).map_err(|_| {
+                        bad(&g, v, "http://host:port (the local Patroni REST API)")
+                    })?);
+            }
             ALERT_COMMAND => s.alert_command = Some(required(&g)?.to_string()),
             ACCEPT_NO_STANDBY_UNTIL => {
                 s.policy.accept_no_standby_until = Some(accept_until(&g, SystemTime::now())?)

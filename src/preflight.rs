@@ -16,17 +16,37 @@ use crate::verdict::{self, Verdict};
 /// Pause between two attempts while waiting for a go.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
-/// Returns the exit status: 0 go; otherwise the verdict's (2 unsafe, 3 unknown).
-pub async fn run(r: &Resolved, p: &Preflight, wait: Option<Duration>) -> i32 {
-    let (targets, policy) = (&r.targets, &r.policy);
+/// One check as `status`, `check` and the pre-flight make it: the storage, then the HA
+/// manager (`crate::patroni`) judged with it.
+pub async fn observe_and_judge(r: &Resolved, require_leader: bool) -> (Observation, Verdict) {
+    let obs = probe::observe(&r.targets, &r.policy).await;
+    let v = verdict::evaluate(&obs, &r.policy);
+    let manager = crate::patroni::observe_manager(
+        &obs,
+        &r.targets,
+        r.patroni_url.as_ref(),
+        r.policy.query_timeout,
+    )
+    .await;
+    let v = crate::patroni::amend(v, &obs, &manager, require_leader);
+    (obs, v)
+}
+
+/// Returns the exit status: 0 go; otherwise the verdict's (2 unsafe, 3 unknown). With
+/// `require_leader`, not being Patroni's leader fails it in every mode.
+pub async fn run(r: &Resolved, p: &Preflight, wait: Option<Duration>, require_leader: bool) -> i32 {
+    let policy = &r.policy;
     let started = Instant::now();
     let deadline = wait.map(|w| started + w);
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let obs = probe::observe(targets, policy).await;
-        let v = verdict::evaluate(&obs, policy);
-        let d = action::decide(v.level, p.mode);
+        let (obs, v) = observe_and_judge(r, require_leader).await;
+        let mut d = action::decide(v.level, p.mode);
+        if require_leader && crate::patroni::leadership_failed(&v) {
+            d.go = false;
+            d.report_findings = true;
+        }
         let out_of_time = deadline.is_none_or(|d| Instant::now() >= d);
         if d.go || out_of_time {
             if r.evidence {

@@ -55,3 +55,117 @@ fn patroni_behaves_as_the_rules_assume() {
         Ok(c.psql(n1, "SHOW synchronous_standby_names")? == "*")
     });
 }
+
+/// Runs the built binary; returns (exit code, stdout, stderr).
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cln-replguard"))
+        .args(args)
+        .env_remove("LIGHTNINGD_PLUGIN")
+        .env_remove("REPLGUARD_DSN")
+        .output()
+        .expect("run cln-replguard");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `check` through `node`'s wallet DSN, with `url_of`'s Patroni URL (none: `None`).
+fn check(c: &PatroniCluster, node: &str, url_of: Option<&str>, extra: &[&str]) -> (i32, String) {
+    let dsn = c.node(node).wallet_dsn();
+    let url = url_of.map(|n| c.node(n).api_url());
+    let mut args = vec!["check", "--dsn", &dsn];
+    if let Some(u) = &url {
+        args.extend(["--patroni-url", u]);
+    }
+    args.extend(extra);
+    let (code, out, err) = cli(&args);
+    (code, format!("{out}{err}"))
+}
+
+#[test]
+fn a_healthy_strict_patroni_cluster_is_safe_and_its_leader_passes_require_leader() {
+    let c = PatroniCluster::start(&PatroniSpec::strict(2));
+    let (code, out) = check(&c, "n1", Some("n1"), &["--require-leader"]);
+    assert_eq!(code, 0, "{out}");
+    // The replica's Patroni is not the leader: --require-leader fails there.
+    let (code, out) = check(&c, "n1", Some("n2"), &["--require-leader"]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("patroni-not-leader"), "{out}");
+    // Without the URL, Patroni is recognised by its sessions and named.
+    let (code, out) = check(&c, "n1", None, &[]);
+    assert_eq!(code, 3, "{out}");
+    assert!(
+        out.contains("ha-manager-unconfigured") && out.contains("Patroni"),
+        "{out}"
+    );
+}
+
+#[test]
+fn patroni_with_strict_off_is_unsafe() {
+    let c = PatroniCluster::start(&PatroniSpec {
+        synchronous_mode_strict: false,
+        ..PatroniSpec::strict(2)
+    });
+    let (code, out) = check(&c, "n1", Some("n1"), &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("patroni-strict-off"), "{out}");
+}
+
+#[test]
+fn patroni_with_synchronous_mode_off_is_unsafe() {
+    let c = PatroniCluster::start(&PatroniSpec {
+        synchronous_mode: false,
+        synchronous_mode_strict: false,
+        ..PatroniSpec::strict(2)
+    });
+    let (code, out) = check(&c, "n1", Some("n1"), &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("patroni-sync-mode-off"), "{out}");
+}
+
+#[test]
+fn names_set_by_alter_system_over_patronis_are_unsafe() {
+    let c = PatroniCluster::start(&PatroniSpec::strict(2));
+    let n1 = c.node("n1");
+    let patronis = c.psql(n1, "SHOW synchronous_standby_names").unwrap();
+    // The very value Patroni wrote, now from postgresql.auto.conf: it would stay when
+    // Patroni changes its own.
+    c.psql(
+        n1,
+        &format!("ALTER SYSTEM SET synchronous_standby_names = '{patronis}'"),
+    )
+    .unwrap();
+    c.psql(n1, "SELECT pg_reload_conf()").unwrap();
+    c.wait("the override to apply", Duration::from_secs(10), || {
+        Ok(c.psql(
+            n1,
+            "SELECT sourcefile FROM pg_settings WHERE name = 'synchronous_standby_names'",
+        )?
+        .ends_with("postgresql.auto.conf"))
+    });
+    let (code, out) = check(&c, "n1", Some("n1"), &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("patroni-sync-names-overridden"), "{out}");
+}
+
+#[test]
+fn a_paused_patroni_is_degraded() {
+    let c = PatroniCluster::start(&PatroniSpec::strict(2));
+    c.patronictl(&["pause", "--wait"]).unwrap();
+    let (code, out) = check(&c, "n1", Some("n1"), &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("patroni-paused"), "{out}");
+}
+
+#[test]
+fn patroni_rest_api_down_is_unknown() {
+    let c = PatroniCluster::start(&PatroniSpec::strict(2));
+    // Patroni gone, its PostgreSQL still serving: the storage looks fine, Patroni's side is
+    // not known.
+    c.kill_patroni("n1");
+    let (code, out) = check(&c, "n1", Some("n1"), &[]);
+    assert_eq!(code, 3, "{out}");
+    assert!(out.contains("patroni-unreachable"), "{out}");
+}

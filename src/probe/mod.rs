@@ -4,6 +4,7 @@
 mod commit;
 pub mod evidence;
 mod freshness;
+mod manager;
 mod primary;
 pub mod promote;
 mod session;
@@ -75,6 +76,14 @@ pub async fn answers(dsn: &WalletDsn, deadline: std::time::Duration) -> bool {
         WalletDsn::Postgres(t) => session::Session::open_monitor(t, deadline).await.is_ok(),
         WalletDsn::Other { .. } => false,
     }
+}
+
+/// The signs of an HA manager on the wallet's server (`crate::patroni` judges them).
+pub async fn observe_server_signs(
+    target: &PgTarget,
+    deadline: Duration,
+) -> Result<crate::facts::ServerSigns, crate::facts::ProbeFailure> {
+    manager::observe(target, deadline).await
 }
 
 /// One standby's facts, read through its own DSN.

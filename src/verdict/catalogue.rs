@@ -179,6 +179,40 @@ catalogue! {
     MonitorEnded = "monitor-ended", Unknown, Debounced,
         "(plugin) the runtime monitor ended (a bug): nothing is checked any more; restart the \
          plugin";
+    HaManagerUnconfigured = "ha-manager-unconfigured", Unknown, Debounced,
+        "an HA manager runs the cluster (Patroni's sessions are on the server, or \
+         pg_auto_failover's standby names) and its settings are not read: set \
+         `replguard-patroni-url`";
+    PgAutoFailoverTwoNode = "pg-auto-failover-two-node", Unsafe, AtOnce,
+        "a pg_auto_failover two-node formation: when the standby fails the monitor empties \
+         the names (`wait_primary`) and waiting commits commit locally";
+    PatroniUnreachable = "patroni-unreachable", Unknown, Debounced,
+        "(Patroni) the REST API at `replguard-patroni-url` (or the leader's) does not answer \
+         or answers something unreadable";
+    PatroniForeign = "patroni-foreign", Unknown, Debounced,
+        "(Patroni) that Patroni manages another cluster (other system identifier)";
+    PatroniSyncModeOff = "patroni-sync-mode-off", Unsafe, AtOnce,
+        "(Patroni) `synchronous_mode` is off: an asynchronous replica may be promoted";
+    PatroniStrictOff = "patroni-strict-off", Unsafe, AtOnce,
+        "(Patroni) `synchronous_mode_strict` is off: Patroni empties the names when the \
+         standby fails, and commits are acknowledged by the primary alone";
+    PatroniSyncNamesOverridden = "patroni-sync-names-overridden", Unsafe, AtOnce,
+        "(Patroni) the effective `synchronous_standby_names` is not Patroni's (`ALTER SYSTEM` \
+         in `postgresql.auto.conf`, the command line…): it will not follow Patroni";
+    PatroniNamesUnverified = "patroni-names-unverified", Unknown, Debounced,
+        "(Patroni) the role cannot see where `synchronous_standby_names` comes from \
+         (`pg_read_all_settings`)";
+    PatroniNoSyncStandby = "patroni-no-sync-standby", Unsafe, Debounced,
+        "(Patroni) strict mode and no member in `/sync`: the names are Patroni's placeholder \
+         (`*`) and every commit waits";
+    PatroniPaused = "patroni-paused", Degraded, Debounced,
+        "(Patroni) maintenance mode: no automatic failover";
+    PatroniFailsafeActive = "patroni-failsafe-active", Degraded, Debounced,
+        "(Patroni) failsafe mode is active: the DCS is unreachable, no failover can happen";
+    PatroniWalletNotLeader = "patroni-wallet-not-leader", Unsafe, AtOnce,
+        "(Patroni) the wallet DSN's server is not Patroni's leader (or there is no leader)";
+    PatroniNotLeader = "patroni-not-leader", Unsafe, AtOnce,
+        "(`check --require-leader`) the local Patroni is not the leader";
     StatusFileStale = "status-file-stale", Unknown, Debounced,
         "(`status --from-file`) the status file is older than 3 check intervals";
 }

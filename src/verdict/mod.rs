@@ -77,6 +77,21 @@ impl Verdict {
             .and_then(|a| a.senders.iter().find(|s| s.pid == pid))
     }
 
+    /// With findings judged outside `evaluate` (the HA manager's, `crate::patroni`) added,
+    /// and the codes they explain better removed; the level follows.
+    pub fn amended(mut self, extra: Vec<Finding>, supersedes: &[Code]) -> Verdict {
+        self.findings.retain(|f| !supersedes.contains(&f.code));
+        self.findings.extend(extra);
+        self.findings.sort_by_key(|f| std::cmp::Reverse(f.severity));
+        self.level = self
+            .findings
+            .iter()
+            .filter_map(|f| f.severity.level())
+            .max()
+            .unwrap_or(Level::Safe);
+        self
+    }
+
     pub fn has(&self, code: Code) -> bool {
         self.finding(code).is_some()
     }

@@ -411,6 +411,7 @@ bootstrap:
         fsync: 'off'
         max_connections: 50
         shared_buffers: 16MB
+        max_slot_wal_keep_size: 1GB
   initdb: [{{encoding: UTF8}}, {{locale: C}}]
 postgresql:
   listen: 127.0.0.1:{pg}
