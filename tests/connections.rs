@@ -33,7 +33,11 @@ fn check_with_env(dsn: &str, vars: &[(&str, &str)]) -> (i32, String, String) {
 
 fn with_password_role(c: &Cluster) {
     c.primary
-        .psql("CREATE ROLE ln LOGIN PASSWORD 'Pa55word'; GRANT pg_monitor TO ln")
+        // PostgreSQL 13 still stores an md5 hash by default, which scram-sha-256 refuses.
+        .psql(
+            "SET password_encryption = 'scram-sha-256'; \
+             CREATE ROLE ln LOGIN PASSWORD 'Pa55word'; GRANT pg_monitor TO ln",
+        )
         .unwrap();
     c.primary.prepend_hba("local all ln scram-sha-256").unwrap();
 }

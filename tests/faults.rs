@@ -296,7 +296,11 @@ async fn unprivileged_role_is_unknown_with_the_grant_to_run() {
 async fn wrong_password_is_unknown_and_never_shown() {
     let c = start(&ClusterSpec::pair());
     c.primary
-        .psql("CREATE ROLE pwuser LOGIN PASSWORD 'RightPass7'; GRANT pg_monitor TO pwuser")
+        // PostgreSQL 13 still stores an md5 hash by default, which scram-sha-256 refuses.
+        .psql(
+            "SET password_encryption = 'scram-sha-256'; \
+             CREATE ROLE pwuser LOGIN PASSWORD 'RightPass7'; GRANT pg_monitor TO pwuser",
+        )
         .unwrap();
     c.primary
         .prepend_hba("local all pwuser scram-sha-256")

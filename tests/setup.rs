@@ -135,12 +135,24 @@ fn a_host_name_standby_addr_makes_an_hba_line_postgresql_loads_and_the_restart_s
     );
     let segment = c
         .primary
-        .psql("SELECT pg_walfile_name(pg_current_wal_lsn()) FROM pg_switch_wal()")
+        // The segment the switch completed, named from the switch's own position (just past
+        // its record, inside that segment): the position after it is on the next segment's
+        // first byte, which pg_walfile_name names as the completed one before 17 and as the
+        // next one from 17 on.
+        .psql("SELECT pg_walfile_name(pg_switch_wal())")
         .unwrap();
     cln_replguard::cluster::wait_for("the segment archived", Duration::from_secs(30), || {
         Ok(archive.join(&segment).is_file())
     })
-    .unwrap_or_else(|e| panic!("{e:#}\n--- log:\n{}", c.primary.log_tail()));
+    .unwrap_or_else(|e| {
+        let archived: Vec<_> = fs::read_dir(&archive)
+            .map(|d| d.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        panic!(
+            "{e:#} ({segment}; archived: {archived:?})\n--- log:\n{}",
+            c.primary.log_tail()
+        )
+    });
     let rules = c
         .primary
         .psql(

@@ -31,6 +31,7 @@ pub async fn check(wallet_dsn: &str, standby_dsns: &[String]) -> (Observation, V
     let policy = Policy::default();
     let obs = probe::observe(&targets(wallet_dsn, standby_dsns), &policy).await;
     let v = verdict::evaluate(&obs, &policy);
+    record_for_matrix("check", v.level.as_str(), codes(&v));
     (obs, v)
 }
 
@@ -41,7 +42,31 @@ pub async fn failover(wallet_dsn: &str, standby_dsns: &[String], wait_ms: u64) -
         Duration::from_millis(wait_ms),
     )
     .await;
-    failover::evaluate(&obs)
+    let a = failover::evaluate(&obs);
+    let readiness = format!("{:?}", a.readiness).to_lowercase();
+    let blockers = a.blockers.iter().map(|r| r.code.as_str()).collect();
+    record_for_matrix("failover-check", &readiness, blockers);
+    a
+}
+
+/// With `REPLGUARD_MATRIX_LOG` set (`.ci/pg-matrix` sets it per major), appends one line per
+/// answer: test name, what was asked, level and codes, tab-separated. The matrix run turns
+/// these lines into its major × case table.
+fn record_for_matrix(asked: &str, level: &str, codes: Vec<&str>) {
+    use std::io::Write as _;
+    let Some(path) = std::env::var_os("REPLGUARD_MATRIX_LOG") else {
+        return;
+    };
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("?");
+    let line = format!("{test}\t{asked}\t{level}\t{}\n", codes.join(","));
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", path.to_string_lossy()));
+    // One write per line: the tests of one binary run in parallel.
+    f.write_all(line.as_bytes()).expect("write the matrix log");
 }
 
 pub fn codes(v: &Verdict) -> Vec<&'static str> {
