@@ -271,6 +271,10 @@ pub struct Slot {
     /// reserved, extended, unreserved, lost (NULL before the slot was first used).
     pub wal_status: Option<String>,
     pub restart_lsn: Option<Lsn>,
+    /// Why the slot was invalidated (17+: `wal_removed`, 18+: `idle_timeout`…); `None` when
+    /// it was not, or the server is older than 17 and does not say.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invalidation_reason: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -527,11 +527,15 @@ fn walsender(r: &Row) -> WalSender {
 }
 
 async fn slots(session: &Session) -> Result<Vec<Slot>, ProbeFailure> {
+    // `invalidation_reason` is new in 17. This read is pipelined before the server's version
+    // is known, so the column is taken from the row as JSON: NULL where it does not exist
+    // (13 to 16), instead of a query that fails there.
     let rows = session
         .query(
             "slots",
-            "SELECT slot_name::text, active, active_pid, wal_status, restart_lsn::text
-               FROM pg_replication_slots WHERE slot_type = 'physical' ORDER BY slot_name",
+            "SELECT slot_name::text, active, active_pid, wal_status, restart_lsn::text,
+                    to_jsonb(s) ->> 'invalidation_reason'
+               FROM pg_replication_slots s WHERE slot_type = 'physical' ORDER BY slot_name",
             &[],
         )
         .await?;
@@ -543,6 +547,7 @@ async fn slots(session: &Session) -> Result<Vec<Slot>, ProbeFailure> {
             active_pid: r.get(2),
             wal_status: r.get(3),
             restart_lsn: parse_lsn(r.get(4)),
+            invalidation_reason: r.get(5),
         })
         .collect())
 }

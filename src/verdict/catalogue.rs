@@ -109,7 +109,8 @@ catalogue! {
     CommitsBlocked = "commits-blocked", Unsafe, AtOnce,
         "other backends (lightningd's) wait for the standby longer than the probe deadline";
     SlotLost = "slot-lost", Unsafe, Debounced,
-        "a physical slot lost WAL its standby needs";
+        "a physical slot lost WAL its standby needs, or was invalidated for the reason the \
+         server names (17+; 18's `idle_replication_slot_timeout`)";
     SlotUnreserved = "slot-unreserved", Degraded, Debounced,
         "a slot is past `max_slot_wal_keep_size`";
     SlotInactive = "slot-inactive", Degraded, Debounced,

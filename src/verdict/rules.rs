@@ -2,7 +2,7 @@
 //! verdict is the worst severity among them. Thresholds come from `Policy`.
 
 use crate::facts::{
-    CommitProbe, FailureKind, Observation, PrimaryFacts, ProbeFailure, StandbyFacts,
+    CommitProbe, FailureKind, Observation, PrimaryFacts, ProbeFailure, Slot, StandbyFacts,
     StandbyObservation, WalletCluster, WalletObservation,
 };
 use crate::policy::Policy;
@@ -502,10 +502,7 @@ fn slots(ctx: &Context) -> Vec<Finding> {
         match s.wal_status.as_deref() {
             Some("lost") => out.push(Finding::new(
                 Code::SlotLost,
-                format!(
-                    "replication slot {} lost WAL its standby still needs",
-                    s.name
-                ),
+                slot_lost_message(s),
                 "rebuild the standby (pg_basebackup, or pg_rewind) and recreate the slot",
             )),
             Some("unreserved") => out.push(Finding::new(
@@ -548,6 +545,30 @@ fn slots(ctx: &Context) -> Vec<Finding> {
         ));
     }
     out
+}
+
+/// What invalidated the slot, where the server says (17+). 18's `idle_replication_slot_timeout`
+/// invalidates a slot whose WAL is all still there: "lost WAL" would send the operator
+/// looking for the wrong cause.
+fn slot_lost_message(s: &Slot) -> String {
+    match s.invalidation_reason.as_deref() {
+        None | Some("wal_removed") => {
+            format!(
+                "replication slot {} lost WAL its standby still needs",
+                s.name
+            )
+        }
+        Some("idle_timeout") => format!(
+            "replication slot {} was invalidated by idle_replication_slot_timeout (no standby \
+             used it for that long): its standby can no longer stream through it",
+            s.name
+        ),
+        Some(reason) => format!(
+            "replication slot {} was invalidated ({reason}): its standby can no longer stream \
+             through it",
+            s.name
+        ),
+    }
 }
 
 fn archiver(ctx: &Context) -> Vec<Finding> {

@@ -64,6 +64,7 @@ pub(crate) fn primary() -> PrimaryFacts {
             active_pid: Some(4242),
             wal_status: Some("reserved".into()),
             restart_lsn: Some(Lsn(0x3000000)),
+            invalidation_reason: None,
         }],
         max_slot_wal_keep_size_mb: 1024,
         wal_log_hints: true,
@@ -516,6 +517,32 @@ fn unsafe_when_backends_wait_for_the_standby_past_the_deadline() {
     assert_eq!(judge(&observe(p)).level, Level::Safe);
 }
 
+/// 17+ say why a slot was invalidated; 18's idle timeout leaves the WAL in place.
+#[test]
+fn a_lost_slot_names_the_cause_the_server_gives() {
+    for (reason, says) in [
+        (None, "lost WAL"),
+        (Some("wal_removed"), "lost WAL"),
+        (Some("idle_timeout"), "idle_replication_slot_timeout"),
+        (
+            Some("wal_level_insufficient"),
+            "invalidated (wal_level_insufficient)",
+        ),
+    ] {
+        let mut p = primary();
+        p.slots[0].wal_status = Some("lost".into());
+        p.slots[0].invalidation_reason = reason.map(String::from);
+        let v = judge(&observe(p));
+        let f = v
+            .findings
+            .iter()
+            .find(|f| f.code == Code::SlotLost)
+            .unwrap();
+        assert!(f.message.contains(says), "{reason:?}: {}", f.message);
+        assert_eq!(v.level, Level::Unsafe);
+    }
+}
+
 #[test]
 fn slot_states() {
     for (status, level, code) in [
@@ -533,6 +560,7 @@ fn slot_states() {
         active_pid: None,
         wal_status: Some("extended".into()),
         restart_lsn: None,
+        invalidation_reason: None,
     });
     assert_verdict(&observe(p), Level::Degraded, Code::SlotInactive);
     let mut p = primary();
