@@ -133,6 +133,8 @@ fn a_host_name_standby_addr_makes_an_hba_line_postgresql_loads_and_the_restart_s
         c.primary.psql("SHOW listen_addresses").unwrap(),
         "127.0.0.1"
     );
+    // wal_keep_size is 13's (wal_keep_segments before): the oldest major read takes it.
+    assert_eq!(c.primary.psql("SHOW wal_keep_size").unwrap(), "1GB");
     let segment = c
         .primary
         // The segment the switch completed, named from the switch's own position (just past
