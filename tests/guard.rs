@@ -359,16 +359,12 @@ fn before_init_a_blocked_wallet_is_reported() {
     let _writer = c
         .spawn_sql("postgres", "postgres", "INSERT INTO public.t VALUES (1)")
         .unwrap();
-    let mut f = Fake::start(Setup::new("unused: the plugin reads the config files"));
-    std::fs::write(
-        f.dir.path().join("config"),
-        format!(
-            "wallet={}\nreplguard-startup-wait=1\n",
-            c.primary.wallet_dsn()
-        ),
-    )
-    .unwrap();
-    std::fs::create_dir_all(f.dir.path().join("regtest")).unwrap();
+    let config = format!(
+        "wallet={}\nreplguard-startup-wait=1\n",
+        c.primary.wallet_dsn()
+    );
+    let mut f =
+        Fake::start(Setup::new("unused: the plugin reads the config files").config(&config));
     f.getmanifest();
     // No init: lightningd is stuck.
     let status = f.dir.path().join("regtest/replguard-status.json");
@@ -658,17 +654,12 @@ fn before_init_the_status_file_option_is_honoured() {
         (chosen.to_str().unwrap(), Some(chosen.clone())),
         ("off", None),
     ] {
-        let f = Fake::start(Setup::new("unused: the plugin reads the config files"));
-        std::fs::write(
-            f.dir.path().join("config"),
-            format!(
-                "wallet=postgres://host=/nonexistent\nreplguard-startup-wait=0\n\
-                 replguard-status-file={value}\n"
-            ),
-        )
-        .unwrap();
-        std::fs::create_dir_all(f.dir.path().join("regtest")).unwrap();
-        let mut f = f;
+        let config = format!(
+            "wallet=postgres://host=/nonexistent\nreplguard-startup-wait=0\n\
+             replguard-status-file={value}\n"
+        );
+        let mut f =
+            Fake::start(Setup::new("unused: the plugin reads the config files").config(&config));
         f.getmanifest();
         // The report on stderr comes after the status file was written (or not).
         wait_for("the stderr report", Duration::from_secs(20), || {

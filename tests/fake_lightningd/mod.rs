@@ -27,6 +27,9 @@ pub struct Setup {
     pub env: Vec<(String, String)>,
     /// The plugin's descriptor limit (RLIMIT_NOFILE), as lightningd would hand it down.
     pub nofile: Option<u64>,
+    /// lightningd's `config` file (and an empty `regtest/`), written before the plugin starts:
+    /// the plugin reads it as it starts, so a file written after could come too late.
+    pub config: Option<String>,
 }
 
 impl Setup {
@@ -38,7 +41,13 @@ impl Setup {
             options: json!({}),
             env: Vec::new(),
             nofile: None,
+            config: None,
         }
+    }
+
+    pub fn config(mut self, text: &str) -> Setup {
+        self.config = Some(text.into());
+        self
     }
 
     pub fn option(mut self, name: &str, value: Value) -> Setup {
@@ -77,6 +86,10 @@ pub struct Fake {
 impl Fake {
     pub fn start(setup: Setup) -> Fake {
         let dir = tempfile::tempdir().unwrap();
+        if let Some(text) = &setup.config {
+            std::fs::write(dir.path().join("config"), text).unwrap();
+            std::fs::create_dir_all(dir.path().join("regtest")).unwrap();
+        }
         let rpc_calls = Arc::new(Mutex::new(Vec::new()));
         serve_rpc(dir.path().join("lightning-rpc"), &setup, rpc_calls.clone());
         // Our "lightningd": a shell named lightningd that runs the plugin as its child, so
