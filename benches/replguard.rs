@@ -264,6 +264,10 @@ fn main() {
     }
 
     // 5. Time to notice, per fault, 10 repetitions (5 for promotion: each needs a new pair).
+    if run("htlc") {
+        htlc_latency(&mut rows, &healthy(&ClusterSpec::pair()).0);
+    }
+
     if run("notice") {
         let (c, _s) = healthy(&ClusterSpec::pair());
         let (f, _) = started(&c);
@@ -432,6 +436,61 @@ fn main() {
 }
 
 /// `cln-replguard check` on a DSN: (exit status, first line without perfdata, whole process ms).
+/// What the `htlc_accepted` hook adds to an incoming HTLC: its round trip through the fake
+/// lightningd with payments gated (the only configuration that registers it), on a safe pair.
+/// Without gating the hook is not in the manifest: lightningd never calls it, it adds nothing.
+fn htlc_latency(rows: &mut Vec<Row>, c: &Cluster) {
+    let htlc = json!({"onion": {"payload": "", "type": "tlv", "forward_msat": 1000,
+        "outgoing_cltv_value": 500, "shared_secret": "00", "next_onion": "00"},
+        "htlc": {"short_channel_id": "1x1x1", "id": 0, "amount_msat": 1001, "cltv_expiry": 510,
+        "cltv_expiry_relative": 10, "payment_hash": "00"}, "forward_to": "00"});
+    for gated in [false, true] {
+        let mut setup = Setup::new(&c.primary.wallet_dsn());
+        if gated {
+            setup = setup.option("replguard-gate-payments", json!(true));
+            setup.config = Some("replguard-gate-payments=true\n".into());
+        }
+        let mut f = Fake::start(setup);
+        let registered = f.getmanifest()["hooks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|h| h["name"] == "htlc_accepted");
+        assert_eq!(registered, gated);
+        assert!(matches!(
+            f.init(Duration::from_secs(30)),
+            InitOutcome::Answered(_)
+        ));
+        if !gated {
+            rows.push(Row {
+                what: "`htlc_accepted` with `replguard-gate-payments=false` (default)".into(),
+                result: "not registered: lightningd never calls the plugin, 0 added".into(),
+                target: "0".into(),
+                met: Some(true),
+            });
+            continue;
+        }
+        let mut ms: Vec<f64> = (0..1000)
+            .map(|_| {
+                let t = Instant::now();
+                let r = f.hook("htlc_accepted", htlc.clone());
+                assert_eq!(r["result"], "continue", "{r}");
+                t.elapsed().as_secs_f64() * 1000.0
+            })
+            .collect();
+        rows.push(Row {
+            what: "`htlc_accepted` round trip via the fake lightningd, payments gated, safe (1000 HTLCs)".into(),
+            result: format!(
+                "median {:.3} ms, p99 {:.3} ms",
+                percentile(&mut ms, 0.5),
+                percentile(&mut ms, 0.99)
+            ),
+            target: "-".into(),
+            met: None,
+        });
+    }
+}
+
 fn replguard_check(dsn: &str) -> (i32, String, f64) {
     let t = Instant::now();
     let (code, out, err) = common::cli(&["check", "--dsn", dsn]);

@@ -22,7 +22,17 @@ pub const DEFAULT_GATED_COMMANDS: &[&str] = &[
 pub const PAYMENT_COMMANDS: &[&str] =
     &["pay", "xpay", "keysend", "sendpay", "sendonion", "renepay"];
 
-/// Every command the `rpc_command` hook listens to (its filters, fixed at `getmanifest`).
+/// The commands the `rpc_command` hook listens to: the channel-opening ones, and the
+/// payment ones when payments are gated (filters are fixed at `getmanifest`).
+pub fn hooked_commands(payments: bool) -> Vec<&'static str> {
+    DEFAULT_GATED_COMMANDS
+        .iter()
+        .chain(PAYMENT_COMMANDS.iter().filter(|_| payments))
+        .copied()
+        .collect()
+}
+
+/// Every command the `rpc_command` hook can listen to.
 pub fn gateable_commands() -> Vec<&'static str> {
     DEFAULT_GATED_COMMANDS
         .iter()
@@ -220,6 +230,18 @@ pub struct GatePolicy {
     pub on_unknown: OnUnknown,
     pub gated_commands: Vec<String>,
     pub gate_payments: bool,
+}
+
+impl GatePolicy {
+    /// Whether payments can be refused: `htlc_accepted` and the payment commands' filters
+    /// are needed at `getmanifest`.
+    pub fn payment_hooks_needed(&self) -> bool {
+        self.gate_payments
+            || self
+                .gated_commands
+                .iter()
+                .any(|c| PAYMENT_COMMANDS.contains(&c.as_str()))
+    }
 }
 
 impl Default for GatePolicy {

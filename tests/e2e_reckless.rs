@@ -79,20 +79,24 @@ fn run_reckless(b: &Bins, node: &Node, args: &[&str]) -> (i32, String) {
     (out.status.code().unwrap_or(-1), text)
 }
 
-/// reckless's lines without cargo's build chatter.
+/// reckless's lines without cargo's build chatter (`cargo build -vv` between reckless's
+/// "cargo installing from" and cargo's "Finished").
 fn without_build_noise(out: &str) -> String {
-    out.lines()
-        .filter(|l| {
-            let t = l.trim_start();
-            !(t.starts_with("Compiling")
-                || t.starts_with("Running")
-                || t.starts_with("Fresh")
-                || t.starts_with("Dirty")
-                || t.starts_with("[") && (t.contains("cargo:") || t.contains("] cargo"))
-                || t.starts_with("cargo:"))
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
+    let mut building = false;
+    let mut kept = Vec::new();
+    for l in out.lines() {
+        if l.contains("cargo installing from") {
+            building = true;
+            kept.push(l);
+            kept.push("    … cargo build --release -vv …");
+        } else if building && l.trim_start().starts_with("Finished `release`") {
+            building = false;
+            kept.push(l);
+        } else if !building {
+            kept.push(l);
+        }
+    }
+    kept.join("\n")
 }
 
 #[test]

@@ -152,8 +152,10 @@ fn a_silent_downgrade_flips_the_gate_within_two_intervals_and_back_after_repair(
 #[test]
 fn hooks_gate_what_adds_risk_and_answer_any_payload() {
     let (c, _s) = healthy();
-    let setup =
+    // In lightningd's configuration, where the plugin reads it at getmanifest.
+    let mut setup =
         Setup::new(&c.primary.wallet_dsn()).option("replguard-gate-payments", json!("true"));
+    setup.config = Some("replguard-gate-payments=true\n".into());
     let mut f = started(setup);
     let pay = json!({"rpc_command": {"id": 1, "method": "pay", "params": {"bolt11": "lnbcrt1"}}});
     let getinfo = json!({"rpc_command": {"id": 2, "method": "getinfo", "params": []}});

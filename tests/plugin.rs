@@ -469,3 +469,80 @@ fn setconfig_changes_only_the_runtime_safe_options_by_the_startup_rules() {
         "{bad:#}"
     );
 }
+
+/// The hooks in a manifest: (name, rpc_command's filters).
+fn hooks_of(m: &Value) -> (Vec<String>, Vec<String>) {
+    let hooks = m["hooks"].as_array().unwrap();
+    let names = hooks
+        .iter()
+        .map(|h| h["name"].as_str().unwrap().to_string())
+        .collect();
+    let filters = hooks
+        .iter()
+        .filter(|h| h["name"] == "rpc_command")
+        .flat_map(|h| h["filters"].as_array().cloned().unwrap_or_default())
+        .map(|f| f.as_str().unwrap_or_default().to_string())
+        .collect();
+    (names, filters)
+}
+
+/// Only a configuration that gates payments puts the plugin on every incoming HTLC's path
+/// (and on pay's): lightningd's configuration is read at getmanifest as the pre-flight reads
+/// it; one that cannot be read registers the hooks, and the log says why.
+#[test]
+fn the_payment_hooks_are_registered_only_when_payments_are_gated() {
+    for (config, registered, said) in [
+        ("", false, "payments are not gated"),
+        ("replguard-gate-payments=true\n", true, "payments are gated"),
+        (
+            "replguard-interval=0\n",
+            true,
+            "cannot read lightningd's configuration before init",
+        ),
+    ] {
+        let mut setup =
+            Setup::new("postgres://host=/nonexistent").option("replguard-mode", json!("warn"));
+        setup.config = (!config.is_empty()).then(|| config.to_string());
+        if registered && config.contains("gate-payments") {
+            setup = setup.option("replguard-gate-payments", json!(true));
+        }
+        let mut f = Fake::start(setup);
+        let m = f.getmanifest();
+        let (names, filters) = hooks_of(&m);
+        assert_eq!(
+            names.iter().any(|n| n == "htlc_accepted"),
+            registered,
+            "{config:?}: {names:?}"
+        );
+        assert_eq!(
+            filters.iter().any(|c| c == "pay"),
+            registered,
+            "{config:?}: {filters:?}"
+        );
+        assert!(filters.iter().any(|c| c == "fundchannel"), "{filters:?}");
+        assert!(answered(&f.init(Duration::from_secs(30))), "{:?}", f.logs);
+        f.call("replication-status", json!({}));
+        let info = f.logs_at("info").join("\n");
+        assert!(info.contains(said), "{config:?}: {info}");
+    }
+}
+
+/// Options that gate payments although the configuration read at getmanifest did not: the
+/// hooks are missing, so in enforce the node does not start (payments could not be refused).
+#[test]
+fn gated_payments_without_their_hooks_are_refused_in_enforce() {
+    let setup =
+        Setup::new("postgres://host=/nonexistent").option("replguard-gate-payments", json!(true));
+    let mut f = Fake::start(setup);
+    let (names, _) = hooks_of(&f.getmanifest());
+    assert!(!names.iter().any(|n| n == "htlc_accepted"), "{names:?}");
+    let InitOutcome::Ended(status) = f.init(Duration::from_secs(30)) else {
+        panic!("init answered: {:?}", f.logs)
+    };
+    assert_eq!(status.code(), Some(1));
+    let broken = f.logs_at("broken").join("\n");
+    assert!(
+        broken.contains("the payment hooks are not registered"),
+        "{broken}"
+    );
+}

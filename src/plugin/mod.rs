@@ -69,13 +69,25 @@ async fn serve() -> Result<i32> {
     builder = builder.setconfig_callback(methods::setconfig);
     builder = builder
         .hook_from_builder(HookBuilder::new("openchannel", hooks::openchannel))
-        .hook_from_builder(HookBuilder::new("openchannel2", hooks::openchannel))
-        .hook_from_builder(HookBuilder::new("htlc_accepted", hooks::htlc_accepted));
+        .hook_from_builder(HookBuilder::new("openchannel2", hooks::openchannel));
+    // Only a configuration that gates payments puts us on every incoming HTLC's path.
+    let (payment_hooks, payment_hooks_why) = if lightningd::parent_lightningd().is_some() {
+        preinit::payment_hooks()
+    } else {
+        (
+            true,
+            "not started by lightningd: the payment hooks are registered".into(),
+        )
+    };
+    if payment_hooks {
+        builder =
+            builder.hook_from_builder(HookBuilder::new("htlc_accepted", hooks::htlc_accepted));
+    }
     // Without filters (lightningd before 25.12) an rpc_command hook would see every call,
     // our own listconfigs during init included, which nobody answers yet: a deadlock.
     let version = std::env::var("LIGHTNINGD_VERSION").unwrap_or_default();
     if crate::lightningd_rpc::hook_filters_supported(&version).is_ok() {
-        let filters = crate::guard::gateable_commands()
+        let filters = crate::guard::hooked_commands(payment_hooks)
             .into_iter()
             .map(|c| HookFilter::Str(c.to_string()))
             .collect();
@@ -93,7 +105,9 @@ async fn serve() -> Result<i32> {
         // lightningd --help: no init comes.
         return Ok(0);
     };
-    let state = startup::check(&configured).await;
+    // The logger exists from configure() on: the manifest's reason is said now.
+    log::info!("{payment_hooks_why}");
+    let state = startup::check(&configured, payment_hooks).await;
     let plugin = configured.start(state).await?;
     // The supervisor keeps the monitor's handle and fails closed when it ends.
     tokio::spawn(supervisor::supervised(plugin.clone()));

@@ -11,24 +11,67 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::config;
 use crate::facts::Observation;
-use crate::lnconfig::Location;
+use crate::lnconfig::{LightningConfig, Location};
 use crate::probe::{self, Targets};
 use crate::{dsn, report, statusfile, verdict};
 
-pub async fn watch(init_seen: Arc<AtomicBool>) {
+/// One `key[=value]` of lightningd's configuration.
+type OptionPair = (String, Option<String>);
+
+/// lightningd's configuration as its plugins cannot yet ask for it: its config files, then
+/// its command line (lightningd applies them in that order), from our parent's /proc entry.
+fn lightningd_configuration() -> Result<(LightningConfig, Vec<OptionPair>), String> {
     let args = parent_args();
-    let loc = location(&args);
-    let Ok(config) = config::lightningd_config(&loc) else {
-        return;
-    };
-    // Command-line options come after the files, as lightningd applies them.
-    let cmdline = cmdline_options(&args);
-    let pairs: Vec<(String, Option<String>)> = config
+    let config = config::lightningd_config(&location(&args)).map_err(|e| e.to_string())?;
+    let pairs = config
         .lines
         .iter()
         .map(|l| (l.key.clone(), l.value.clone()))
-        .chain(cmdline.iter().cloned())
+        .chain(cmdline_options(&args))
         .collect();
+    Ok((config, pairs))
+}
+
+/// Whether the payment hooks (`htlc_accepted`, the payment commands' `rpc_command` filters)
+/// go in the manifest, and the log line that says why. Only a configuration that gates
+/// payments needs them: every incoming HTLC would otherwise wait on the plugin for nothing.
+/// A configuration we cannot read (or options that do not validate) registers them, so a
+/// `replguard-gate-payments=true` is never silently without its hooks.
+pub fn payment_hooks() -> (bool, String) {
+    let validated = lightningd_configuration().and_then(|(_, pairs)| {
+        crate::options::settings(pairs.iter().map(|(k, v)| crate::options::Given {
+            name: k,
+            value: v.as_deref(),
+            origin: "lightningd's configuration",
+        }))
+        .map_err(|e| e.to_string())
+    });
+    match validated {
+        Ok(s) if s.gate.payment_hooks_needed() => (
+            true,
+            "payments are gated: htlc_accepted and the payment commands' hook are registered"
+                .into(),
+        ),
+        Ok(_) => (
+            false,
+            "payments are not gated (replguard-gate-payments=false): no htlc_accepted hook, \
+             incoming HTLCs do not wait on the plugin"
+                .into(),
+        ),
+        Err(why) => (
+            true,
+            format!(
+                "cannot read lightningd's configuration before init ({why}): htlc_accepted and \
+                 the payment commands' hook are registered in case replguard-gate-payments=true"
+            ),
+        ),
+    }
+}
+
+pub async fn watch(init_seen: Arc<AtomicBool>) {
+    let Ok((config, pairs)) = lightningd_configuration() else {
+        return;
+    };
     let settings = config::settings_or_defaults(&pairs);
     let wallet = pairs
         .iter()

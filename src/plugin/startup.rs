@@ -108,7 +108,10 @@ impl Inner {
 const RETRY_EVERY: Duration = Duration::from_secs(1);
 
 /// Returns the state when lightningd may go on; otherwise stops the node and exits.
-pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
+pub async fn check(
+    c: &ConfiguredPlugin<State, DuplexStream, Stdout>,
+    payment_hooks: bool,
+) -> State {
     let started = Instant::now();
     let conf = c.configuration();
     let lightning_dir = PathBuf::from(&conf.lightning_dir);
@@ -120,6 +123,18 @@ pub async fn check(c: &ConfiguredPlugin<State, DuplexStream, Stdout>) -> State {
     let settings = settings_or_refuse(c, important);
     let deadline = started + settings.startup_wait;
     refuse_unsupported_lightningd(&settings, important);
+    if settings.gate.payment_hooks_needed() && !payment_hooks {
+        let problem =
+            "replguard-gate-payments=true (or a payment command gated), but lightningd's \
+                       configuration read before init did not say so: the payment hooks are not \
+                       registered, so payments cannot be refused; restart lightningd"
+                .to_string();
+        if settings.mode == Mode::Enforce {
+            no_go(vec![problem], important);
+        } else {
+            log::warn!("{problem}");
+        }
+    }
 
     let targets = match wallet.map(|v| lightningd::wallet_from_listconfigs(&v)) {
         Ok(Some(w)) => config::plugin_targets(&w, &settings),
