@@ -149,7 +149,7 @@ pub const ALL: &[Declared] = &[
     },
     Declared {
         name: METRICS,
-        description: "serve Prometheus metrics at this address, e.g. 127.0.0.1:9750 (default: off)",
+        description: "serve Prometheus metrics at this address, e.g. 127.0.0.1:9758 (default: off)",
         kind: Kind::Str(None),
         dynamic: false,
     },
@@ -326,7 +326,7 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
                 let v = required(&g)?;
                 s.metrics = Some(
                     v.parse()
-                        .map_err(|_| bad(&g, v, "an address and port, e.g. 127.0.0.1:9750"))?,
+                        .map_err(|_| bad(&g, v, "an address and port, e.g. 127.0.0.1:9758"))?,
                 );
             }
             METRICS_REMOTE => metrics_remote = boolean(&g)?,
@@ -741,7 +741,7 @@ mod tests {
             (vec![(GATE_PAYMENTS, Some("maybe"))], "true or false"),
             (vec![(INTERVAL, Some("0"))], "between 1 and 3600"),
             (
-                vec![(METRICS, Some("0.0.0.0:9750"))],
+                vec![(METRICS, Some("0.0.0.0:9758"))],
                 "replguard-metrics-remote=true",
             ),
             (vec![(METRICS, Some("localhost"))], "an address and port"),

@@ -82,11 +82,28 @@ fn manifest_declares_options_methods_and_the_notification() {
         .iter()
         .map(|r| (r["name"].as_str().unwrap(), r["usage"].as_str().unwrap()))
         .collect();
-    assert!(methods.contains(&("replication-status", "")), "{methods:?}");
+    // lightningd ≥ 24.08 shows only the usage in `lightning-cli help`: each says what its
+    // parameters are and which of the plugin's error codes (2300–2310) it may answer.
+    let usage = |name: &str| methods.iter().find(|(n, _)| *n == name).unwrap().1;
+    let rs = usage("replication-status");
+    assert!(rs.contains("no parameters") && rs.contains("2302"), "{rs}");
+    let fc = usage("failover-check");
     assert!(
-        methods.contains(&("failover-check", "[wait_ms]")),
-        "{methods:?}"
+        fc.starts_with("[wait_ms]")
+            && fc.contains(&format!(
+                "default {}",
+                cln_replguard::policy::DEFAULT_FAILOVER_WAIT.as_millis()
+            ))
+            && fc.contains("2300"),
+        "{fc}"
     );
+    for d in cln_replguard::options::ALL {
+        assert!(
+            !d.description.contains(":9750"),
+            "{}: 9750 is the prometheus plugin's port",
+            d.name
+        );
+    }
     assert_eq!(m["notifications"][0]["method"], "replguard_state_changed");
 }
 

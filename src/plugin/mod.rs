@@ -53,7 +53,10 @@ async fn serve() -> Result<i32> {
                     "The wallet's replication: verdict (safe/degraded/unsafe/unknown), findings \
                      with remedies, standbys, settings",
                 )
-                .usage(""),
+                .usage(
+                    "(no parameters): the verdict, findings with remedies, standbys; error \
+                     2302 when there is nothing to check",
+                ),
         )
         .rpcmethod_from_builder(
             RpcMethodBuilder::new("failover-check", methods::failover_check)
@@ -61,7 +64,10 @@ async fn serve() -> Result<i32> {
                     "Go/no-go: fails unless a failover to a standby right now loses no \
                      acknowledged commit",
                 )
-                .usage("[wait_ms]"),
+                .usage(
+                    "[wait_ms] (milliseconds to wait for a standby to catch up, default 2000); \
+                     errors 2300 not ready, 2301 cannot tell, 2302 nothing to check",
+                ),
         );
     for d in options::ALL {
         builder = declare(builder, d);
@@ -146,6 +152,27 @@ fn declare(builder: PluginBuilder, d: &options::Declared) -> PluginBuilder {
             let o: DefaultBooleanConfigOption =
                 ConfigOption::new_bool_with_default(name, default, description);
             builder.option(if d.dynamic { o.dynamic() } else { o })
+        }
+    }
+}
+
+/// The plugin's own JSON-RPC error codes (README "Error codes"), clear of lightningd's.
+pub const ERROR_CODES: std::ops::RangeInclusive<i64> = 2300..=2310;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_error_code_is_in_the_plugins_range_and_documented() {
+        let readme = include_str!("../../README.md");
+        assert!(readme.contains("**2300–2310**"));
+        for code in [
+            super::methods::ERR_FAILOVER_NOT_READY,
+            super::methods::ERR_FAILOVER_UNKNOWN,
+            super::methods::ERR_NOTHING_TO_CHECK,
+            crate::guard::ERR_GATED,
+        ] {
+            assert!(super::ERROR_CODES.contains(&code), "{code}");
+            assert!(readme.contains(&format!("{code} ")), "{code} not in README");
         }
     }
 }
