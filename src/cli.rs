@@ -16,10 +16,18 @@ use crate::{failover, options, policy, preflight, report};
 /// Exit status when the command line itself is wrong: nothing was checked, so "unknown".
 pub const EXIT_USAGE: i32 = 3;
 
+/// `cln-replguard --version`: the version and the git commit it was built from (build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CLN_REPLGUARD_COMMIT"),
+    ")"
+);
+
 #[derive(Parser, Debug)]
 #[command(
     name = "cln-replguard",
-    version,
+    version = VERSION,
     about = "Verifies that Core Lightning's PostgreSQL wallet is synchronously replicated",
     long_about = "Verifies that Core Lightning's PostgreSQL wallet is synchronously replicated.\n\
                   Exit status: 0 safe, 1 degraded, 2 unsafe, 3 unknown.\n\

@@ -206,6 +206,27 @@ fn help_and_version_exit_0() {
     assert_eq!(cli(&["--version"]).0, 0);
 }
 
+/// `--version` names the commit the binary was built from, as git says it for this checkout.
+#[test]
+fn version_prints_the_git_commit_it_was_built_from() {
+    let (code, out, _) = cli(&["--version"]);
+    assert_eq!(code, 0);
+    let git = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("git");
+    let sha = String::from_utf8_lossy(&git.stdout).trim().to_string();
+    assert_eq!(sha.len(), 12, "not a git checkout? {git:?}");
+    assert!(
+        out.starts_with(&format!(
+            "cln-replguard {} (commit {sha}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{out}"
+    );
+}
+
 /// CLN's `reckless install` test-runs the built binary with no arguments and no
 /// `LIGHTNINGD_PLUGIN`, and keeps the install only on exit 0 (or a 10 s timeout): bare, the
 /// binary prints its usage and exits 0. A wrong flag is still a usage error (3).
