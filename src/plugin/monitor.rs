@@ -81,13 +81,16 @@ pub(super) async fn run(plugin: Plugin<State>) {
         }
         let now = Instant::now();
         let change = debounce.observe(&v, now);
-        *st.guard.level.lock().unwrap_or_else(|e| e.into_inner()) = debounce.reported;
 
         let mut rep = report::StatusDocument::of(&obs, &v, &policy);
         rep.plugin.mode = Some(st.settings.mode);
         rep.plugin.reported = Some(debounce.reported);
         rep.plugin.reported_for_ms = Some(debounce.held_for(now).as_millis() as u64);
         rep.plugin.interval_ms = Some(runtime.interval.as_millis() as u64);
+        *st.guard.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, rep.clone()));
+        // The level after the report it comes from: a hook that sees the new level finds its
+        // findings too (it once answered a refusal with "findings": null in between).
+        *st.guard.level.lock().unwrap_or_else(|e| e.into_inner()) = debounce.reported;
         if let Some(path) = &st.status_file
             && let Err(e) = statusfile::write(path, &rep)
         {
@@ -99,7 +102,6 @@ pub(super) async fn run(plugin: Plugin<State>) {
                 tokio::spawn(alert::run(cmd.clone(), t, rep.to_json()));
             }
         }
-        *st.guard.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some((now, rep));
         panic_if_told(st.guard.counters().checks);
         if stopping || st.settings.gate.on_unsafe == OnUnsafe::Log {
             continue;
