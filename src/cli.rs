@@ -309,22 +309,7 @@ async fn execute(command: Command) -> Result<i32> {
             policy,
             wait_ms,
             json,
-        } => {
-            let r = target.resolve(&policy)?;
-            let obs =
-                probe::observe_failover(&r.targets, &r.policy, Duration::from_millis(wait_ms))
-                    .await;
-            let answer = failover::evaluate(&obs);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report::failover_json(&obs, &answer))?
-                );
-            } else {
-                print!("{}", report::failover_text(&answer));
-            }
-            Ok(answer.readiness.exit_code())
-        }
+        } => failover_check(&target, &policy, wait_ms, json).await,
         Command::Failover(args) => crate::takeover::run(args).await,
         Command::Setup(cmd) => crate::setup::run(cmd).await,
         Command::Demo => crate::demo::run().await,
@@ -339,4 +324,29 @@ async fn check_once(r: &Resolved, require_leader: bool) -> i32 {
         preflight::record_evidence(r, &obs, &v).await;
     }
     v.level.exit_code()
+}
+
+/// `failover-check`: the go/no-go, with Patroni's `/sync` when `--patroni-url` is given.
+async fn failover_check(
+    target: &TargetArgs,
+    policy: &PolicyArgs,
+    wait_ms: u64,
+    json: bool,
+) -> Result<i32> {
+    let r = target.resolve(policy)?;
+    let obs = probe::observe_failover(&r.targets, &r.policy, Duration::from_millis(wait_ms)).await;
+    let mut answer = failover::evaluate(&obs);
+    if let Some(url) = &r.patroni_url {
+        let p = crate::patroni::observe(url, r.policy.query_timeout).await;
+        answer = crate::patroni::failover::amend(answer, &p);
+    }
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report::failover_json(&obs, &answer))?
+        );
+    } else {
+        print!("{}", report::failover_text(&answer));
+    }
+    Ok(answer.readiness.exit_code())
 }

@@ -169,3 +169,63 @@ fn patroni_rest_api_down_is_unknown() {
     assert_eq!(code, 3, "{out}");
     assert!(out.contains("patroni-unreachable"), "{out}");
 }
+
+#[test]
+fn under_patroni_failover_check_targets_only_the_member_in_sync_and_failover_and_setup_refuse() {
+    let c = PatroniCluster::start(&PatroniSpec::strict(3));
+    let names = c
+        .psql(c.node("n1"), "SHOW synchronous_standby_names")
+        .unwrap();
+    let (sync, other) = if names.contains("n2") {
+        ("n2", "n3")
+    } else {
+        ("n3", "n2")
+    };
+    let dsn = c.node("n1").wallet_dsn();
+    let url = c.node("n1").api_url();
+    let (code, out, err) = cli(&[
+        "failover-check",
+        "--dsn",
+        &dsn,
+        "--patroni-url",
+        &url,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let answer: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(answer["target"], sync, "{answer}");
+    let other_entry = answer["standbys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == other)
+        .cloned()
+        .unwrap_or_else(|| panic!("{other} missing: {answer}"));
+    assert_eq!(other_entry["ready"], false, "{answer}");
+    assert!(other_entry.to_string().contains("not in /sync"), "{answer}");
+
+    // failover and setup refuse, naming patronictl and the settings.
+    let standby_dsn = c.node(sync).conninfo("postgres", "lightningd");
+    let (code, out, err) = cli(&[
+        "failover",
+        "--standby-dsn",
+        &standby_dsn,
+        "--then",
+        "wait-for-standby",
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("patronictl failover --candidate"),
+        "{out}{err}"
+    );
+    assert_eq!(
+        c.psql(c.node(sync), "SELECT pg_is_in_recovery()").unwrap(),
+        "t",
+        "nothing was promoted"
+    );
+    let pgdata = c.node("n1").datadir.display().to_string();
+    let (code, out, err) = cli(&["setup", "primary", "--pgdata", &pgdata]);
+    assert_ne!(code, 0, "{out}{err}");
+    assert!(err.contains("Patroni manages this cluster"), "{err}");
+    assert!(err.contains("synchronous_mode_strict: on"), "{err}");
+}

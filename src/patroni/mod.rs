@@ -3,7 +3,9 @@
 //! server when no Patroni URL is configured. See contrib/patroni/README.md.
 
 pub mod facts;
+pub mod failover;
 pub mod fetch;
+pub mod managed;
 pub mod rules;
 
 use std::time::Duration;

@@ -99,6 +99,11 @@ fn check_input(cmd: &SetupCommand) -> Result<()> {
 
 pub async fn run(cmd: SetupCommand) -> Result<i32> {
     check_input(&cmd)?;
+    if let SetupCommand::Primary(PrimaryArgs { pgdata, .. })
+    | SetupCommand::Standby(StandbyArgs { pgdata, .. }) = &cmd
+    {
+        crate::patroni::managed::refuse_datadir("setup", pgdata)?;
+    }
     match cmd {
         SetupCommand::ScramVerifier => print_scram_verifier(),
         SetupCommand::Local(a) => local::local(a).await,

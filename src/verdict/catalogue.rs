@@ -206,6 +206,9 @@ catalogue! {
     PatroniNoSyncStandby = "patroni-no-sync-standby", Unsafe, Debounced,
         "(Patroni) strict mode and no member in `/sync`: the names are Patroni's placeholder \
          (`*`) and every commit waits";
+    PatroniNotInSync = "patroni-not-in-sync", Unsafe, Debounced,
+        "(`failover-check` under Patroni) Patroni would not promote that standby: it is not \
+         in the DCS `/sync` key";
     PatroniPaused = "patroni-paused", Degraded, Debounced,
         "(Patroni) maintenance mode: no automatic failover";
     PatroniFailsafeActive = "patroni-failsafe-active", Degraded, Debounced,
