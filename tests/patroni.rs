@@ -229,3 +229,59 @@ fn under_patroni_failover_check_targets_only_the_member_in_sync_and_failover_and
     assert!(err.contains("Patroni manages this cluster"), "{err}");
     assert!(err.contains("synchronous_mode_strict: on"), "{err}");
 }
+
+/// A lightning-dir whose config holds the node's wallet DSN and Patroni URL.
+fn lightning_dir(c: &PatroniCluster, node: &str, mode: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("config"),
+        format!(
+            "wallet={}\nreplguard-patroni-url={}\nreplguard-mode={mode}\n",
+            c.node(node).wallet_dsn(),
+            c.node(node).api_url()
+        ),
+    )
+    .unwrap();
+    d
+}
+
+fn preflight(dir: &tempfile::TempDir) -> (i32, String) {
+    let (code, out, err) = cli(&[
+        "check",
+        "--lightning-dir",
+        dir.path().to_str().unwrap(),
+        "--require-leader",
+        "--no-evidence",
+    ]);
+    (code, format!("{out}{err}"))
+}
+
+#[test]
+fn the_require_leader_preflight_passes_only_beside_the_leader_and_follows_a_switchover() {
+    let c = PatroniCluster::start(&PatroniSpec::strict(2));
+    let (on_n1, on_n2) = (
+        lightning_dir(&c, "n1", "enforce"),
+        lightning_dir(&c, "n2", "warn"),
+    );
+    let (code, out) = preflight(&on_n1);
+    assert_eq!(code, 0, "{out}");
+    // On the replica's host, even replguard-mode=warn does not let lightningd start.
+    let (code, out) = preflight(&on_n2);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("patroni-not-leader") && out.contains("pre-flight FAILED"),
+        "{out}"
+    );
+
+    c.patronictl(&["switchover", "--candidate", "n2", "--force"])
+        .unwrap();
+    c.wait("n2 to lead", Duration::from_secs(60), || {
+        Ok(c.leader().as_deref() == Some("n2") && c.get("n2", "/leader")?.0 == 200)
+    });
+    c.wait_sync_standby(Duration::from_secs(60)).unwrap();
+    let (code, out) = preflight(&on_n1);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("patroni-not-leader"), "{out}");
+    let (code, out) = preflight(&on_n2);
+    assert_eq!(code, 0, "{out}");
+}
