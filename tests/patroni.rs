@@ -1,6 +1,7 @@
 //! cln-replguard on a real Patroni cluster (etcd, Patroni 4.x, PostgreSQL on loopback): the
 //! harness is `patroni_support`. Every case starts its own cluster and tears it down.
 
+mod fake_lightningd;
 mod patroni_support;
 
 use std::time::Duration;
@@ -284,4 +285,100 @@ fn the_require_leader_preflight_passes_only_beside_the_leader_and_follows_a_swit
     assert!(out.contains("patroni-not-leader"), "{out}");
     let (code, out) = preflight(&on_n2);
     assert_eq!(code, 0, "{out}");
+}
+
+/// lightningd keeps a session open on its wallet; the plugin looks for it.
+struct WalletSession(std::process::Child);
+
+impl WalletSession {
+    fn open(c: &PatroniCluster, node: &str) -> WalletSession {
+        let child = std::process::Command::new(patroni_support::tools().bindir.join("psql"))
+            .args([
+                "-X",
+                "-q",
+                "-d",
+                &c.node(node).conninfo("lightningd", "lightningd"),
+            ])
+            .args(["-c", "SELECT pg_sleep(3600)"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        c.wait("lightningd's session", Duration::from_secs(10), || {
+            Ok(c.psql(
+                c.node(node),
+                "SELECT count(*) FROM pg_stat_activity WHERE usename = 'lightningd' \
+                 AND query LIKE '%pg_sleep%'",
+            )? == "1")
+        });
+        WalletSession(child)
+    }
+}
+
+impl Drop for WalletSession {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The plugin beside the leader n1 (default gate mode); a switchover to n2 must stop the
+/// fake lightningd within 2 s of n1 losing the leader lock.
+#[test]
+fn a_switchover_stops_the_old_leaders_lightningd_within_two_seconds() {
+    use fake_lightningd::{Fake, InitOutcome, Setup};
+    let c = PatroniCluster::start(&PatroniSpec::strict(2));
+    let _session = WalletSession::open(&c, "n1");
+    let setup = Setup::new(&c.node("n1").wallet_dsn()).option(
+        "replguard-patroni-url",
+        serde_json::json!(c.node("n1").api_url()),
+    );
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    let o = f.init(Duration::from_secs(30));
+    assert!(
+        matches!(&o, InitOutcome::Answered(r) if r["result"].is_object()),
+        "{o:?} {:?}",
+        f.logs
+    );
+    let logged = |f: &Fake, text: &str| f.logs.iter().any(|(_, m)| m.contains(text));
+    c.wait(
+        "the plugin to follow Patroni",
+        Duration::from_secs(10),
+        || {
+            f.drain();
+            Ok(logged(&f, "following Patroni"))
+        },
+    );
+    assert!(!f.stopped());
+
+    let switchover = std::thread::scope(|s| {
+        let run = s.spawn(|| c.patronictl(&["switchover", "--candidate", "n2", "--force"]));
+        let (mut lock_lost, mut stopped) = (None, None);
+        let start = std::time::Instant::now();
+        while (lock_lost.is_none() || stopped.is_none())
+            && start.elapsed() < Duration::from_secs(60)
+        {
+            if lock_lost.is_none() && c.get("n1", "/leader").map_or(true, |(s, _)| s != 200) {
+                lock_lost = Some(std::time::Instant::now());
+            }
+            if stopped.is_none() && f.stopped() {
+                stopped = Some(std::time::Instant::now());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        run.join().unwrap().unwrap();
+        (lock_lost, stopped)
+    });
+    let (Some(lock_lost), Some(stopped)) = switchover else {
+        panic!(
+            "lock lost / lightningd stopped: {switchover:?}; logs: {:?}",
+            f.logs
+        );
+    };
+    let after_ms = stopped.saturating_duration_since(lock_lost).as_secs_f64() * 1000.0;
+    eprintln!("patroni fence: lightningd stopped {after_ms:.0} ms after n1 lost the leader lock");
+    assert!(after_ms < 2000.0, "{after_ms:.0} ms");
+    f.drain();
+    assert!(logged(&f, "no longer Patroni's leader"), "{:?}", f.logs);
 }

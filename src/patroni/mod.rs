@@ -5,6 +5,7 @@
 pub mod facts;
 pub mod failover;
 pub mod fetch;
+pub mod follow;
 pub mod managed;
 pub mod rules;
 

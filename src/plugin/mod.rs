@@ -15,6 +15,7 @@ mod methods;
 mod metrics_http;
 mod monitor;
 pub mod params;
+mod patroni_fence;
 mod preinit;
 mod startup;
 mod supervisor;
@@ -117,6 +118,15 @@ async fn serve() -> Result<i32> {
     let plugin = configured.start(state).await?;
     // The supervisor keeps the monitor's handle and fails closed when it ends.
     tokio::spawn(supervisor::supervised(plugin.clone()));
+    // The Patroni fence is kept too: its end, other than by stopping lightningd, is logged.
+    let fence = tokio::spawn(patroni_fence::run(plugin.clone()));
+    tokio::spawn(async move {
+        if let Err(e) = fence.await {
+            log::error!(
+                "the Patroni fence ended ({e}): lightningd no longer follows Patroni's leader;                  restart the plugin"
+            );
+        }
+    });
     plugin.join().await?;
     Ok(0)
 }

@@ -318,7 +318,7 @@ fn announce(plugin: &Plugin<State>, t: Transition, v: &Verdict) {
 }
 
 /// Asks lightningd to stop; if it does not answer (frozen on a commit), ends it.
-async fn stop_lightningd(rpc_path: &Path, why: &str, v: &Verdict) {
+pub(super) async fn stop_lightningd(rpc_path: &Path, why: &str, v: &Verdict) {
     let mut lines = vec![format!("stopping lightningd: {why}")];
     lines.extend(
         v.findings
