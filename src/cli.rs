@@ -96,6 +96,19 @@ pub enum Command {
     /// Promotes the standby after fencing the old node and verifying that the standby holds
     /// every acknowledged commit (contrib/FAILOVER.md). Exit 0 promoted, 2 refused.
     Failover(crate::takeover::FailoverArgs),
+    /// What the replicated evidence on this standby says about promoting it now, without
+    /// promoting: exit 0 covered, 2 not covered, 3 unknown (Patroni's pre_promote,
+    /// contrib/patroni/).
+    EvidenceCheck {
+        /// The standby, on the wallet's database (the evidence table is there).
+        #[arg(
+            long,
+            value_name = "DSN",
+            env = "REPLGUARD_STANDBY_DSN",
+            hide_env_values = true
+        )]
+        standby_dsn: String,
+    },
     /// Builds the primary + synchronous standby pair: here (local), or prints/applies each
     /// host's steps (primary, standby). See contrib/README.md.
     #[command(subcommand)]
@@ -311,6 +324,9 @@ async fn execute(command: Command) -> Result<i32> {
             json,
         } => failover_check(&target, &policy, wait_ms, json).await,
         Command::Failover(args) => crate::takeover::run(args).await,
+        Command::EvidenceCheck { standby_dsn } => {
+            crate::patroni::prepromote::evidence_check(&standby_dsn).await
+        }
         Command::Setup(cmd) => crate::setup::run(cmd).await,
         Command::Demo => crate::demo::run().await,
     }

@@ -94,6 +94,34 @@ fn a_healthy_strict_patroni_cluster_is_safe_and_its_leader_passes_require_leader
     let (code, out) = check(&c, "n1", Some("n2"), &["--require-leader"]);
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("patroni-not-leader"), "{out}");
+    // Patroni's pre_promote on n2: no evidence yet vetoes; once the leader's check recorded
+    // a safe verdict, it lets the promotion go; an old lightningd still answering vetoes.
+    let (code, out) = pre_promote(&c, "n2", "");
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("EVIDENCE UNKNOWN"), "{out}");
+    let (code, out) = check(&c, "n1", Some("n1"), &["--record-evidence"]);
+    assert_eq!(code, 0, "{out}");
+    let written = c
+        .psql(c.node("n1"), "SELECT pg_current_wal_flush_lsn()")
+        .unwrap();
+    c.wait(
+        "the evidence to be replayed on n2",
+        Duration::from_secs(10),
+        || {
+            Ok(c.psql(
+                c.node("n2"),
+                &format!("SELECT pg_last_wal_replay_lsn() >= '{written}'"),
+            )? == "t")
+        },
+    );
+    let (code, out) = pre_promote(&c, "n2", "");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("EVIDENCE COVERED"), "{out}");
+    let old_lightningd = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = old_lightningd.local_addr().unwrap().to_string();
+    let (code, out) = pre_promote(&c, "n2", &addr);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("still answers"), "{out}");
     // Without the URL, Patroni is recognised by its sessions and named.
     let (code, out) = check(&c, "n1", None, &[]);
     assert_eq!(code, 3, "{out}");
@@ -381,4 +409,27 @@ fn a_switchover_stops_the_old_leaders_lightningd_within_two_seconds() {
     assert!(after_ms < 2000.0, "{after_ms:.0} ms");
     f.drain();
     assert!(logged(&f, "no longer Patroni's leader"), "{:?}", f.logs);
+}
+
+/// Runs contrib/patroni/pre_promote on `node` as Patroni would; (exit code, output).
+fn pre_promote(c: &PatroniCluster, node: &str, old_lightningd: &str) -> (i32, String) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/patroni/pre_promote");
+    let out = std::process::Command::new(script)
+        .env("REPLGUARD", env!("CARGO_BIN_EXE_cln-replguard"))
+        .env(
+            "REPLGUARD_STANDBY_DSN",
+            c.node(node).conninfo("postgres", "lightningd"),
+        )
+        .env("OLD_LIGHTNINGD", old_lightningd)
+        .env("WAIT_OLD", "1")
+        .output()
+        .expect("run pre_promote");
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }

@@ -7,6 +7,7 @@ pub mod failover;
 pub mod fetch;
 pub mod follow;
 pub mod managed;
+pub mod prepromote;
 pub mod rules;
 
 use std::time::Duration;
