@@ -499,12 +499,21 @@ postgresql:
 
     /// `psql` with these session options (`PGOPTIONS`).
     pub fn psql_with(&self, node: &Node, sql: &str, options: &str) -> Result<String> {
+        self.psql_on(node, "postgres", sql, options)
+    }
+
+    /// `psql` as the superuser on database `dbname`.
+    pub fn psql_db(&self, node: &Node, dbname: &str, sql: &str) -> Result<String> {
+        self.psql_on(node, dbname, sql, "")
+    }
+
+    fn psql_on(&self, node: &Node, dbname: &str, sql: &str, options: &str) -> Result<String> {
         let out = run(
             Command::new(self.tools.bindir.join("psql"))
                 .env("PGOPTIONS", options)
                 .env_remove("PGPASSWORD")
                 .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-d"])
-                .arg(node.conninfo("postgres", "postgres"))
+                .arg(node.conninfo("postgres", dbname))
                 .arg("-c")
                 .arg(sql)
                 .stdin(Stdio::null()),
