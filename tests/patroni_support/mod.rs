@@ -478,8 +478,13 @@ postgresql:
         let node = self.node(name);
         kill_child(&node.patroni);
         if let Ok(pid) = node.postmaster_pid() {
-            // SAFETY: the postmaster of a server this harness's Patroni started.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            // Its children too, at once: a backend stopped by a test (SIGSTOP) would never
+            // notice the postmaster's death and outlive the test.
+            for p in std::iter::once(pid).chain(children_of(pid)) {
+                // SAFETY: the postmaster of a server this harness's Patroni started, and
+                // its children.
+                unsafe { libc::kill(p, libc::SIGKILL) };
+            }
             wait_for("the postmaster to be gone", Duration::from_secs(10), || {
                 Ok(!cln_replguard::pgbin::process_alive(pid))
             })?;
@@ -638,6 +643,25 @@ postgresql:
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
+}
+
+/// The processes whose parent is `pid` (from /proc).
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/stat")).is_ok_and(|stat| {
+                // The parent pid is the second field after the parenthesised command name.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|ppid| ppid.parse::<i32>().ok())
+                    == Some(pid)
+            })
+        })
+        .collect()
 }
 
 fn kill_child(slot: &Mutex<Option<Child>>) {
