@@ -433,3 +433,34 @@ fn pre_promote(c: &PatroniCluster, node: &str, old_lightningd: &str) -> (i32, St
         ),
     )
 }
+
+/// With replguard-patroni-url the plugin's startup check judges Patroni too: strict mode off
+/// refuses the start in enforce mode, naming the finding.
+#[test]
+fn the_plugin_refuses_to_start_on_patroni_with_strict_off() {
+    use fake_lightningd::{Fake, InitOutcome, Setup};
+    let c = PatroniCluster::start(&PatroniSpec {
+        synchronous_mode_strict: false,
+        ..PatroniSpec::strict(2)
+    });
+    let _session = WalletSession::open(&c, "n1");
+    let setup = Setup::new(&c.node("n1").wallet_dsn())
+        .option(
+            "replguard-patroni-url",
+            serde_json::json!(c.node("n1").api_url()),
+        )
+        .option("replguard-startup-wait", serde_json::json!("1"));
+    let mut f = Fake::start(setup);
+    f.getmanifest();
+    let o = f.init(Duration::from_secs(30));
+    f.drain();
+    assert!(
+        !matches!(&o, InitOutcome::Answered(r) if r["result"].is_object()) || f.stopped(),
+        "started: {o:?}"
+    );
+    assert!(
+        f.logs.iter().any(|(_, m)| m.contains("patroni-strict-off")),
+        "{:?}",
+        f.logs
+    );
+}

@@ -85,6 +85,21 @@ pub async fn observe_manager(
     Manager { patroni, signs }
 }
 
+/// The plugin's checks (startup and runtime): with `replguard-patroni-url`, the verdict
+/// with Patroni's findings; without it, the verdict as it is (recognising an unconfigured
+/// manager is left to `check`/`status`, so a node already running is not gated for it).
+pub async fn judged_for_plugin(
+    v: Verdict,
+    obs: &Observation,
+    targets: &Targets,
+    url: Option<&PatroniUrl>,
+    deadline: Duration,
+) -> Verdict {
+    let Some(url) = url else { return v };
+    let m = observe_manager(obs, targets, Some(url), deadline).await;
+    amend(v, obs, &m, false)
+}
+
 /// `--require-leader`: the findings that say lightningd must not run here (the local node
 /// is not the leader, the wallet DSN reaches another server, or a standby).
 pub fn leadership_failed(v: &Verdict) -> bool {

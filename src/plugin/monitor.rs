@@ -68,6 +68,14 @@ pub(super) async fn run(plugin: Plugin<State>) {
             };
         obs.pinned_commit = st.pinned.clone();
         let v = verdict::evaluate(&obs, &policy);
+        let v = crate::patroni::judged_for_plugin(
+            v,
+            &obs,
+            targets,
+            st.settings.patroni_url.as_ref(),
+            policy.query_timeout,
+        )
+        .await;
         fault.observe(&v);
         if let Some(e) = &evidence {
             e.tx.send_replace(evidence::Record::of(&obs, &v));

@@ -258,6 +258,14 @@ async fn check_until_go(
     loop {
         let obs = observe_until(targets, &settings.policy, deadline).await;
         let v = verdict::evaluate(&obs, &settings.policy);
+        let v = crate::patroni::judged_for_plugin(
+            v,
+            &obs,
+            targets,
+            settings.patroni_url.as_ref(),
+            settings.policy.query_timeout,
+        )
+        .await;
         let d = action::decide(v.level, settings.mode);
         if d.go || Instant::now() >= deadline {
             return (obs, v, d);
