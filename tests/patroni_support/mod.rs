@@ -330,39 +330,67 @@ impl PatroniCluster {
         Ok(cluster)
     }
 
-    fn start_etcd(&self) -> Result<()> {
-        let data = self.dir.path().join("etcd");
+    /// Starts etcd; when it dies at once (a port picked as free was taken meanwhile by
+    /// another test), again on other ports.
+    fn start_etcd(&mut self) -> Result<()> {
+        let mut last = anyhow!("etcd not started");
+        for attempt in 0..3 {
+            if attempt > 0 {
+                self.etcd_port = free_port()?;
+            }
+            match self.try_start_etcd(attempt) {
+                Ok(()) => return Ok(()),
+                Err(e) => last = e,
+            }
+            kill_child(&self.etcd);
+        }
+        Err(last)
+    }
+
+    fn try_start_etcd(&self, attempt: usize) -> Result<()> {
+        let data = self.dir.path().join(format!("etcd{attempt}"));
         self.tools.mkdir(&data)?;
-        let peer = free_port()?;
-        let log = fs::File::create(self.dir.path().join("etcd.log"))?;
+        let log_path = self.dir.path().join(format!("etcd{attempt}.log"));
+        let log = fs::File::create(&log_path)?;
         let client = format!("http://127.0.0.1:{}", self.etcd_port);
-        let peer = format!("http://127.0.0.1:{peer}");
+        let peer = format!("http://127.0.0.1:{}", free_port()?);
         let child = self
             .tools
             .command(&self.tools.etcd)
             .args(["--name", "e1", "--data-dir"])
             .arg(data.join("member"))
-            .args([
-                "--listen-client-urls",
-                &client,
-                "--advertise-client-urls",
-                &client,
-            ])
-            .args([
-                "--listen-peer-urls",
-                &peer,
-                "--initial-advertise-peer-urls",
-                &peer,
-            ])
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", &peer])
+            .args(["--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &format!("e1={peer}")])
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
             .context("starting etcd")?;
         *self.etcd.lock().unwrap() = Some(child);
+        let mut ended = None;
         wait_for("etcd to answer", Duration::from_secs(30), || {
+            let mut slot = self.etcd.lock().unwrap();
+            if let Some(Ok(Some(status))) = slot.as_mut().map(|c| c.try_wait()) {
+                ended = Some(status);
+                return Ok(true);
+            }
+            drop(slot);
             Ok(http_get(self.etcd_port, "/health")
                 .is_ok_and(|(s, body)| s == 200 && body.contains("true")))
+        })
+        .and_then(|()| match ended {
+            Some(status) => Err(anyhow!("etcd ended: {status}")),
+            None => Ok(()),
+        })
+        .map_err(|e| {
+            let text = fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            anyhow!(
+                "{e:#}\n--- etcd's log:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
         })
     }
 
