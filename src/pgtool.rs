@@ -60,12 +60,16 @@ pub struct Finished {
 }
 
 impl Tools {
-    /// The installation in `bindir`, else the one `pgbin::server_bindir` finds. As root, the
+    /// The installation in `bindir`; else, unless `PG_BINDIR` says otherwise, Debian's of the
+    /// data directory's own major (two majors are installed side by side during an upgrade,
+    /// and `pg_config` names the newest: its pg_ctl cannot start an older cluster); else the
+    /// one `pgbin::server_bindir` finds. As root, the
     /// tools run as the owner of `data` (or of its nearest existing parent) unless that is
     /// root, else as `postgres`.
     pub fn find(bindir: Option<&Path>, data: Option<&Path>) -> Result<Tools> {
         let bindir = bindir
             .map(Path::to_path_buf)
+            .or_else(|| data.and_then(debian_bindir_of))
             .or_else(crate::pgbin::server_bindir)
             .ok_or_else(|| {
                 anyhow!(
@@ -121,24 +125,40 @@ impl Tools {
             "initdb" | "pg_ctl" => Duration::from_secs(300),
             _ => Duration::from_secs(120),
         };
-        spawn_guarded(self.command(program, args), program, input, deadline)
+        let creds = self.user.as_ref().map(Creds::of);
+        spawn_guarded(self.command(program, args), creds, program, input, deadline)
     }
 
-    /// The command line and environment of a tool: the operator's environment as it is.
+    /// The command line and environment of a tool: the operator's environment as it is, except
+    /// that a server program (which the server inherits, with every backend and every
+    /// archive_command) gets no password: `PGPASSWORD` in a server would let dblink and
+    /// postgres_fdw connections use it.
     fn command<S: AsRef<OsStr>>(&self, program: &str, args: &[S]) -> Command {
         let mut cmd = Command::new(self.bindir.join(program));
         if NO_PROMPT_FLAG.contains(&program) {
             cmd.arg("--no-password");
         }
         cmd.args(args).env("LC_ALL", "C");
+        if SERVER_PROGRAMS.contains(&program) {
+            for (k, _) in std::env::vars_os() {
+                if is_secret_variable(&k.to_string_lossy()) {
+                    cmd.env_remove(k);
+                }
+            }
+        }
         if let Some(u) = &self.user {
-            cmd.uid(u.uid).gid(u.gid).current_dir("/");
+            cmd.current_dir("/");
             // libpq finds ~/.pgpass through HOME: that of the user the tool runs as.
             cmd.env("HOME", &u.home)
                 .env("USER", &u.name)
                 .env("LOGNAME", &u.name);
         }
         cmd
+    }
+
+    /// The user the tools run as, when not the invoking one: (name, uid).
+    pub fn user(&self) -> Option<(&str, u32)> {
+        self.user.as_ref().map(|u| (u.name.as_str(), u.uid))
     }
 
     /// Makes `path` belong to the user the tools run as.
@@ -158,15 +178,78 @@ impl Tools {
     }
 }
 
+/// `/usr/lib/postgresql/<PG_VERSION>/bin` of a data directory (Debian's layout), when there.
+fn debian_bindir_of(data: &Path) -> Option<PathBuf> {
+    if std::env::var_os("PG_BINDIR").is_some() {
+        return None;
+    }
+    let major = fs::read_to_string(data.join("PG_VERSION")).ok()?;
+    let dir = PathBuf::from(format!("/usr/lib/postgresql/{}/bin", major.trim()));
+    dir.join("pg_ctl").is_file().then_some(dir)
+}
+
+/// The programs that start a server, which inherits their environment.
+const SERVER_PROGRAMS: [&str; 3] = ["pg_ctl", "initdb", "postgres"];
+
+/// A variable a server must not inherit: a password, or what leads to one.
+fn is_secret_variable(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    upper == "PGPASSFILE"
+        || upper.starts_with("REPLGUARD_")
+        || ["PASSWORD", "PASSWD", "SECRET"]
+            .iter()
+            .any(|w| upper.contains(w))
+}
+
+/// The identity a tool takes when we are root: uid, gid and the user's supplementary groups
+/// (Debian's `postgres` reads its TLS key through the `ssl-cert` group; a tool started
+/// without it starts a server that cannot).
+struct Creds {
+    uid: u32,
+    gid: u32,
+    groups: Vec<libc::gid_t>,
+}
+
+impl Creds {
+    fn of(u: &User) -> Creds {
+        let name = std::ffi::CString::new(u.name.as_str()).unwrap_or_default();
+        let mut groups: Vec<libc::gid_t> = vec![0; 64];
+        loop {
+            let mut n = libc::c_int::try_from(groups.len()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: the buffer holds `n` entries; getgrouplist writes at most that many.
+            let r =
+                unsafe { libc::getgrouplist(name.as_ptr(), u.gid, groups.as_mut_ptr(), &mut n) };
+            let n = usize::try_from(n).unwrap_or(0);
+            if r >= 0 {
+                groups.truncate(n);
+                break;
+            }
+            groups.resize(n.max(groups.len() * 2), 0);
+        }
+        Creds {
+            uid: u.uid,
+            gid: u.gid,
+            groups,
+        }
+    }
+}
+
 /// The programs whose libpq connection could otherwise prompt for a password.
 const NO_PROMPT_FLAG: [&str; 2] = ["psql", "pg_basebackup"];
 
 /// The operator's own command (`pg_ctlcluster 15 main start`, `systemctl restart …`), run as
-/// the invoking user through `sh -c`, under the same guarantees as the tools.
+/// the invoking user through `sh -c`, under the same guarantees as the tools, without the
+/// passwords of the environment.
 pub fn shell(command: &str, deadline: Duration) -> Result<String> {
     let mut cmd = Command::new("sh");
     cmd.args(["-c", command]);
-    let done = spawn_guarded(cmd, command, None, deadline)?;
+    // It starts a server (pg_ctlcluster, systemctl…), which must not inherit a password.
+    for (k, _) in std::env::vars_os() {
+        if is_secret_variable(&k.to_string_lossy()) {
+            cmd.env_remove(k);
+        }
+    }
+    let done = spawn_guarded(cmd, None, command, None, deadline)?;
     require_success(command, done, None)
 }
 
@@ -226,6 +309,7 @@ fn password_hint(stderr: &str, user: Option<&User>) -> Option<String> {
 /// reach end-of-file.
 fn spawn_guarded(
     mut cmd: Command,
+    creds: Option<Creds>,
     what: &str,
     input: Option<&[u8]>,
     deadline: Duration,
@@ -241,7 +325,9 @@ fn spawn_guarded(
         }
         None => Stdio::null(),
     };
-    if std::env::var_os("PGCONNECT_TIMEOUT").is_none() {
+    // 0 (or nothing) would be libpq's "wait as long as the kernel does".
+    let connect_timeout = std::env::var("PGCONNECT_TIMEOUT").unwrap_or_default();
+    if connect_timeout.trim().parse::<i64>().is_ok_and(|t| t <= 0) || connect_timeout.is_empty() {
         cmd.env("PGCONNECT_TIMEOUT", CONNECT_TIMEOUT_S);
     }
     cmd.stdin(stdin)
@@ -252,12 +338,20 @@ fn spawn_guarded(
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // Groups, then gid, then uid: after the uid change nothing else may change.
+            if let Some(c) = &creds
+                && (libc::setgroups(c.groups.len(), c.groups.as_ptr()) < 0
+                    || libc::setgid(c.gid) < 0
+                    || libc::setuid(c.uid) < 0)
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             // A session of its own: no controlling terminal to prompt on, and a process
             // group to kill whole.
             if libc::setsid() < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // Runs after the uid change (which would clear it), so it holds for the tool.
+            // After the uid change (which would clear it), so it holds for the tool.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
                 return Err(std::io::Error::last_os_error());
             }

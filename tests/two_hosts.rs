@@ -2,10 +2,10 @@
 //! network namespaces joined by a veth pair (10.0.0.1, the primary; 10.0.0.2, the standby).
 //! Each host has its own /var/lib/postgresql, /var/run/postgresql, /etc/postgresql and
 //! /var/log/postgresql (directories of this test, bind-mounted in the command's own mount
-//! namespace) and both share /mnt (the WAL archive). The standby is in Debian's layout
-//! (`pg_createcluster`, its configuration in /etc/postgresql, `pg_ctlcluster` to start it),
-//! the primary a plain `initdb` started with `pg_ctl`. Passwords travel over TCP with
-//! scram-sha-256.
+//! namespace) and both share /mnt (the WAL archive). Debian's layout
+//! on both hosts (`pg_createcluster`, the configuration in /etc/postgresql, `pg_ctlcluster`):
+//! the primary is restarted by setup, rewound after the failover and started again, all
+//! Debian's way. Passwords travel over TCP with scram-sha-256.
 //!
 //! The commands come from contrib/README.md (the blocks marked `<!-- two-hosts:… -->`): when
 //! the README changes, this test runs the new commands.
@@ -91,10 +91,21 @@ impl Host {
 
     /// Every process of this host, killed at once: the host is lost.
     fn crash(&self) {
-        let pids = Command::new("ip")
+        assert!(
+            self.kill_all(),
+            "{}: processes outlived SIGKILL",
+            self.netns
+        );
+    }
+
+    /// SIGKILL to every process in the namespace; whether they are all gone within 10 s.
+    fn kill_all(&self) -> bool {
+        let Ok(pids) = Command::new("ip")
             .args(["netns", "pids", &self.netns])
             .output()
-            .unwrap();
+        else {
+            return false;
+        };
         let pids: Vec<i32> = String::from_utf8_lossy(&pids.stdout)
             .split_whitespace()
             .filter_map(|p| p.parse().ok())
@@ -106,26 +117,34 @@ impl Host {
         wait_for("the host's processes gone", Duration::from_secs(10), || {
             Ok(pids.iter().all(|p| !process_alive(*p)))
         })
-        .unwrap();
+        .is_ok()
+    }
+
+    /// The environment of this host's postmaster (its data directory's pid file).
+    fn postmaster_environ(&self, major: &str) -> String {
+        let pid_file = self.root.join(format!("lib/{major}/main/postmaster.pid"));
+        let pid = fs::read_to_string(pid_file).unwrap();
+        let pid = pid.lines().next().unwrap().trim();
+        fs::read_to_string(format!("/proc/{pid}/environ")).unwrap_or_default()
     }
 }
 
-/// The two hosts and their link; everything goes when it is dropped, even on panic.
+/// A host goes with everything it ran, even when the test panics (its veth with it).
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill_all();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .status();
+    }
+}
+
+/// The two hosts and their link; the hosts go first (fields drop in order), then the
+/// directories they used.
 struct TwoHosts {
     primary: Host,
     standby: Host,
-    dir: tempfile::TempDir,
-}
-
-impl Drop for TwoHosts {
-    fn drop(&mut self) {
-        for h in [&self.primary, &self.standby] {
-            h.crash();
-            let _ = Command::new("ip").args(["netns", "del", &h.netns]).status();
-        }
-        // The data directories belong to postgres; the TempDir removes them as root.
-        let _ = &self.dir;
-    }
+    _dir: tempfile::TempDir,
 }
 
 fn run(args: &[&str]) {
@@ -219,10 +238,12 @@ fn two_hosts(major: &str) -> TwoHosts {
             env,
         }
     };
+    let primary = host("a");
+    let standby = host("b");
     let hosts = TwoHosts {
-        primary: host("a"),
-        standby: host("b"),
-        dir,
+        primary,
+        standby,
+        _dir: dir,
     };
     let (p, s) = (&hosts.primary, &hosts.standby);
     run(&[
@@ -308,17 +329,19 @@ fn the_two_machine_walk_through_works_across_two_hosts_and_back() {
         ("REPLGUARD_WALLET_PASSWORD", "wallet-secret-7"),
     ];
 
-    // The primary host: a plain cluster, started with pg_ctl logging to its own file.
+    // Both hosts in Debian's layout (configuration in /etc/postgresql, pg_ctlcluster). The
+    // primary runs; its local connections are trusted (the check below connects as
+    // lightningd from root), TCP takes scram-sha-256.
     let data = format!("/var/lib/postgresql/{major}/main");
     a.ok(
-        Some("postgres"),
+        None,
         &format!(
-            "initdb -D {data} --auth-local=trust --auth-host=scram-sha-256 >/dev/null && \
-             pg_ctl -D {data} -l /var/log/postgresql/primary.log -w start >/dev/null"
+            "pg_createcluster {major} main -- --auth-local=trust --auth-host=scram-sha-256 \
+             >/dev/null && pg_ctlcluster {major} main start"
         ),
         &[],
     );
-    // The standby host: Debian's layout, the cluster made and its data directory emptied.
+    // The standby's cluster made, stopped, its data directory emptied.
     b.ok(
         None,
         &format!(
@@ -332,13 +355,22 @@ fn the_two_machine_walk_through_works_across_two_hosts_and_back() {
         a.ok(None, &readme_block("primary", &major), &secrets)
     });
     assert!(
-        out.contains("restarting"),
-        "wal_log_hints waits for a restart: {out}"
+        out.contains(&format!("(pg_ctlcluster {major} main restart)")),
+        "wal_log_hints waits for a restart, Debian's way: {out}"
     );
-    let log = a.ok(None, "cat /var/log/postgresql/primary.log", &[]);
+    let log = a.ok(
+        None,
+        &format!("cat /var/log/postgresql/postgresql-{major}-main.log"),
+        &[],
+    );
     assert!(
         log.contains("received fast shutdown request") && log.contains("ready to accept"),
         "the restart logs where the server logged before:\n{log}"
+    );
+    let environ = a.postmaster_environ(&major);
+    assert!(
+        !environ.contains("REPLGUARD_") && !environ.contains("PGPASSWORD"),
+        "a password in the server's environment: {environ:?}"
     );
 
     // Without the password, the standby step stops at once and says what to set.
@@ -365,6 +397,11 @@ fn the_two_machine_walk_through_works_across_two_hosts_and_back() {
         b.ok(None, &readme_block("standby", &major), &secrets[..1])
     });
     assert!(out.contains("done on the standby host"), "{out}");
+    let environ = b.postmaster_environ(&major);
+    assert!(
+        !environ.contains("REPLGUARD_") && !environ.contains("PGPASSWORD"),
+        "a password in the standby's environment: {environ:?}"
+    );
 
     let out = timed("3. check", || {
         a.ok(None, &readme_block("check", &major), &[])
@@ -429,6 +466,10 @@ fn the_two_machine_walk_through_works_across_two_hosts_and_back() {
         )
     });
     assert!(out.contains("pg_rewind"), "{out}");
+    assert!(
+        out.contains(&format!("pg_ctlcluster {major} main start")),
+        "the rewound Debian cluster starts Debian's way: {out}"
+    );
     let out = timed("name it on the new primary", || {
         b.ok(None, &rejoin, &secrets[..1])
     });

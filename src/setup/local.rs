@@ -84,6 +84,7 @@ pub(super) async fn local(a: LocalArgs) -> Result<i32> {
             common.name
         ),
         expect: "streaming/sync".into(),
+        server: None,
     });
     plan::apply(&pg, &steps)?;
     check_the_pair(&layout, a.primary_port).await

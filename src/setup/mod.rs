@@ -9,6 +9,7 @@ mod input;
 mod local;
 mod plan;
 mod quote;
+mod server;
 mod steps;
 
 use anyhow::{Context as _, Result};

@@ -5,11 +5,12 @@ use std::fmt::Write as _;
 use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, bail};
 
 use super::quote::shell_word;
+use super::server;
 use crate::pgbin::wait_for;
 use crate::pgtool::{self, Tools};
 
@@ -53,15 +54,13 @@ pub enum Step {
     /// A line added to the server's own `hba_file` (wherever it is: /etc on Debian) unless
     /// there, then a reload.
     AppendToHba { conninfo: String, line: String },
-    /// `pg_rewind -R` of an old primary's data directory, unless `done_marker` is already a
-    /// line of its postgresql.auto.conf (a second rewind of a standby that has replayed on
-    /// would be wrong). The failover's fence (`standby.signal`) is removed first: pg_rewind's
+    /// `pg_rewind -R` of an old primary's data directory. pg_rewind itself compares the
+    /// timelines and says "no rewind required" when the directory already follows the source
+    /// (run again, or a standby that never diverged): a marker of ours could only be a guess.
+    /// A running standby is stopped first (pg_rewind needs a stopped target); a running
+    /// primary is refused. The failover's fence (`standby.signal`) is removed: pg_rewind's
     /// crash recovery runs in single-user mode, which refuses it; -R writes it again.
-    Rewind {
-        dir: PathBuf,
-        source: String,
-        done_marker: String,
-    },
+    Rewind { dir: PathBuf, source: String },
     /// `pg_basebackup` into `dir`, unless `dir` already holds a standby (`standby.signal`);
     /// a directory that is neither empty nor a standby is refused.
     Clone { dir: PathBuf, args: Vec<String> },
@@ -71,11 +70,14 @@ pub enum Step {
     /// what it did, or to run the step again.
     NameOnceStreaming { name: String, conninfo: String },
     /// Waits until the server behind `conninfo` answers `sql` with `expect`.
+    /// With `server`, the question goes to the server of that data directory (its socket and
+    /// port, from its pid file), whatever PGHOST/PGPORT say.
     WaitFor {
         what: String,
         conninfo: String,
         sql: String,
         expect: String,
+        server: Option<PathBuf>,
     },
 }
 
@@ -160,11 +162,7 @@ pub fn render(title: &str, steps: &[Step]) -> String {
                 restart_if_pending.as_deref(),
                 command.as_deref(),
             ),
-            Step::Rewind {
-                dir,
-                source,
-                done_marker,
-            } => render_rewind(&mut out, dir, source, done_marker),
+            Step::Rewind { dir, source } => render_rewind(&mut out, dir, source),
             Step::Clone { dir, args } => render_clone(&mut out, dir, args),
             Step::NameOnceStreaming { name, conninfo } => render_naming(&mut out, name, conninfo),
             Step::WaitFor {
@@ -172,6 +170,7 @@ pub fn render(title: &str, steps: &[Step]) -> String {
                 conninfo,
                 sql,
                 expect,
+                ..
             } => {
                 let _ = writeln!(
                     out,
@@ -213,20 +212,21 @@ fn render_naming(out: &mut String, name: &str, conninfo: &str) {
     );
 }
 
-/// pg_rewind unless the marker shows it done and the directory is a standby already.
-fn render_rewind(out: &mut String, dir: &Path, source: &str, done_marker: &str) {
-    let d = dir.display().to_string();
+/// pg_rewind (after stopping a standby that runs), which says itself when none is needed.
+fn render_rewind(out: &mut String, dir: &Path, source: &str) {
+    let d = shell_word(&dir.display().to_string());
+    let config = rewind_config_args(dir)
+        .iter()
+        .map(|a| format!(" {}", shell_word(a)))
+        .collect::<String>();
     let _ = writeln!(
         out,
-        "\n# rewind the old primary to the new primary's timeline, unless done already\n\
-             if ! {{ grep -qxF {} {} && pg_controldata -D {} | grep -Eq {}; }}; then\n  \
-             rm -f {}\n  pg_rewind -D {} --source-server={} -R\nfi",
-        shell_word(done_marker),
-        shell_word(&format!("{d}/postgresql.auto.conf")),
-        shell_word(&d),
+        "\n# rewind the old primary to the new primary's timeline (pg_rewind says when none is \
+         needed)\nif pg_ctl -D {d} status >/dev/null; then\n  if pg_controldata -D {d} | grep -Eq \
+         {}; then pg_ctl -D {d} stop -m fast; else echo {d}' runs as a primary: stop it first' \
+         >&2; exit 1; fi\nfi\nrm -f {d}/standby.signal\npg_rewind -D {d} --source-server={} \
+         -R{config}",
         shell_word(RECOVERY_STATE_RE),
-        shell_word(&format!("{d}/standby.signal")),
-        shell_word(&d),
         shell_word(source)
     );
 }
@@ -345,11 +345,7 @@ pub fn apply(pg: &Tools, steps: &[Step]) -> Result<()> {
                 restart_if_pending.as_deref(),
                 command.as_deref(),
             )?,
-            Step::Rewind {
-                dir,
-                source,
-                done_marker,
-            } => rewind(pg, dir, source, done_marker)?,
+            Step::Rewind { dir, source } => rewind(pg, dir, source)?,
             Step::Clone { dir, args } => {
                 if dir.join("standby.signal").is_file() {
                     continue;
@@ -372,17 +368,41 @@ pub fn apply(pg: &Tools, steps: &[Step]) -> Result<()> {
                 conninfo,
                 sql,
                 expect,
-            } => {
-                println!("cln-replguard setup: {what}");
-                wait_for(what, Duration::from_secs(60), || {
-                    Ok(psql_script(pg, conninfo, sql)
-                        .map(|o| o.trim() == expect)
-                        .unwrap_or(false))
-                })?;
-            }
+                server,
+            } => wait_until_answers(pg, what, conninfo, sql, expect, server.as_deref())?,
         }
     }
     Ok(())
+}
+
+/// Asks every half second for a minute; a timeout says what the last answer or error was.
+fn wait_until_answers(
+    pg: &Tools,
+    what: &str,
+    conninfo: &str,
+    sql: &str,
+    expect: &str,
+    server: Option<&Path>,
+) -> Result<()> {
+    println!("cln-replguard setup: {what}");
+    let mut conninfo = conninfo.to_string();
+    if let Some(address) = server.and_then(server::local_address) {
+        conninfo += &format!(" {address}");
+    }
+    if let Some((user, _)) = pg.user() {
+        conninfo += &format!(" user={}", super::quote::conninfo_value(user));
+    }
+    let mut last = Instant::now() - Duration::from_secs(1);
+    wait_for(what, Duration::from_secs(60), || {
+        // One psql every half second, not one every poll.
+        std::thread::sleep(Duration::from_millis(500).saturating_sub(last.elapsed()));
+        last = Instant::now();
+        let answer = psql_script(pg, &conninfo, sql)?;
+        match answer.trim() {
+            a if a == expect => Ok(true),
+            a => Err(anyhow::anyhow!("it answers {a:?}")),
+        }
+    })
 }
 
 /// Does a standby of this name (a checked `valid_name`) stream to this server?
@@ -467,18 +487,17 @@ fn start(
         return Ok(());
     }
     let verb = if running { "restart" } else { "start" };
-    // A restart keeps the log where the server has it; a start logs where the step says.
-    let log = match (command, running) {
-        (None, true) => current_log(data)?,
-        _ => log.to_path_buf(),
+    let how = match command {
+        Some(cmd) => Restart::Command(cmd.to_string()),
+        None => how_to_restart(pg, data, log, verb, restart_if_pending)?,
     };
-    match command {
-        Some(cmd) => {
+    match &how {
+        Restart::Command(cmd) => {
             println!("cln-replguard setup: {verb}ing {} ({cmd})", data.display());
             pgtool::shell(cmd, Duration::from_secs(300))
                 .with_context(|| format!("could not {verb} {}", data.display()))?;
         }
-        None => {
+        Restart::PgCtl(log) => {
             println!(
                 "cln-replguard setup: {verb}ing {} (log: {})",
                 data.display(),
@@ -508,36 +527,58 @@ fn start(
             && restart_if_pending.is_none_or(|c| psql_script(pg, c, "SELECT 1").is_ok()))
     });
     back.map_err(|_| {
+        let log = match &how {
+            Restart::PgCtl(log) => log.display().to_string(),
+            Restart::Command(_) => "the log of your start command".into(),
+        };
         anyhow::anyhow!(
-            "{} did not come back after the {verb}: stopping here; see {} (or the log of your \
-             start command)",
+            "{} did not come back after the {verb}: stopping here; see {log}",
             data.display(),
-            log.display()
         )
     })
 }
 
-/// Where the running server writes what it prints (its stderr): the file `pg_ctl -l` or the
-/// service gave it, so that a restart by `pg_ctl` logs there too. A server whose stderr is a
-/// pipe or a socket (a service manager's journal) is the service's to restart.
-fn current_log(data: &Path) -> Result<PathBuf> {
-    let pid_file = data.join("postmaster.pid");
-    let pid = fs::read_to_string(&pid_file)
-        .ok()
-        .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<i32>().ok()))
-        .with_context(|| format!("reading the server's pid from {}", pid_file.display()))?;
-    let target = fs::read_link(format!("/proc/{pid}/fd/2"))
-        .with_context(|| format!("cannot see where the server (pid {pid}) logs"))?;
-    let shown = target.display().to_string();
-    if target.is_absolute() && !shown.ends_with(" (deleted)") {
-        return Ok(target);
+enum Restart {
+    /// The operator's command, or Debian's `pg_ctlcluster`.
+    Command(String),
+    /// `pg_ctl` with its output to this file.
+    PgCtl(PathBuf),
+}
+
+/// How to (re)start a server when the operator gave no command: a Debian cluster with
+/// `pg_ctlcluster` (its configuration is in /etc, its log and unit are Debian's); else pg_ctl,
+/// a restart logging where the server logs now, or beside the data directory when the
+/// logging collector writes the log (its own files, kept across the restart).
+fn how_to_restart(
+    pg: &Tools,
+    data: &Path,
+    log: &Path,
+    verb: &str,
+    admin: Option<&str>,
+) -> Result<Restart> {
+    if let Some((version, name)) = server::debian_cluster(data) {
+        return Ok(Restart::Command(format!(
+            "pg_ctlcluster {} {} {verb}",
+            shell_word(&version),
+            shell_word(&name)
+        )));
     }
-    bail!(
-        "{} logs to {shown} (a service manager's journal?): restarting it with pg_ctl would lose \
-         that, so give the command that restarts it with --restart-command (e.g. \
-         'pg_ctlcluster 15 main restart' or 'systemctl restart postgresql')",
-        data.display()
-    )
+    if verb == "start" {
+        return Ok(Restart::PgCtl(log.to_path_buf()));
+    }
+    match server::current_log(data, pg.user().map(|(_, uid)| uid)) {
+        Ok(now) => Ok(Restart::PgCtl(now)),
+        Err(e) => {
+            let collector = admin
+                .map(|c| psql_script(pg, c, "SHOW logging_collector"))
+                .transpose()?;
+            if collector.is_some_and(|c| c.trim() == "on") {
+                Ok(Restart::PgCtl(log.to_path_buf()))
+            } else {
+                Err(e)
+            }
+        }
+    }
 }
 
 fn server_running(pg: &Tools, data: &Path) -> Result<bool> {
@@ -548,30 +589,68 @@ fn server_running(pg: &Tools, data: &Path) -> Result<bool> {
         .success())
 }
 
-/// `pg_rewind -R` unless the marker shows it was done and the directory is a standby.
-fn rewind(pg: &Tools, dir: &Path, source: &str, done_marker: &str) -> Result<()> {
-    let conf = fs::read_to_string(dir.join("postgresql.auto.conf")).unwrap_or_default();
-    if conf.lines().any(|l| l == done_marker) && in_recovery_state(pg, dir)? {
-        return Ok(());
+/// `pg_rewind -R` into a stopped directory: a running standby is stopped first, a running
+/// primary refused.
+fn rewind(pg: &Tools, dir: &Path, source: &str) -> Result<()> {
+    if server::postmaster_alive(dir).is_some() {
+        if !in_recovery_state(pg, dir)? {
+            bail!(
+                "{} runs as a primary: stop it first (the failover's fence does; a second \
+                 primary must never run)",
+                dir.display()
+            );
+        }
+        println!(
+            "cln-replguard setup: stopping the standby in {} to rewind it",
+            dir.display()
+        );
+        let args = [
+            "-D".as_ref(),
+            dir.as_os_str(),
+            "stop".as_ref(),
+            "-m".as_ref(),
+            "fast".as_ref(),
+        ];
+        pg.run("pg_ctl", &args)?;
     }
     println!(
         "cln-replguard setup: rewind {} (pg_rewind -R)",
         dir.display()
     );
-    remove_stale_pid_file(dir)?;
+    server::remove_stale_pid_file(dir)?;
     match fs::remove_file(dir.join("standby.signal")) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
             bail!("removing standby.signal: {e}")
         }
         _ => {}
     }
-    let args = [
+    let mut args = vec![
         "-D".to_string(),
         dir.display().to_string(),
         format!("--source-server={source}"),
         "-R".to_string(),
     ];
-    run_tool(pg, "pg_rewind", &args)
+    args.extend(rewind_config_args(dir));
+    let said = pg.run("pg_rewind", &args)?;
+    if said.contains("no rewind required") {
+        println!("cln-replguard setup: pg_rewind: no rewind required");
+    }
+    Ok(())
+}
+
+/// pg_rewind's crash recovery starts the server in single-user mode from the data directory;
+/// a Debian cluster keeps its configuration in /etc (`--config-file`, pg_rewind 15+).
+fn rewind_config_args(dir: &Path) -> Vec<String> {
+    let major: u32 = fs::read_to_string(dir.join("PG_VERSION"))
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    match server::config_file(dir) {
+        Some(conf) if major >= 15 && !conf.starts_with(dir) => {
+            vec![format!("--config-file={}", conf.display())]
+        }
+        _ => vec![],
+    }
 }
 
 /// `pg_controldata`'s cluster state of a standby (rewound or running as one); a promoted
@@ -609,36 +688,6 @@ fn run_tool(pg: &Tools, program: &str, args: &[String]) -> Result<()> {
     pg.run(program, args).map(drop)
 }
 
-/// A killed postmaster that its parent has not reaped yet still "exists" for PostgreSQL's
-/// lock-file checks (containers whose PID 1 does not reap), so pg_rewind's single-user
-/// recovery, and the start after it, would refuse. A pid file whose process is gone or a
-/// zombie is stale, and so is the socket lock file it names (postmaster.pid: line 4 the port,
-/// line 5 the socket directory).
-fn remove_stale_pid_file(dir: &std::path::Path) -> Result<()> {
-    let pid_file = dir.join("postmaster.pid");
-    let Ok(text) = fs::read_to_string(&pid_file) else {
-        return Ok(());
-    };
-    let lines: Vec<&str> = text.lines().collect();
-    let pid: i32 = lines.first().unwrap_or(&"").trim().parse().unwrap_or(0);
-    if pid > 0 && crate::pgbin::process_alive(pid) {
-        bail!("{} is running (pid {pid}): stop it first", dir.display());
-    }
-    if let (Some(port), Some(socket_dir)) = (lines.get(3), lines.get(4))
-        && !socket_dir.trim().is_empty()
-    {
-        let lock =
-            std::path::Path::new(socket_dir.trim()).join(format!(".s.PGSQL.{}.lock", port.trim()));
-        let holder: Option<i32> = fs::read_to_string(&lock)
-            .ok()
-            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse().ok()));
-        if holder == Some(pid) {
-            fs::remove_file(&lock).with_context(|| format!("removing {}", lock.display()))?;
-        }
-    }
-    fs::remove_file(&pid_file).with_context(|| format!("removing {}", pid_file.display()))
-}
-
 fn psql_script(pg: &Tools, conninfo: &str, script: &str) -> Result<String> {
     let args = [
         "-X",
@@ -658,8 +707,6 @@ fn psql_script(pg: &Tools, conninfo: &str, script: &str) -> Result<String> {
 
 #[cfg(test)]
 mod tests {
-    use std::process::Stdio;
-
     use super::*;
 
     #[test]
@@ -683,42 +730,6 @@ mod tests {
             "printf %s \"$REPLGUARD_REPLICATION_PASSWORD\" | cln-replguard setup scram-verifier"
         ));
         assert!(s.contains("ALTER ROLE replicator PASSWORD '$V';"));
-    }
-
-    #[test]
-    fn a_restart_logs_where_the_server_logs_and_a_journal_needs_the_service() {
-        let dir = tempfile::tempdir().unwrap();
-        let log = dir.path().join("server.log");
-        let spawn = |stderr: Stdio| {
-            std::process::Command::new("sleep")
-                .arg("30")
-                .stderr(stderr)
-                .spawn()
-                .unwrap()
-        };
-        let mut to_file = spawn(Stdio::from(fs::File::create(&log).unwrap()));
-        fs::write(
-            dir.path().join("postmaster.pid"),
-            format!("{}\n", to_file.id()),
-        )
-        .unwrap();
-        let found = current_log(dir.path());
-        to_file.kill().unwrap();
-        to_file.wait().unwrap();
-        assert_eq!(found.unwrap(), log);
-        let mut to_pipe = spawn(Stdio::piped());
-        fs::write(
-            dir.path().join("postmaster.pid"),
-            format!("{}\n", to_pipe.id()),
-        )
-        .unwrap();
-        let e = current_log(dir.path()).unwrap_err().to_string();
-        to_pipe.kill().unwrap();
-        to_pipe.wait().unwrap();
-        assert!(
-            e.contains("pipe:") && e.contains("--restart-command"),
-            "{e}"
-        );
     }
 
     #[test]

@@ -120,7 +120,8 @@ const REWIND_FUNCTIONS: [&str; 4] = [
 /// `name` is a checked standby name (`valid_name`), safe inside SQL as it is.
 fn roles_database_slot(name: &str, admin: &str) -> Step {
     // Granted only when missing: after a failover they came with the copy, and a write here
-    // would wait for a standby that is not back yet.
+    // would wait for a standby that is not back yet. In database postgres, where pg_rewind
+    // connects (function privileges are per database), whatever database --admin names.
     let grants: String = REWIND_FUNCTIONS
         .iter()
         .map(|f| {
@@ -139,6 +140,8 @@ fn roles_database_slot(name: &str, admin: &str) -> Step {
 SELECT 'CREATE ROLE {WALLET} LOGIN'
   WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{WALLET}') \\gexec
 GRANT pg_monitor TO {WALLET};
+\\connect postgres
+SET synchronous_commit = local;
 {grants}
 SELECT 'CREATE DATABASE {WALLET} OWNER {WALLET}'
   WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = '{WALLET}') \\gexec
@@ -209,7 +212,7 @@ pub(super) fn standby_steps(
     }
     steps.push(Step::Start {
         data: pgdata.to_path_buf(),
-        log: pgdata.join("../server.log"),
+        log: log_beside(pgdata),
         restart_if_pending: None,
         command: start_command.map(str::to_string),
     });
@@ -218,6 +221,7 @@ pub(super) fn standby_steps(
         conninfo: itself.to_string(),
         sql: "SELECT status FROM pg_stat_wal_receiver".into(),
         expect: "streaming".into(),
+        server: Some(pgdata.to_path_buf()),
     });
     steps
 }
@@ -234,18 +238,14 @@ pub(super) fn rejoin_steps(
     itself: &str,
     start_command: Option<&str>,
 ) -> Vec<Step> {
-    // Written after the rewind: a directory in recovery with this line was rewound already
-    // (a second rewind of a standby that has replayed on would be wrong).
-    let marker = format!("primary_slot_name = '{}'", c.name);
     let mut steps = vec![
         Step::Rewind {
             dir: pgdata.to_path_buf(),
             source: format!("{source} dbname=postgres"),
-            done_marker: marker.clone(),
         },
         Step::AppendOnce {
             path: pgdata.join("postgresql.auto.conf"),
-            line: marker,
+            line: format!("primary_slot_name = '{}'", c.name),
         },
     ];
     let mut rest = standby_steps(c, source, pgdata, own, itself, start_command);
