@@ -80,13 +80,7 @@ pub(super) async fn run(plugin: Plugin<State>) {
         if let Some(e) = &evidence {
             e.tx.send_replace(evidence::Record::of(&obs, &v));
         }
-        {
-            let mut c = st.guard.counters.lock().unwrap_or_else(|e| e.into_inner());
-            c.checks += 1;
-            if obs.primary().is_none() {
-                c.failed += 1;
-            }
-        }
+        count_check(&st, obs.primary().is_none());
         let now = Instant::now();
         let change = debounce.observe(&v, now);
 
@@ -126,6 +120,15 @@ pub(super) async fn run(plugin: Plugin<State>) {
             continue;
         }
         stopping = stop_if_due(&st, &debounce, now, &v, &mut fault).await;
+    }
+}
+
+/// One more check in the counters (and a failed one when the primary could not be read).
+fn count_check(st: &Inner, failed: bool) {
+    let mut c = st.guard.counters.lock().unwrap_or_else(|e| e.into_inner());
+    c.checks += 1;
+    if failed {
+        c.failed += 1;
     }
 }
 
