@@ -351,11 +351,12 @@ async fn failover_check(
 ) -> Result<i32> {
     let r = target.resolve(policy)?;
     let obs = probe::observe_failover(&r.targets, &r.policy, Duration::from_millis(wait_ms)).await;
-    let mut answer = failover::evaluate(&obs);
-    if let Some(url) = &r.patroni_url {
-        let p = crate::patroni::observe(url, r.policy.query_timeout).await;
-        answer = crate::patroni::failover::amend(answer, &p);
-    }
+    let answer = crate::patroni::failover::judged(
+        failover::evaluate(&obs),
+        r.patroni_url.as_ref(),
+        r.policy.query_timeout,
+    )
+    .await;
     if json {
         println!(
             "{}",

@@ -233,6 +233,31 @@ fn under_patroni_failover_check_targets_only_the_member_in_sync_and_failover_and
     assert_eq!(other_entry["ready"], false, "{answer}");
     assert!(other_entry.to_string().contains("not in /sync"), "{answer}");
 
+    // The plugin's `lightning-cli failover-check` applies the same rule.
+    {
+        use fake_lightningd::{Fake, Setup};
+        let _session = WalletSession::open(&c, "n1");
+        let setup = Setup::new(&dsn).option("replguard-patroni-url", serde_json::json!(url));
+        let mut f = Fake::start(setup);
+        f.getmanifest();
+        let o = f.init(Duration::from_secs(30));
+        assert!(
+            matches!(&o, fake_lightningd::InitOutcome::Answered(r) if r["result"].is_object()),
+            "{o:?} {:?}",
+            f.logs
+        );
+        let reply = f.call("failover-check", serde_json::json!({}));
+        let answer = &reply["result"];
+        assert_eq!(answer["target"], sync, "{reply}");
+        let other_entry = answer["standbys"]
+            .as_array()
+            .and_then(|a| a.iter().find(|s| s["name"] == other))
+            .cloned()
+            .unwrap_or_else(|| panic!("{other} missing: {reply}"));
+        assert_eq!(other_entry["ready"], false, "{reply}");
+        assert!(other_entry.to_string().contains("not in /sync"), "{reply}");
+    }
+
     // failover and setup refuse, naming patronictl and the settings.
     let standby_dsn = c.node(sync).conninfo("postgres", "lightningd");
     let (code, out, err) = cli(&[

@@ -5,6 +5,19 @@ use super::facts::PatroniObservation;
 use crate::failover::{FailoverAnswer, Readiness, Reason};
 use crate::verdict::Code;
 
+/// The answer with Patroni's rule applied when the local Patroni is configured: one place
+/// for `cln-replguard failover-check` and `lightning-cli failover-check`.
+pub async fn judged(
+    a: FailoverAnswer,
+    url: Option<&super::PatroniUrl>,
+    timeout: std::time::Duration,
+) -> FailoverAnswer {
+    match url {
+        Some(url) => amend(a, &super::observe(url, timeout).await),
+        None => a,
+    }
+}
+
 pub fn amend(mut a: FailoverAnswer, p: &PatroniObservation) -> FailoverAnswer {
     let cluster = match &p.cluster {
         Ok(c) => c,

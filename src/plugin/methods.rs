@@ -50,7 +50,13 @@ pub async fn failover_check(plugin: Plugin<State>, params: Value) -> Result<Valu
     let st = &plugin.state().0;
     let targets = checkable(&st.targets)?;
     let obs = probe::observe_failover(targets, &st.settings.policy, wait).await;
-    let answer = failover::evaluate(&obs);
+    // Under Patroni, only a member Patroni would promote is a target (`/sync`).
+    let answer = crate::patroni::failover::judged(
+        failover::evaluate(&obs),
+        st.settings.patroni_url.as_ref(),
+        st.settings.policy.query_timeout,
+    )
+    .await;
     let data = report::failover_json(&obs, &answer);
     match answer.readiness {
         Readiness::Ready => Ok(data),
