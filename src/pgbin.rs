@@ -94,18 +94,27 @@ impl PgInstall {
 
     /// Makes `path` belong to the user the servers run as.
     pub fn own(&self, path: &Path) -> Result<()> {
-        if let Some((uid, gid)) = self.run_as {
-            chown(path, Some(uid), Some(gid))
-                .with_context(|| format!("chown {}", path.display()))?;
-        }
-        Ok(())
+        own(path, self.run_as)
     }
 
     pub fn mkdir(&self, path: &Path) -> Result<()> {
-        fs::create_dir_all(path).with_context(|| format!("mkdir {}", path.display()))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
-        self.own(path)
+        private_dir(path, self.run_as)
     }
+}
+
+/// Makes `path` belong to `owner` (uid, gid), when given.
+pub fn own(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    if let Some((uid, gid)) = owner {
+        chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// A directory only `owner` may enter, as PostgreSQL wants its directories.
+pub fn private_dir(path: &Path, owner: Option<(u32, u32)>) -> Result<()> {
+    fs::create_dir_all(path).with_context(|| format!("mkdir {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
+    own(path, owner)
 }
 
 fn unprivileged_user() -> Result<(u32, u32)> {

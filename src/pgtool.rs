@@ -20,7 +20,7 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{Read as _, Seek as _, Write as _};
-use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _, chown};
+use std::os::unix::fs::MetadataExt as _;
 use std::os::unix::process::{CommandExt as _, ExitStatusExt as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
@@ -163,18 +163,12 @@ impl Tools {
 
     /// Makes `path` belong to the user the tools run as.
     pub fn own(&self, path: &Path) -> Result<()> {
-        if let Some(u) = &self.user {
-            chown(path, Some(u.uid), Some(u.gid))
-                .with_context(|| format!("chown {}", path.display()))?;
-        }
-        Ok(())
+        crate::pgbin::own(path, self.user.as_ref().map(|u| (u.uid, u.gid)))
     }
 
     /// A directory only the tools' user may enter, as PostgreSQL wants its directories.
     pub fn mkdir(&self, path: &Path) -> Result<()> {
-        fs::create_dir_all(path).with_context(|| format!("mkdir {}", path.display()))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))?;
-        self.own(path)
+        crate::pgbin::private_dir(path, self.user.as_ref().map(|u| (u.uid, u.gid)))
     }
 }
 

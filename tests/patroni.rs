@@ -1,8 +1,11 @@
 //! cln-replguard on a real Patroni cluster (etcd, Patroni 4.x, PostgreSQL on loopback): the
 //! harness is `patroni_support`. Every case starts its own cluster and tears it down.
 
+mod common;
 mod fake_lightningd;
 mod patroni_support;
+
+use common::cli;
 
 use std::time::Duration;
 
@@ -55,21 +58,6 @@ fn patroni_behaves_as_the_rules_assume() {
     c.wait("strict mode to write *", Duration::from_secs(30), || {
         Ok(c.psql(n1, "SHOW synchronous_standby_names")? == "*")
     });
-}
-
-/// Runs the built binary; returns (exit code, stdout, stderr).
-fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cln-replguard"))
-        .args(args)
-        .env_remove("LIGHTNINGD_PLUGIN")
-        .env_remove("REPLGUARD_DSN")
-        .output()
-        .expect("run cln-replguard");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// `check` through `node`'s wallet DSN, with `url_of`'s Patroni URL (none: `None`).
