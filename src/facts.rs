@@ -118,6 +118,8 @@ pub struct PrimaryFacts {
     /// Client sessions of the wallet's role on the wallet's database, ours excepted; `None`
     /// when not asked (outside the plugin no lightningd runs).
     pub lightningd_sessions: Option<i64>,
+    /// What shows an HA manager on this server (`crate::patroni` judges it).
+    pub ha_signs: ServerSigns,
 }
 
 /// Whether the wallet DSN reaches the cluster the checks read.
@@ -433,7 +435,7 @@ pub fn worth_recording(last: Option<&Record>, now: &Record) -> bool {
 }
 
 /// Where the primary's effective `synchronous_standby_names` comes from (`pg_settings`), and
-/// whether Patroni's sessions are on the server: read through the wallet DSN by the probe.
+/// whether Patroni's sessions are on the server: read on the primary's session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServerSigns {
     /// `pg_settings.source` (`configuration file`, `command line`…).

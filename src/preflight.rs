@@ -21,14 +21,14 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 pub async fn observe_and_judge(r: &Resolved, require_leader: bool) -> (Observation, Verdict) {
     let obs = probe::observe(&r.targets, &r.policy).await;
     let v = verdict::evaluate(&obs, &r.policy);
-    let manager = crate::patroni::observe_manager(
+    let v = crate::patroni::judged(
+        v,
         &obs,
-        &r.targets,
         r.patroni_url.as_ref(),
         r.policy.query_timeout,
+        require_leader,
     )
     .await;
-    let v = crate::patroni::amend(v, &obs, &manager, require_leader);
     (obs, v)
 }
 

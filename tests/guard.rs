@@ -898,3 +898,40 @@ fn a_plugin_out_of_descriptors_is_a_plugin_fault_that_stops_nothing() {
         f.logs
     );
 }
+
+/// Without `replguard-patroni-url`, a cluster whose server shows Patroni's sessions is named
+/// by the plugin as `check` and the pre-flight name it: Patroni may rewrite the names or
+/// promote at any time, and nothing reads its settings. Patroni's heartbeat session is
+/// played by a session with its application_name.
+#[test]
+fn a_patroni_cluster_without_the_url_is_named_by_the_plugin() {
+    let (c, _s) = healthy();
+    let _patroni = c
+        .spawn_sql(
+            "postgres",
+            "postgres",
+            "SET application_name = 'Patroni heartbeat'; SELECT pg_sleep(3600)",
+        )
+        .unwrap();
+    wait_for("Patroni's session", Duration::from_secs(10), || {
+        Ok(c.primary.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'Patroni heartbeat'",
+        )? == "1")
+    })
+    .unwrap();
+    let mut f =
+        started(Setup::new(&c.primary.wallet_dsn()).option("replguard-mode", json!("warn")));
+    let r = f.poll(
+        "replication-status",
+        json!({}),
+        Duration::from_secs(10),
+        |r| {
+            r["result"]["findings"]
+                .to_string()
+                .contains("ha-manager-unconfigured")
+        },
+    );
+    let text = r["result"].to_string();
+    assert!(text.contains("replguard-patroni-url"), "{r:#}");
+    assert_eq!(r["result"]["verdict"], "unknown", "{r:#}");
+}

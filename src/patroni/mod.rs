@@ -12,20 +12,11 @@ pub mod rules;
 
 use std::time::Duration;
 
-use crate::dsn::WalletDsn;
-use crate::facts::{Observation, ServerSigns};
-use crate::probe::{self, Targets};
+use crate::facts::Observation;
 use crate::verdict::Verdict;
 
 pub use facts::{ClusterView, DynamicConfig, NodeStatus, PatroniObservation};
 pub use fetch::PatroniUrl;
-
-/// What `check`, `status` and the pre-flight learn about the HA manager.
-#[derive(Clone, Debug, Default)]
-pub struct Manager {
-    pub patroni: Option<PatroniObservation>,
-    pub signs: Option<ServerSigns>,
-}
 
 /// Reads the local Patroni: `/patroni`, `/cluster`, `/config` at once, then the leader's
 /// `/patroni` (the local answer when this node leads).
@@ -66,38 +57,30 @@ async fn leader_status(api_url: Option<&str>, deadline: Duration) -> Result<Node
     NodeStatus::parse(&a.body)
 }
 
-/// Reads what the verdict needs to know about the HA manager: the server's signs (when the
-/// wallet's server answered) and, with a URL, the local Patroni.
-pub async fn observe_manager(
-    obs: &Observation,
-    targets: &Targets,
+/// The local Patroni when a URL is configured; without one, nothing to read (the server's
+/// signs of an HA manager came with the primary's facts).
+pub async fn observe_if_configured(
     url: Option<&PatroniUrl>,
     deadline: Duration,
-) -> Manager {
-    let signs = match (&targets.wallet, obs.primary()) {
-        (WalletDsn::Postgres(t), Some(_)) => probe::observe_server_signs(t, deadline).await.ok(),
-        _ => None,
-    };
-    let patroni = match url {
+) -> Option<PatroniObservation> {
+    match url {
         Some(u) => Some(observe(u, deadline).await),
         None => None,
-    };
-    Manager { patroni, signs }
+    }
 }
 
-/// The plugin's checks (startup and runtime): with `replguard-patroni-url`, the verdict
-/// with Patroni's findings; without it, the verdict as it is (recognising an unconfigured
-/// manager is left to `check`/`status`, so a node already running is not gated for it).
-pub async fn judged_for_plugin(
+/// Every check — `status`, `check`, the pre-flight and the plugin's — judges the HA manager
+/// the same way: with `replguard-patroni-url`, Patroni's findings; without it, an HA manager
+/// seen on the server (Patroni's sessions, pg_auto_failover's names) is named.
+pub async fn judged(
     v: Verdict,
     obs: &Observation,
-    targets: &Targets,
     url: Option<&PatroniUrl>,
     deadline: Duration,
+    require_leader: bool,
 ) -> Verdict {
-    let Some(url) = url else { return v };
-    let m = observe_manager(obs, targets, Some(url), deadline).await;
-    amend(v, obs, &m, false)
+    let patroni = observe_if_configured(url, deadline).await;
+    amend(v, obs, patroni.as_ref(), require_leader)
 }
 
 /// `--require-leader`: the findings that say lightningd must not run here (the local node
@@ -116,10 +99,15 @@ pub fn leadership_failed(v: &Verdict) -> bool {
 }
 
 /// The verdict with the HA manager's findings.
-pub fn amend(v: Verdict, obs: &Observation, m: &Manager, require_leader: bool) -> Verdict {
+pub fn amend(
+    v: Verdict,
+    obs: &Observation,
+    patroni: Option<&PatroniObservation>,
+    require_leader: bool,
+) -> Verdict {
     let j = rules::judge(&rules::Inputs {
-        patroni: m.patroni.as_ref(),
-        signs: m.signs.as_ref(),
+        patroni,
+        signs: obs.primary().map(|p| &p.ha_signs),
         primary: obs.primary(),
         require_leader,
     });

@@ -68,12 +68,12 @@ pub(super) async fn run(plugin: Plugin<State>) {
             };
         obs.pinned_commit = st.pinned.clone();
         let v = verdict::evaluate(&obs, &policy);
-        let v = crate::patroni::judged_for_plugin(
+        let v = crate::patroni::judged(
             v,
             &obs,
-            targets,
             st.settings.patroni_url.as_ref(),
             policy.query_timeout,
+            false,
         )
         .await;
         fault.observe(&v);

@@ -258,12 +258,12 @@ async fn check_until_go(
     loop {
         let obs = observe_until(targets, &settings.policy, deadline).await;
         let v = verdict::evaluate(&obs, &settings.policy);
-        let v = crate::patroni::judged_for_plugin(
+        let v = crate::patroni::judged(
             v,
             &obs,
-            targets,
             settings.patroni_url.as_ref(),
             settings.policy.query_timeout,
+            false,
         )
         .await;
         let d = action::decide(v.level, settings.mode);

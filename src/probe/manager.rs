@@ -1,6 +1,7 @@
 //! What shows that an HA manager runs the server, read through the wallet DSN: where the
 //! effective `synchronous_standby_names` comes from, and Patroni's own sessions (Patroni
-//! names them `Patroni heartbeat`, `Patroni restapi`…).
+//! names them `Patroni heartbeat`, `Patroni restapi`…). The checks read them on the primary's
+//! own session (`primary.rs`); `observe` is for the one-shot refusals of `failover`/`setup`.
 
 use std::time::Duration;
 
@@ -8,14 +9,20 @@ use super::session::Session;
 use crate::dsn::PgTarget;
 use crate::facts::{ProbeFailure, ServerSigns};
 
+// Not filtered on `backend_type`: without `pg_read_all_stats` a role sees only the
+// `application_name` of other roles' sessions, and Patroni connects as its superuser.
 const SIGNS_SQL: &str = "
 SELECT s.source, s.sourcefile,
        (SELECT count(*) FROM pg_stat_activity
-         WHERE backend_type = 'client backend' AND application_name LIKE 'Patroni%') AS patroni
+         WHERE application_name LIKE 'Patroni%') AS patroni
   FROM pg_settings s WHERE s.name = 'synchronous_standby_names'";
 
 pub async fn observe(target: &PgTarget, deadline: Duration) -> Result<ServerSigns, ProbeFailure> {
-    let session = Session::open_monitor(target, deadline).await?;
+    read(&Session::open_monitor(target, deadline).await?).await
+}
+
+/// The signs, read on an open session.
+pub(super) async fn read(session: &Session) -> Result<ServerSigns, ProbeFailure> {
     let row = session.query_one("ha-manager", SIGNS_SQL, &[]).await?;
     Ok(ServerSigns {
         names_source: row.get("source"),

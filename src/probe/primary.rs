@@ -6,8 +6,8 @@ use tokio_postgres::Row;
 
 use crate::dsn::PgTarget;
 use crate::facts::{
-    Archiver, CommitProbe, FailureKind, PrimaryFacts, ProbeFailure, SessionFacts, SettingOverride,
-    Slot, SyncRepWaiters, WalSender, WalletCluster,
+    Archiver, CommitProbe, FailureKind, PrimaryFacts, ProbeFailure, ServerSigns, SessionFacts,
+    SettingOverride, Slot, SyncRepWaiters, WalSender, WalletCluster,
 };
 use crate::lsn::{Lsn, timeline_of_walfile};
 use crate::policy::Policy;
@@ -120,6 +120,7 @@ type OtherReads = (
     Archiver,
     SyncRepWaiters,
     Option<i64>,
+    ServerSigns,
     (Vec<WalSender>, Instant),
 );
 
@@ -144,6 +145,7 @@ async fn read_pipelined(
             archiver(session),
             syncrep_waiters(session),
             own_sessions,
+            super::manager::read(session),
             // When the rows came: the freshness rule measures on this process's clock.
             async { Ok((read_walsenders(session).await?, Instant::now())) },
         )
@@ -167,8 +169,16 @@ async fn read(
     let flush_lsn = parse_lsn(row.get("flush_lsn"));
     let sync_names_raw: String = row.get("sync_names");
     let sync_names = SyncNames::parse(&sync_names_raw);
-    let (system_identifier, own_overrides, slots, archiver, waiters, own_sessions, senders_read) =
-        rest?;
+    let (
+        system_identifier,
+        own_overrides,
+        slots,
+        archiver,
+        waiters,
+        own_sessions,
+        ha_signs,
+        senders_read,
+    ) = rest?;
     let (senders_now, read_at) = senders_read;
     let reply_ages = replies.observe(&senders_now, read_at);
     let (session_facts, wallet_cluster) = match &targets.lightningd_dsn {
@@ -233,6 +243,7 @@ async fn read(
         syncrep_waiters: waiters,
         wallet_cluster,
         lightningd_sessions,
+        ha_signs,
     })
 }
 

@@ -81,6 +81,11 @@ pub(crate) fn primary() -> PrimaryFacts {
         syncrep_waiters: SyncRepWaiters::default(),
         wallet_cluster: WalletCluster::SameDsn,
         lightningd_sessions: None,
+        ha_signs: crate::facts::ServerSigns {
+            names_source: "configuration file".into(),
+            names_sourcefile: Some("/data/postgresql.conf".into()),
+            patroni_sessions: 0,
+        },
     }
 }
 
