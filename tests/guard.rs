@@ -21,15 +21,7 @@ fn healthy() -> (Cluster, Daemon) {
 }
 
 fn started(setup: Setup) -> Fake {
-    let mut f = Fake::start(setup);
-    f.getmanifest();
-    let o = f.init(Duration::from_secs(30));
-    assert!(
-        matches!(&o, InitOutcome::Answered(r) if r["result"].is_object()),
-        "{o:?} {:?}",
-        f.logs
-    );
-    f
+    Fake::started(setup)
 }
 
 fn fundchannel() -> Value {

@@ -367,21 +367,14 @@ impl Drop for WalletSession {
 /// fake lightningd within 2 s of n1 losing the leader lock.
 #[test]
 fn a_switchover_stops_the_old_leaders_lightningd_within_two_seconds() {
-    use fake_lightningd::{Fake, InitOutcome, Setup};
+    use fake_lightningd::{Fake, Setup};
     let c = PatroniCluster::start(&PatroniSpec::strict(2));
     let _session = WalletSession::open(&c, "n1");
     let setup = Setup::new(&c.node("n1").wallet_dsn()).option(
         "replguard-patroni-url",
         serde_json::json!(c.node("n1").api_url()),
     );
-    let mut f = Fake::start(setup);
-    f.getmanifest();
-    let o = f.init(Duration::from_secs(30));
-    assert!(
-        matches!(&o, InitOutcome::Answered(r) if r["result"].is_object()),
-        "{o:?} {:?}",
-        f.logs
-    );
+    let mut f = Fake::started(setup);
     let logged = |f: &Fake, text: &str| f.logs.iter().any(|(_, m)| m.contains(text));
     c.wait(
         "the plugin to follow Patroni",

@@ -84,6 +84,19 @@ pub struct Fake {
 }
 
 impl Fake {
+    /// Started, manifest taken and init answered with a result (the test fails otherwise).
+    pub fn started(setup: Setup) -> Fake {
+        let mut f = Fake::start(setup);
+        f.getmanifest();
+        let o = f.init(Duration::from_secs(30));
+        assert!(
+            matches!(&o, InitOutcome::Answered(r) if r["result"].is_object()),
+            "{o:?} {:?}",
+            f.logs
+        );
+        f
+    }
+
     pub fn start(setup: Setup) -> Fake {
         let dir = tempfile::tempdir().unwrap();
         if let Some(text) = &setup.config {
