@@ -265,23 +265,35 @@ fn require_success(what: &str, done: Finished, user: Option<&User>) -> Result<St
 
 /// When the server asked for a password: which variable or file would have given it.
 fn password_hint(stderr: &str, user: Option<&User>) -> Option<String> {
-    let file = match std::env::var_os("PGPASSFILE") {
-        Some(f) => format!(
-            "the password file PGPASSFILE names ({})",
-            f.to_string_lossy()
+    let (path, file) = match std::env::var_os("PGPASSFILE") {
+        Some(f) => (
+            PathBuf::from(&f),
+            format!(
+                "the password file PGPASSFILE names ({})",
+                f.to_string_lossy()
+            ),
         ),
         None => {
             let home = user.map_or_else(
                 || std::env::var_os("HOME").map_or("~".into(), PathBuf::from),
                 |u| u.home.clone(),
             );
-            format!("{}/.pgpass (mode 0600)", home.display())
+            let path = home.join(".pgpass");
+            let file = format!("{} (mode 0600)", path.display());
+            (path, file)
         }
     };
     let as_user = user.map_or(String::new(), |u| {
         format!(" (as root, PostgreSQL's programs run as user {})", u.name)
     });
     if stderr.contains("no password supplied") {
+        // libpq skips a password file it cannot open without a word: say so, or the
+        // operator looks at a file that holds the right password and sees no reason.
+        if let Some(why) = unreadable_for(&path, user) {
+            return Some(format!(
+                "the server asks for a password and none was given: {why}"
+            ));
+        }
         Some(format!(
             "the server asks for a password and none was given: export PGPASSWORD (for the \
              standby: PGPASSWORD=\"$REPLGUARD_REPLICATION_PASSWORD\") or put it in \
@@ -295,6 +307,44 @@ fn password_hint(stderr: &str, user: Option<&User>) -> Option<String> {
     } else {
         None
     }
+}
+
+/// Why the password file at `path` exists but the tools cannot read it (they run as `user`,
+/// or as we do); `None` when it is absent or readable.
+fn unreadable_for(path: &Path, user: Option<&User>) -> Option<String> {
+    let m = std::fs::metadata(path).ok()?;
+    let mode = m.mode();
+    let readable = match user {
+        Some(u) => {
+            (m.uid() == u.uid && mode & 0o400 != 0)
+                || (m.gid() == u.gid && mode & 0o040 != 0)
+                || mode & 0o004 != 0
+        }
+        None => {
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).ok()?;
+            // SAFETY: access(2) on a NUL-terminated path; it only reads it.
+            unsafe { libc::access(c.as_ptr(), libc::R_OK) == 0 }
+        }
+    };
+    if readable {
+        return None;
+    }
+    let who = user.map_or("this user".to_string(), |u| format!("user {}", u.name));
+    let fix = user.map_or(String::new(), |u| {
+        format!(
+            ": chown {} {} && chmod 0600 {}",
+            u.name,
+            path.display(),
+            path.display()
+        )
+    });
+    Some(format!(
+        "the password file {} exists but {who} cannot read it (owner uid {}, mode {:04o}), and \
+         libpq skips it without a word{fix}",
+        path.display(),
+        m.uid(),
+        mode & 0o7777
+    ))
 }
 
 /// Spawns `cmd` so that it cannot prompt, cannot outlive us, and is killed (with its process
@@ -470,6 +520,37 @@ unsafe fn user_from(pw: &libc::passwd) -> User {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_password_file_the_tools_user_cannot_read_is_named_with_the_fix() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let pgpass = dir.path().join(".pgpass");
+        std::fs::write(&pgpass, "*:*:*:replicator:secret\n").unwrap();
+        std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let owner = std::fs::metadata(&pgpass).unwrap().uid();
+        let other = User {
+            name: "postgres".into(),
+            uid: owner + 1,
+            gid: u32::MAX - 1,
+            home: dir.path().into(),
+        };
+        let said = "pg_basebackup: error: fe_sendauth: no password supplied";
+        let hint = password_hint(said, Some(&other)).unwrap();
+        assert!(
+            hint.contains("exists but user postgres cannot read it")
+                && hint.contains(&format!("chown postgres {}", pgpass.display())),
+            "{hint}"
+        );
+        assert!(!hint.contains("secret"), "{hint}");
+        // Its owner reads it: the usual advice.
+        let owner = User {
+            uid: owner,
+            ..other
+        };
+        let hint = password_hint(said, Some(&owner)).unwrap();
+        assert!(hint.contains("export PGPASSWORD"), "{hint}");
+    }
 
     fn sh(script: &str, deadline: Duration) -> Result<String> {
         shell(script, deadline)
