@@ -590,6 +590,13 @@ mod tests {
     }
 
     #[test]
+    fn a_patroni_url_with_a_password_is_refused_without_echoing_it() {
+        let e = parse(&[(PATRONI_URL, Some("http://patroni:s3cret@127.0.0.1:8008"))]).unwrap_err();
+        assert!(e.contains(PATRONI_URL), "{e}");
+        assert!(!e.contains("s3cret"), "{e}");
+    }
+
+    #[test]
     fn only_the_runtime_safe_options_change_at_runtime_and_by_the_same_rules() {
         assert_eq!(
             runtime_change(INTERVAL, Some("5")),

@@ -187,6 +187,18 @@ mod tests {
     }
 
     #[test]
+    fn a_url_with_credentials_is_refused_without_echoing_the_password() {
+        for bad in [
+            "http://patroni:s3cret@127.0.0.1:8008",
+            "https://patroni:s3cret@127.0.0.1:8008",
+            "http://patroni:s3cret@127.0.0.1:8008/patroni",
+        ] {
+            let e = PatroniUrl::parse(bad).unwrap_err();
+            assert!(!e.contains("s3cret"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn answers_parse_by_content_length_or_to_the_end() {
         let a = parse_answer(b"HTTP/1.0 503 Service Unavailable\r\nContent-Length: 2\r\n\r\n{}xx")
             .unwrap();
