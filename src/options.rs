@@ -332,10 +332,10 @@ pub fn settings<'a>(given: impl IntoIterator<Item = Given<'a>>) -> Result<Settin
             METRICS_REMOTE => metrics_remote = boolean(&g)?,
             PATRONI_URL => {
                 let v = required(&g)?;
-                s.patroni_url =
-                    Some(crate::patroni::PatroniUrl::parse(v).map_err(|_| {
-                        bad(&g, v, "http://host:port (the local Patroni REST API)")
-                    })?);
+                s.patroni_url = Some(crate::patroni::PatroniUrl::parse(v).map_err(|_| {
+                    let shown = crate::patroni::fetch::without_password(v);
+                    bad(&g, &shown, "http://host:port (the local Patroni REST API)")
+                })?);
             }
             ALERT_COMMAND => s.alert_command = Some(required(&g)?.to_string()),
             ACCEPT_NO_STANDBY_UNTIL => {

@@ -23,6 +23,7 @@ pub struct PatroniUrl {
 impl PatroniUrl {
     /// Accepts `http://host[:port][/]` (port 8008, Patroni's default, when left out).
     pub fn parse(text: &str) -> Result<PatroniUrl, String> {
+        let text = &without_password(text);
         let rest = text.strip_prefix("http://").ok_or_else(|| {
             format!("\"{text}\": give http://host:port (the local Patroni REST API; https is not supported)")
         })?;
@@ -45,6 +46,19 @@ impl PatroniUrl {
             .unwrap_or(api_url)
             .to_string();
         PatroniUrl::parse(&base)
+    }
+}
+
+/// `text` with the user information of its authority (`user:password@`) replaced by `***@`:
+/// a URL is echoed in errors, and a password must never be.
+pub fn without_password(text: &str) -> String {
+    let start = text.find("://").map_or(0, |i| i + 3);
+    let end = text[start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| start + i);
+    match text[start..end].rfind('@') {
+        Some(at) => format!("{}***{}", &text[..start], &text[start + at..]),
+        None => text.to_string(),
     }
 }
 
