@@ -130,6 +130,30 @@ fn patroni_with_strict_off_is_unsafe() {
     assert!(out.contains("patroni-strict-off"), "{out}");
 }
 
+/// Patroni reads its booleans with `parse_bool` (`on`/`true`/`yes`/`1`, any case): any other
+/// value is false. `synchronous_mode_strict: 2` is not strict to Patroni, which empties the
+/// names when the standby is lost; the check must not read it as strict.
+#[test]
+fn a_strict_value_patroni_reads_as_false_is_unsafe() {
+    let c = PatroniCluster::start(&PatroniSpec::strict(2));
+    c.patronictl(&["edit-config", "--force", "-s", "synchronous_mode_strict=2"])
+        .unwrap();
+    c.wait("/config to say 2", Duration::from_secs(10), || {
+        Ok(c.get_json("n1", "/config")?["synchronous_mode_strict"] == 2)
+    });
+    let (code, out) = check(&c, "n1", Some("n1"), &[]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("patroni-strict-off"), "{out}");
+    // What Patroni does with it: not strict, the names emptied once the standby is lost.
+    c.kill_node("n2").unwrap();
+    let n1 = c.node("n1");
+    c.wait(
+        "Patroni to empty the names",
+        Duration::from_secs(30),
+        || Ok(c.psql(n1, "SHOW synchronous_standby_names")?.is_empty()),
+    );
+}
+
 #[test]
 fn patroni_with_synchronous_mode_off_is_unsafe() {
     let c = PatroniCluster::start(&PatroniSpec {
