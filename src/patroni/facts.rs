@@ -131,16 +131,12 @@ pub struct DynamicConfig {
 impl DynamicConfig {
     pub fn parse(body: &str) -> Result<DynamicConfig, String> {
         let v: Value = serde_json::from_str(body).map_err(|e| format!("not JSON: {e}"))?;
-        let synchronous_mode = match &v["synchronous_mode"] {
-            Value::Null | Value::Bool(false) => SyncMode::Off,
-            Value::Bool(true) => SyncMode::On,
-            Value::String(s) => match s.to_ascii_lowercase().as_str() {
-                "off" | "false" => SyncMode::Off,
-                "on" | "true" => SyncMode::On,
-                "quorum" => SyncMode::Quorum,
-                other => return Err(format!("synchronous_mode {other:?} is not known")),
-            },
-            other => return Err(format!("synchronous_mode {other} is not known")),
+        let mode = &v["synchronous_mode"];
+        let synchronous_mode = match (mode, parse_bool(mode)) {
+            (Value::Null, _) | (_, Some(false)) => SyncMode::Off,
+            (_, Some(true)) => SyncMode::On,
+            (Value::String(s), None) if s.eq_ignore_ascii_case("quorum") => SyncMode::Quorum,
+            (other, None) => return Err(format!("synchronous_mode {other} is not known")),
         };
         Ok(DynamicConfig {
             synchronous_mode,
@@ -152,13 +148,27 @@ impl DynamicConfig {
     }
 }
 
-/// Patroni reads its boolean settings leniently (`true`, `"on"`, `"yes"`…).
+/// A setting on, as Patroni's `check_mode` reads it: only what `parse_bool` calls true.
 fn truthy(v: &Value) -> bool {
-    match v {
-        Value::Bool(b) => *b,
-        Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "on" | "true" | "yes" | "1"),
-        Value::Number(n) => n.as_u64().is_some_and(|n| n != 0),
-        _ => false,
+    parse_bool(v) == Some(true)
+}
+
+/// Patroni's `utils.parse_bool`: `str(value).lower()` is `on`/`true`/`yes`/`1` (true) or
+/// `off`/`false`/`no`/`0` (false); anything else (`2`, `1.0`, `"y"`) is neither, which
+/// `check_mode` takes as off. Reading more values as true than Patroni would call a
+/// non-strict cluster strict.
+fn parse_bool(v: &Value) -> Option<bool> {
+    // Python's str() of the JSON value: True/False, 2, 1.0, the string itself.
+    let text = match v {
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.to_lowercase(),
+        _ => return None,
+    };
+    match text.as_str() {
+        "on" | "true" | "yes" | "1" => Some(true),
+        "off" | "false" | "no" | "0" => Some(false),
+        _ => None,
     }
 }
 

@@ -273,6 +273,15 @@ fn rest_answers_parse_as_patroni_4_writes_them() {
         .unwrap();
     assert!(c.synchronous_mode == SyncMode::On && c.synchronous_mode_strict);
     assert!(DynamicConfig::parse(r#"{"synchronous_mode": "maybe"}"#).is_err());
+    // Patroni's parse_bool: 2 and 1.0 are not true, so not strict; 1 and "YES" are.
+    for (strict, patronis) in [("2", false), ("1.0", false), ("\"y\"", false), ("1", true)] {
+        let c = DynamicConfig::parse(&format!(
+            r#"{{"synchronous_mode": "YES", "synchronous_mode_strict": {strict}}}"#
+        ))
+        .unwrap();
+        assert_eq!(c.synchronous_mode, SyncMode::On);
+        assert_eq!(c.synchronous_mode_strict, patronis, "{strict}");
+    }
     let v = ClusterView::parse(
         r#"{"members": [{"name": "n2", "role": "sync_standby", "state": "streaming"}], "pause": true}"#,
     )
