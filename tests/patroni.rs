@@ -464,6 +464,37 @@ fn pre_promote(c: &PatroniCluster, node: &str, old_lightningd: &str) -> (i32, St
     )
 }
 
+/// pre_promote's first veto: an OLD_LIGHTNINGD entry it cannot check (a bracketed IPv6
+/// literal as lightningd writes it, a name that does not resolve, a comma-separated list, no
+/// port) must veto, not read as "the old lightningd is gone". The evidence part is stubbed
+/// out (`true`): only the old-lightningd check is under test.
+#[test]
+fn pre_promote_vetoes_an_old_lightningd_it_cannot_check() {
+    let v6 = std::net::TcpListener::bind("[::1]:0").expect("IPv6 loopback");
+    let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (p6, p4) = (
+        v6.local_addr().unwrap().port(),
+        v4.local_addr().unwrap().port(),
+    );
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/contrib/patroni/pre_promote");
+    for entry in [
+        format!("[::1]:{p6}"),
+        format!("no-such-host.invalid:{p4}"),
+        format!("127.0.0.1:{p4},127.0.0.1:{p4}"),
+        "localhost".to_string(),
+    ] {
+        let out = std::process::Command::new(script)
+            .env("REPLGUARD", "true")
+            .env("OLD_LIGHTNINGD", &entry)
+            .env("WAIT_OLD", "1")
+            .output()
+            .expect("run pre_promote");
+        let said = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{entry}: approved ({said})");
+        assert!(said.contains("veto"), "{entry}: {said}");
+    }
+}
+
 /// With replguard-patroni-url the plugin's startup check judges Patroni too: strict mode off
 /// refuses the start in enforce mode, naming the finding.
 #[test]
