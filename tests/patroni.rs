@@ -464,6 +464,36 @@ fn pre_promote(c: &PatroniCluster, node: &str, old_lightningd: &str) -> (i32, St
     )
 }
 
+/// Quorum mode (`synchronous_mode: quorum`, Patroni 4's `ANY k (…)`): when `check` calls it
+/// SAFE, Patroni's pre_promote on an in-quorum standby that replayed the evidence must not
+/// veto every promotion, or the cluster never fails over.
+#[test]
+fn under_quorum_mode_a_safe_cluster_can_still_fail_over() {
+    let c = PatroniCluster::start(&PatroniSpec::strict(3));
+    c.patronictl(&["edit-config", "--force", "-s", "synchronous_mode=quorum"])
+        .unwrap();
+    let n1 = c.node("n1");
+    c.wait("Patroni to write ANY", Duration::from_secs(30), || {
+        Ok(c.psql(n1, "SHOW synchronous_standby_names")?
+            .starts_with("ANY"))
+    });
+    let names = c.psql(n1, "SHOW synchronous_standby_names").unwrap();
+    let (code, out) = check(&c, "n1", Some("n1"), &["--record-evidence"]);
+    assert_eq!(code, 0, "{names}: {out}");
+    let written = c.psql(n1, "SELECT pg_current_wal_flush_lsn()").unwrap();
+    c.wait("n2 to replay the evidence", Duration::from_secs(10), || {
+        Ok(c.psql(
+            c.node("n2"),
+            &format!("SELECT pg_last_wal_replay_lsn() >= '{written}'"),
+        )? == "t")
+    });
+    let (code, out) = pre_promote(&c, "n2", "");
+    assert_eq!(
+        code, 0,
+        "check said SAFE under '{names}', pre_promote: {out}"
+    );
+}
+
 /// pre_promote's first veto: an OLD_LIGHTNINGD entry it cannot check (a bracketed IPv6
 /// literal as lightningd writes it, a name that does not resolve, a comma-separated list, no
 /// port) must veto, not read as "the old lightningd is gone". The evidence part is stubbed
