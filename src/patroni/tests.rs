@@ -141,6 +141,16 @@ fn names_from_postgresql_auto_conf_or_the_command_line_are_an_override() {
     );
 }
 
+/// The wallet's server answered but where its names come from could not be read (the signs
+/// query failed: a timeout, a connection limit): an override is not ruled out.
+#[test]
+fn unread_signs_on_a_reached_server_leave_the_names_unverified() {
+    assert_eq!(
+        codes_of(Some(&healthy()), None, false),
+        [Code::PatroniNamesUnverified]
+    );
+}
+
 #[test]
 fn strict_mode_without_a_member_in_sync_explains_the_wildcard() {
     let mut p = healthy();
