@@ -126,7 +126,8 @@ fn judge_patroni(p: &PatroniObservation, i: &Inputs) -> Judgement {
         ));
     }
     if config.synchronous_mode != SyncMode::Off {
-        j.findings.extend(names_override(i.signs));
+        j.findings
+            .extend(names_override(i.signs, i.primary.is_some()));
         if config.synchronous_mode_strict && !cluster.members.iter().any(|m| m.is_synchronous()) {
             let names = i.primary.map_or("", |p| p.sync_names_raw.as_str());
             j.findings.push(Finding::new(
@@ -197,8 +198,18 @@ fn sync_settings(mode: SyncMode, strict: bool) -> Option<Finding> {
 /// Patroni writes the names into its `postgresql.conf`; a value from anywhere else
 /// (`ALTER SYSTEM` → `postgresql.auto.conf`, the command line) wins over Patroni's and stays
 /// when Patroni changes its own.
-fn names_override(signs: Option<&ServerSigns>) -> Option<Finding> {
-    let s = signs?;
+fn names_override(signs: Option<&ServerSigns>, reached: bool) -> Option<Finding> {
+    let Some(s) = signs else {
+        // The server answered the probe but not the signs query: an override is not ruled out.
+        return reached.then(|| {
+            Finding::new(
+                Code::PatroniNamesUnverified,
+                "could not read where synchronous_standby_names comes from (the query on \
+                 pg_settings failed): an override of Patroni's value would go unnoticed",
+                "check the server's connection limits and load; the next check reads it again",
+            )
+        });
+    };
     let file = s.names_sourcefile.as_deref();
     let patronis = s.names_source == "configuration file"
         && file.is_some_and(|f| f.rsplit('/').next() == Some("postgresql.conf"));

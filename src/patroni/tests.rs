@@ -201,7 +201,7 @@ fn a_wallet_server_other_than_the_leader_is_unsafe() {
         postmaster_start: Some("2026-11-26 13:00:00.250000+01:00".into()),
         ..node("n1", "primary")
     }));
-    assert_eq!(codes_of(Some(&p), None, false), []);
+    assert_eq!(codes_of(Some(&p), Some(&patronis_names()), false), []);
     p.leader
         .as_mut()
         .unwrap()
@@ -209,19 +209,19 @@ fn a_wallet_server_other_than_the_leader_is_unsafe() {
         .unwrap()
         .postmaster_start = Some("2026-11-26 12:00:01+00".into());
     assert_eq!(
-        codes_of(Some(&p), None, false),
+        codes_of(Some(&p), Some(&patronis_names()), false),
         [Code::PatroniWalletNotLeader]
     );
     let mut p = healthy();
     p.leader.as_mut().unwrap().as_mut().unwrap().timeline = Some(2);
     assert_eq!(
-        codes_of(Some(&p), None, false),
+        codes_of(Some(&p), Some(&patronis_names()), false),
         [Code::PatroniWalletNotLeader]
     );
     let mut p = healthy();
     p.cluster.as_mut().unwrap().members[0].role = "replica".into();
     assert_eq!(
-        codes_of(Some(&p), None, false),
+        codes_of(Some(&p), Some(&patronis_names()), false),
         [Code::PatroniWalletNotLeader]
     );
 }
@@ -230,8 +230,11 @@ fn a_wallet_server_other_than_the_leader_is_unsafe() {
 fn require_leader_fails_on_a_replica_node() {
     let mut p = healthy();
     p.node = Ok(node("n2", "replica"));
-    assert_eq!(codes_of(Some(&p), None, false), []);
-    assert_eq!(codes_of(Some(&p), None, true), [Code::PatroniNotLeader]);
+    assert_eq!(codes_of(Some(&p), Some(&patronis_names()), false), []);
+    assert_eq!(
+        codes_of(Some(&p), Some(&patronis_names()), true),
+        [Code::PatroniNotLeader]
+    );
 }
 
 #[test]
