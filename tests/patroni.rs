@@ -352,6 +352,29 @@ fn the_require_leader_preflight_passes_only_beside_the_leader_and_follows_a_swit
     assert_eq!(code, 0, "{out}");
 }
 
+/// `--require-leader` passes only when the wallet DSN reaches the leader's PostgreSQL: a DSN
+/// that reaches no server (the leader's socket gone, a typo) proves nothing, in every mode.
+#[test]
+fn the_require_leader_preflight_fails_when_the_wallet_reaches_no_server_even_in_warn() {
+    let c = PatroniCluster::start(&PatroniSpec::strict(2));
+    let d = tempfile::tempdir().unwrap();
+    let nowhere = d.path().join("no-socket-here");
+    std::fs::create_dir(&nowhere).unwrap();
+    std::fs::write(
+        d.path().join("config"),
+        format!(
+            "wallet=postgres://host={} port=5 user=lightningd dbname=lightningd\n\
+             replguard-patroni-url={}\nreplguard-mode=warn\n",
+            nowhere.display(),
+            c.node("n1").api_url()
+        ),
+    )
+    .unwrap();
+    let (code, out) = preflight(&d);
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("pre-flight FAILED"), "{out}");
+}
+
 /// lightningd keeps a session open on its wallet; the plugin looks for it.
 struct WalletSession(std::process::Child);
 
