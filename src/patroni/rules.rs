@@ -265,6 +265,9 @@ fn leadership(
              switchover",
         ));
     }
+    if i.require_leader {
+        out.extend(wallet_unproven(node, i.primary));
+    }
     let Some(primary) = i.primary.filter(|p| !p.in_recovery) else {
         return out;
     };
@@ -283,6 +286,26 @@ fn leadership(
         }
     }
     out
+}
+
+/// `--require-leader`: the wallet DSN must be shown to reach this node's PostgreSQL. A DSN
+/// that reached no server, or a system identifier one side hides, proves nothing, and the
+/// pre-flight must fail in every `replguard-mode` (a standby reached is `wallet-on-standby`).
+fn wallet_unproven(node: &NodeStatus, primary: Option<&PrimaryFacts>) -> Option<Finding> {
+    let why = match primary {
+        None => "the wallet DSN reached no server".to_string(),
+        Some(p) if p.system_identifier.is_none() || node.system_identifier.is_none() => {
+            "the system identifier of the wallet's server or of this node's PostgreSQL cannot \
+             be read (GRANT pg_monitor to the wallet's role)"
+                .to_string()
+        }
+        Some(_) => return None,
+    };
+    Some(Finding::new(
+        Code::PatroniWalletNotLeader,
+        format!("cannot show that the wallet DSN reaches this node's PostgreSQL: {why}"),
+        "point the wallet DSN at this host's Unix socket and let the pre-flight retry (--wait)",
+    ))
 }
 
 /// Why the wallet's server is not the leader's PostgreSQL, if it is not.

@@ -238,6 +238,30 @@ fn require_leader_fails_on_a_replica_node() {
 }
 
 #[test]
+fn require_leader_needs_the_wallet_server_reached_and_identified() {
+    let p = healthy();
+    let judged = |primary: Option<&PrimaryFacts>| -> Vec<Code> {
+        judge(&Inputs {
+            patroni: Some(&p),
+            signs: Some(&patronis_names()),
+            primary,
+            require_leader: true,
+        })
+        .findings
+        .iter()
+        .map(|f| f.code)
+        .collect()
+    };
+    assert_eq!(judged(None), [Code::PatroniWalletNotLeader]);
+    let hidden = PrimaryFacts {
+        system_identifier: None,
+        ..wallet_server()
+    };
+    assert_eq!(judged(Some(&hidden)), [Code::PatroniWalletNotLeader]);
+    assert_eq!(judged(Some(&wallet_server())), []);
+}
+
+#[test]
 fn without_a_url_the_ha_manager_is_recognised() {
     assert_eq!(
         codes_of(None, Some(&patronis_names()), false),
