@@ -107,7 +107,6 @@ pub fn amend(
 ) -> Verdict {
     let j = rules::judge(&rules::Inputs {
         patroni,
-        signs: obs.primary().map(|p| &p.ha_signs),
         primary: obs.primary(),
         require_leader,
     });

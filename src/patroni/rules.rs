@@ -14,8 +14,6 @@ use crate::verdict::{Code, Finding};
 pub struct Inputs<'a> {
     /// `None`: no `replguard-patroni-url` configured.
     pub patroni: Option<&'a PatroniObservation>,
-    /// `None`: not read (the wallet's server was not reached).
-    pub signs: Option<&'a ServerSigns>,
     /// The wallet DSN's server, when reached.
     pub primary: Option<&'a PrimaryFacts>,
     /// `check --require-leader`: the local Patroni must be the leader.
@@ -35,7 +33,7 @@ const PG_AUTO_FAILOVER_PREFIX: &str = "pgautofailover_standby_";
 pub fn judge(i: &Inputs) -> Judgement {
     match i.patroni {
         None => Judgement {
-            findings: unconfigured_manager(i.signs, i.primary),
+            findings: unconfigured_manager(i.primary),
             supersedes: vec![],
         },
         Some(p) => judge_patroni(p, i),
@@ -43,11 +41,10 @@ pub fn judge(i: &Inputs) -> Judgement {
 }
 
 /// Without a Patroni URL: an HA manager recognised on the server is named, with what to do.
-fn unconfigured_manager(
-    signs: Option<&ServerSigns>,
-    primary: Option<&PrimaryFacts>,
-) -> Vec<Finding> {
-    if let Some(s) = signs.filter(|s| s.patroni_sessions > 0) {
+fn unconfigured_manager(primary: Option<&PrimaryFacts>) -> Vec<Finding> {
+    let Some(p) = primary else { return vec![] };
+    let s = &p.ha_signs;
+    if s.patroni_sessions > 0 {
         return vec![Finding::new(
             Code::HaManagerUnconfigured,
             format!(
@@ -60,7 +57,6 @@ fn unconfigured_manager(
              e.g. http://127.0.0.1:8008 (contrib/patroni/README.md)",
         )];
     }
-    let Some(p) = primary else { return vec![] };
     let standbys = p.sync_names_raw.matches(PG_AUTO_FAILOVER_PREFIX).count();
     match standbys {
         0 => vec![],
@@ -127,7 +123,7 @@ fn judge_patroni(p: &PatroniObservation, i: &Inputs) -> Judgement {
     }
     if config.synchronous_mode != SyncMode::Off {
         j.findings
-            .extend(names_override(i.signs, i.primary.is_some()));
+            .extend(i.primary.and_then(|p| names_override(&p.ha_signs)));
         if config.synchronous_mode_strict && !cluster.members.iter().any(|m| m.is_synchronous()) {
             let names = i.primary.map_or("", |p| p.sync_names_raw.as_str());
             j.findings.push(Finding::new(
@@ -198,18 +194,7 @@ fn sync_settings(mode: SyncMode, strict: bool) -> Option<Finding> {
 /// Patroni writes the names into its `postgresql.conf`; a value from anywhere else
 /// (`ALTER SYSTEM` → `postgresql.auto.conf`, the command line) wins over Patroni's and stays
 /// when Patroni changes its own.
-fn names_override(signs: Option<&ServerSigns>, reached: bool) -> Option<Finding> {
-    let Some(s) = signs else {
-        // The server answered the probe but not the signs query: an override is not ruled out.
-        return reached.then(|| {
-            Finding::new(
-                Code::PatroniNamesUnverified,
-                "could not read where synchronous_standby_names comes from (the query on \
-                 pg_settings failed): an override of Patroni's value would go unnoticed",
-                "check the server's connection limits and load; the next check reads it again",
-            )
-        });
-    };
+fn names_override(s: &ServerSigns) -> Option<Finding> {
     let file = s.names_sourcefile.as_deref();
     let patronis = s.names_source == "configuration file"
         && file.is_some_and(|f| f.rsplit('/').next() == Some("postgresql.conf"));

@@ -68,19 +68,18 @@ fn wallet_server() -> PrimaryFacts {
     PrimaryFacts {
         postmaster_started_us: patroni_time_us(STARTED).unwrap(),
         sync_names_raw: "n2".into(),
+        ha_signs: patronis_names(),
         ..primary()
     }
 }
 
-fn codes_of(
-    p: Option<&PatroniObservation>,
-    signs: Option<&ServerSigns>,
-    leader: bool,
-) -> Vec<Code> {
-    let primary = wallet_server();
+fn codes_of(p: Option<&PatroniObservation>, signs: &ServerSigns, leader: bool) -> Vec<Code> {
+    let primary = PrimaryFacts {
+        ha_signs: signs.clone(),
+        ..wallet_server()
+    };
     judge(&Inputs {
         patroni: p,
-        signs,
         primary: Some(&primary),
         require_leader: leader,
     })
@@ -92,10 +91,7 @@ fn codes_of(
 
 #[test]
 fn a_healthy_strict_cluster_led_by_the_wallets_server_gives_no_finding() {
-    assert_eq!(
-        codes_of(Some(&healthy()), Some(&patronis_names()), true),
-        []
-    );
+    assert_eq!(codes_of(Some(&healthy()), &patronis_names(), true), []);
 }
 
 #[test]
@@ -103,12 +99,12 @@ fn sync_mode_off_and_strict_off_are_unsafe() {
     let mut p = healthy();
     p.config.as_mut().unwrap().synchronous_mode_strict = false;
     assert_eq!(
-        codes_of(Some(&p), Some(&patronis_names()), false),
+        codes_of(Some(&p), &patronis_names(), false),
         [Code::PatroniStrictOff]
     );
     p.config.as_mut().unwrap().synchronous_mode = SyncMode::Off;
     assert_eq!(
-        codes_of(Some(&p), Some(&patronis_names()), false),
+        codes_of(Some(&p), &patronis_names(), false),
         [Code::PatroniSyncModeOff]
     );
     assert_eq!(
@@ -122,7 +118,7 @@ fn names_from_postgresql_auto_conf_or_the_command_line_are_an_override() {
     let mut signs = patronis_names();
     signs.names_sourcefile = Some("/data/postgresql.auto.conf".into());
     assert_eq!(
-        codes_of(Some(&healthy()), Some(&signs), false),
+        codes_of(Some(&healthy()), &signs, false),
         [Code::PatroniSyncNamesOverridden]
     );
     let cmdline = ServerSigns {
@@ -131,22 +127,12 @@ fn names_from_postgresql_auto_conf_or_the_command_line_are_an_override() {
         ..patronis_names()
     };
     assert_eq!(
-        codes_of(Some(&healthy()), Some(&cmdline), false),
+        codes_of(Some(&healthy()), &cmdline, false),
         [Code::PatroniSyncNamesOverridden]
     );
     signs.names_sourcefile = None;
     assert_eq!(
-        codes_of(Some(&healthy()), Some(&signs), false),
-        [Code::PatroniNamesUnverified]
-    );
-}
-
-/// The wallet's server answered but where its names come from could not be read (the signs
-/// query failed: a timeout, a connection limit): an override is not ruled out.
-#[test]
-fn unread_signs_on_a_reached_server_leave_the_names_unverified() {
-    assert_eq!(
-        codes_of(Some(&healthy()), None, false),
+        codes_of(Some(&healthy()), &signs, false),
         [Code::PatroniNamesUnverified]
     );
 }
@@ -161,7 +147,6 @@ fn strict_mode_without_a_member_in_sync_explains_the_wildcard() {
     };
     let j = judge(&Inputs {
         patroni: Some(&p),
-        signs: Some(&patronis_names()),
         primary: Some(&primary),
         require_leader: false,
     });
@@ -177,7 +162,7 @@ fn paused_and_failsafe_are_degraded() {
     p.cluster.as_mut().unwrap().paused = true;
     p.node.as_mut().unwrap().failsafe_active = true;
     assert_eq!(
-        codes_of(Some(&p), Some(&patronis_names()), false),
+        codes_of(Some(&p), &patronis_names(), false),
         [Code::PatroniPaused, Code::PatroniFailsafeActive]
     );
 }
@@ -187,10 +172,16 @@ fn an_unreachable_or_foreign_patroni_is_unknown_and_nothing_else_is_judged() {
     let mut p = healthy();
     p.config = Err("cannot connect".into());
     p.node.as_mut().unwrap().paused = true;
-    assert_eq!(codes_of(Some(&p), None, true), [Code::PatroniUnreachable]);
+    assert_eq!(
+        codes_of(Some(&p), &patronis_names(), true),
+        [Code::PatroniUnreachable]
+    );
     let mut p = healthy();
     p.node.as_mut().unwrap().system_identifier = Some("1".into());
-    assert_eq!(codes_of(Some(&p), None, true), [Code::PatroniForeign]);
+    assert_eq!(
+        codes_of(Some(&p), &patronis_names(), true),
+        [Code::PatroniForeign]
+    );
 }
 
 #[test]
@@ -201,7 +192,7 @@ fn a_wallet_server_other_than_the_leader_is_unsafe() {
         postmaster_start: Some("2026-11-26 13:00:00.250000+01:00".into()),
         ..node("n1", "primary")
     }));
-    assert_eq!(codes_of(Some(&p), Some(&patronis_names()), false), []);
+    assert_eq!(codes_of(Some(&p), &patronis_names(), false), []);
     p.leader
         .as_mut()
         .unwrap()
@@ -209,19 +200,19 @@ fn a_wallet_server_other_than_the_leader_is_unsafe() {
         .unwrap()
         .postmaster_start = Some("2026-11-26 12:00:01+00".into());
     assert_eq!(
-        codes_of(Some(&p), Some(&patronis_names()), false),
+        codes_of(Some(&p), &patronis_names(), false),
         [Code::PatroniWalletNotLeader]
     );
     let mut p = healthy();
     p.leader.as_mut().unwrap().as_mut().unwrap().timeline = Some(2);
     assert_eq!(
-        codes_of(Some(&p), Some(&patronis_names()), false),
+        codes_of(Some(&p), &patronis_names(), false),
         [Code::PatroniWalletNotLeader]
     );
     let mut p = healthy();
     p.cluster.as_mut().unwrap().members[0].role = "replica".into();
     assert_eq!(
-        codes_of(Some(&p), Some(&patronis_names()), false),
+        codes_of(Some(&p), &patronis_names(), false),
         [Code::PatroniWalletNotLeader]
     );
 }
@@ -230,9 +221,9 @@ fn a_wallet_server_other_than_the_leader_is_unsafe() {
 fn require_leader_fails_on_a_replica_node() {
     let mut p = healthy();
     p.node = Ok(node("n2", "replica"));
-    assert_eq!(codes_of(Some(&p), Some(&patronis_names()), false), []);
+    assert_eq!(codes_of(Some(&p), &patronis_names(), false), []);
     assert_eq!(
-        codes_of(Some(&p), Some(&patronis_names()), true),
+        codes_of(Some(&p), &patronis_names(), true),
         [Code::PatroniNotLeader]
     );
 }
@@ -243,7 +234,6 @@ fn require_leader_needs_the_wallet_server_reached_and_identified() {
     let judged = |primary: Option<&PrimaryFacts>| -> Vec<Code> {
         judge(&Inputs {
             patroni: Some(&p),
-            signs: Some(&patronis_names()),
             primary,
             require_leader: true,
         })
@@ -264,21 +254,21 @@ fn require_leader_needs_the_wallet_server_reached_and_identified() {
 #[test]
 fn without_a_url_the_ha_manager_is_recognised() {
     assert_eq!(
-        codes_of(None, Some(&patronis_names()), false),
+        codes_of(None, &patronis_names(), false),
         [Code::HaManagerUnconfigured]
     );
     let none = ServerSigns {
         patroni_sessions: 0,
         ..patronis_names()
     };
-    assert_eq!(codes_of(None, Some(&none), false), []);
+    assert_eq!(codes_of(None, &none, false), []);
     let two_node = PrimaryFacts {
         sync_names_raw: "ANY 1 (pgautofailover_standby_2)".into(),
+        ha_signs: none,
         ..wallet_server()
     };
     let j = judge(&Inputs {
         patroni: None,
-        signs: Some(&none),
         primary: Some(&two_node),
         require_leader: false,
     });

@@ -201,8 +201,8 @@ catalogue! {
         "(Patroni) the effective `synchronous_standby_names` is not Patroni's (`ALTER SYSTEM` \
          in `postgresql.auto.conf`, the command line…): it will not follow Patroni";
     PatroniNamesUnverified = "patroni-names-unverified", Unknown, Debounced,
-        "(Patroni) where `synchronous_standby_names` comes from is not known: the role cannot \
-         see it (`pg_read_all_settings`) or the query failed";
+        "(Patroni) the role cannot see where `synchronous_standby_names` comes from \
+         (`pg_read_all_settings`)";
     PatroniNoSyncStandby = "patroni-no-sync-standby", Unsafe, Debounced,
         "(Patroni) strict mode and no member in `/sync`: the names are Patroni's placeholder \
          (`*`) and every commit waits";
