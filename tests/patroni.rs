@@ -487,11 +487,11 @@ fn pre_promote(c: &PatroniCluster, node: &str, old_lightningd: &str) -> (i32, St
     )
 }
 
-/// Quorum mode (`synchronous_mode: quorum`, Patroni 4's `ANY k (…)`): when `check` calls it
-/// SAFE, Patroni's pre_promote on an in-quorum standby that replayed the evidence must not
-/// veto every promotion, or the cluster never fails over.
+/// Quorum mode (`synchronous_mode: quorum`, Patroni 4's `ANY k (…)`): the evidence cannot
+/// vouch for any one standby, so pre_promote vetoes every promotion. `check` must say so
+/// (degraded: no automatic failover), not SAFE, which it said before (review finding).
 #[test]
-fn under_quorum_mode_a_safe_cluster_can_still_fail_over() {
+fn under_quorum_mode_check_says_pre_promote_will_veto_every_failover() {
     let c = PatroniCluster::start(&PatroniSpec::strict(3));
     c.patronictl(&["edit-config", "--force", "-s", "synchronous_mode=quorum"])
         .unwrap();
@@ -502,7 +502,10 @@ fn under_quorum_mode_a_safe_cluster_can_still_fail_over() {
     });
     let names = c.psql(n1, "SHOW synchronous_standby_names").unwrap();
     let (code, out) = check(&c, "n1", Some("n1"), &["--record-evidence"]);
-    assert_eq!(code, 0, "{names}: {out}");
+    // Degraded, not SAFE: the check must not call a cluster fine whose failover our own
+    // pre_promote will refuse.
+    assert_eq!(code, 1, "{names}: {out}");
+    assert!(out.contains("patroni-quorum-mode"), "{names}: {out}");
     let written = c.psql(n1, "SELECT pg_current_wal_flush_lsn()").unwrap();
     c.wait("n2 to replay the evidence", Duration::from_secs(10), || {
         Ok(c.psql(
@@ -511,10 +514,8 @@ fn under_quorum_mode_a_safe_cluster_can_still_fail_over() {
         )? == "t")
     });
     let (code, out) = pre_promote(&c, "n2", "");
-    assert_eq!(
-        code, 0,
-        "check said SAFE under '{names}', pre_promote: {out}"
-    );
+    assert_eq!(code, 1, "pre_promote under '{names}': {out}");
+    assert!(out.contains("cannot speak for later commits"), "{out}");
 }
 
 /// pre_promote's first veto: an OLD_LIGHTNINGD entry it cannot check (a bracketed IPv6

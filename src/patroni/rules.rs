@@ -106,6 +106,17 @@ fn judge_patroni(p: &PatroniObservation, i: &Inputs) -> Judgement {
         config.synchronous_mode,
         config.synchronous_mode_strict,
     ));
+    if config.synchronous_mode == SyncMode::Quorum {
+        j.findings.push(Finding::new(
+            Code::PatroniQuorumMode,
+            "Patroni's synchronous_mode is quorum: the names are ANY k (…), so which standby \
+             holds a commit can shift from one commit to the next, and cln-replguard's \
+             evidence cannot vouch for a candidate; contrib/patroni/pre_promote then vetoes \
+             every automatic failover",
+            "patronictl edit-config -s synchronous_mode=on (with synchronous_mode_strict=on, \
+             synchronous_node_count=1): Patroni names the one standby it may promote",
+        ));
+    }
     if node.paused || cluster.paused {
         j.findings.push(Finding::new(
             Code::PatroniPaused,

@@ -157,6 +157,18 @@ fn strict_mode_without_a_member_in_sync_explains_the_wildcard() {
 }
 
 #[test]
+fn quorum_mode_is_degraded_and_says_pre_promote_will_veto() {
+    let mut p = healthy();
+    p.config.as_mut().unwrap().synchronous_mode = SyncMode::Quorum;
+    let codes = codes_of(Some(&p), &patronis_names(), false);
+    assert_eq!(codes, [Code::PatroniQuorumMode]);
+    assert_eq!(
+        Code::PatroniQuorumMode.severity(),
+        crate::verdict::Severity::Degraded
+    );
+}
+
+#[test]
 fn paused_and_failsafe_are_degraded() {
     let mut p = healthy();
     p.cluster.as_mut().unwrap().paused = true;

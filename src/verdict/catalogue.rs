@@ -209,6 +209,9 @@ catalogue! {
     PatroniNotInSync = "patroni-not-in-sync", Unsafe, Debounced,
         "(`failover-check` under Patroni) Patroni would not promote that standby: it is not \
          in the DCS `/sync` key";
+    PatroniQuorumMode = "patroni-quorum-mode", Degraded, Debounced,
+        "(Patroni) `synchronous_mode: quorum`: the evidence cannot vouch for a candidate under \
+         `ANY k (…)`, so `pre_promote` vetoes every automatic failover";
     PatroniPaused = "patroni-paused", Degraded, Debounced,
         "(Patroni) maintenance mode: no automatic failover";
     PatroniFailsafeActive = "patroni-failsafe-active", Degraded, Debounced,
