@@ -13,8 +13,12 @@ pub const POLL_EVERY: Duration = Duration::from_millis(250);
 pub const POLL_DEADLINE: Duration = Duration::from_millis(750);
 /// How long the REST API may stay silent before lightningd is stopped anyway. Another
 /// member can take the lock only once the leader key's ttl (at least 20 s in Patroni) has
-/// passed since the lock's last renewal, which was no later than our last answer: stopping
-/// within half the minimum ttl is before any other node can be promoted.
+/// passed since the lock's last renewal. Patroni renews it every `loop_wait`, so the last
+/// renewal is normally just before our last answer, and stopping within half the minimum
+/// ttl comes before any other node can be promoted. A 200 only proves the lock had not
+/// expired yet: if Patroni's loop stalled before its REST API went silent, the lock may
+/// expire sooner. Then the old primary's commits wait for the standby that was promoted
+/// (strict synchronous mode), so lightningd cannot commit a new state meanwhile.
 pub const SILENCE_LIMIT: Duration = Duration::from_secs(10);
 
 /// What one poll saw.
@@ -31,6 +35,25 @@ pub enum Poll {
 pub struct Baseline {
     pub name: String,
     pub timeline: Option<u32>,
+}
+
+/// The baseline after this poll: the first answer that leads sets it; a timeline the first
+/// answer lacked (PostgreSQL still starting) is taken from the first answer that has one, so
+/// a later promotion elsewhere is still seen as a change.
+pub fn next_baseline(baseline: Option<Baseline>, poll: &Poll) -> Option<Baseline> {
+    let Poll::Answer { node, .. } = poll else {
+        return baseline;
+    };
+    match baseline {
+        None => Some(Baseline {
+            name: node.name.clone(),
+            timeline: node.timeline,
+        }),
+        Some(b) => Some(Baseline {
+            timeline: b.timeline.or(node.timeline),
+            ..b
+        }),
+    }
 }
 
 /// Why lightningd must stop now, or `None` to keep running. `baseline` is `None` until a
@@ -126,6 +149,22 @@ mod tests {
             ..status("primary", 1)
         };
         assert!(must_stop(Some(&base()), &answer(true, other)).is_some());
+    }
+
+    #[test]
+    fn a_timeline_missing_from_the_first_answer_is_taken_from_the_next() {
+        let no_tl = NodeStatus {
+            timeline: None,
+            ..status("primary", 1)
+        };
+        let b = next_baseline(None, &answer(true, no_tl));
+        assert_eq!(b.as_ref().unwrap().timeline, None);
+        let b = next_baseline(b, &answer(true, status("primary", 3)));
+        assert_eq!(b.as_ref().unwrap().timeline, Some(3));
+        // Once known it stays: a change is what must_stop reports, not a new baseline.
+        let b = next_baseline(b, &answer(true, status("primary", 4)));
+        assert_eq!(b.as_ref().unwrap().timeline, Some(3));
+        assert!(must_stop(b.as_ref(), &answer(true, status("primary", 4))).is_some());
     }
 
     #[test]

@@ -44,18 +44,18 @@ pub(super) async fn run(plugin: Plugin<State>) {
             super::monitor::stop_lightningd(&st.rpc_path, &why, &not_leader(&why)).await;
             return;
         }
-        if let (None, Poll::Answer { node, .. }) = (&baseline, &poll) {
+        let next = follow::next_baseline(baseline.clone(), &poll);
+        if next != baseline
+            && let Some(b) = &next
+        {
             log::info!(
                 "following Patroni at {url}: this node ({}) leads on timeline {:?}; lightningd \
                  is stopped when that changes",
-                node.name,
-                node.timeline
+                b.name,
+                b.timeline
             );
-            baseline = Some(Baseline {
-                name: node.name.clone(),
-                timeline: node.timeline,
-            });
         }
+        baseline = next;
     }
 }
 
