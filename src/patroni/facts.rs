@@ -61,6 +61,9 @@ pub struct Member {
     pub host: Option<String>,
     pub port: Option<u16>,
     pub timeline: Option<u32>,
+    /// Tagged `nofailover` (or `failover_priority` ≤ 0): Patroni never promotes it, even
+    /// from `/sync` (it does make such a member synchronous when no other can be).
+    pub nofailover: bool,
 }
 
 impl Member {
@@ -68,6 +71,25 @@ impl Member {
     pub fn is_synchronous(&self) -> bool {
         self.role == "sync_standby" || self.role == "quorum_standby"
     }
+}
+
+/// Patroni's `Tags.nofailover`: the `nofailover` tag's Python truth when it is set, else
+/// `failover_priority` ≤ 0.
+fn nofailover(tags: &Value) -> bool {
+    match &tags["nofailover"] {
+        Value::Null => {}
+        Value::Bool(b) => return *b,
+        Value::Number(n) => return n.as_f64() != Some(0.0),
+        Value::String(s) => return !s.is_empty(),
+        Value::Array(a) => return !a.is_empty(),
+        Value::Object(o) => return !o.is_empty(),
+    }
+    let priority = match &tags["failover_priority"] {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    };
+    priority.is_some_and(|p| p <= 0)
 }
 
 /// `GET /cluster`: the members as the DCS has them.
@@ -100,6 +122,7 @@ impl ClusterView {
                 host: m["host"].as_str().map(str::to_string),
                 port: m["port"].as_u64().and_then(|p| u16::try_from(p).ok()),
                 timeline: m["timeline"].as_u64().and_then(|t| u32::try_from(t).ok()),
+                nofailover: nofailover(&m["tags"]),
             })
             .collect();
         Ok(ClusterView {

@@ -34,20 +34,22 @@ pub fn amend(mut a: FailoverAnswer, p: &PatroniObservation) -> FailoverAnswer {
         }
     };
     for s in &mut a.standbys {
-        let role = cluster
-            .member(&s.name)
-            .map(|m| (m.is_synchronous(), m.role.clone()));
-        if let Some((true, _)) = role {
-            continue;
-        }
+        let why = match cluster.member(&s.name) {
+            Some(m) if m.nofailover => {
+                format!(
+                    "Patroni would not promote it: tagged nofailover (role {})",
+                    m.role
+                )
+            }
+            Some(m) if m.is_synchronous() => continue,
+            Some(m) => format!(
+                "Patroni would not promote it: role {}, not in /sync",
+                m.role
+            ),
+            None => "Patroni does not know a member of that name".to_string(),
+        };
         s.ready = false;
-        s.reasons.push(Reason::new(
-            Code::PatroniNotInSync,
-            match role {
-                Some((_, r)) => format!("Patroni would not promote it: role {r}, not in /sync"),
-                None => "Patroni does not know a member of that name".to_string(),
-            },
-        ));
+        s.reasons.push(Reason::new(Code::PatroniNotInSync, why));
     }
     retarget(a)
 }
@@ -105,6 +107,7 @@ mod tests {
                         host: None,
                         port: None,
                         timeline: Some(1),
+                        nofailover: false,
                     })
                     .collect(),
                 paused: false,
@@ -125,6 +128,27 @@ mod tests {
         assert_eq!(a.standbys[0].reasons[0].code, Code::PatroniNotInSync);
         let a = amend(answer(), &patroni(&[("n1", "leader"), ("n2", "replica")]));
         assert_eq!((a.readiness, a.target), (Readiness::NotReady, None));
+    }
+
+    #[test]
+    fn a_member_in_sync_tagged_nofailover_is_no_target() {
+        let mut p = patroni(&[("n1", "leader"), ("n2", "sync_standby")]);
+        p.cluster.as_mut().unwrap().members[1].nofailover = true;
+        let a = amend(answer(), &p);
+        assert_eq!((a.readiness, a.target), (Readiness::NotReady, None));
+        assert!(a.standbys[0].reasons[0].text.contains("nofailover"));
+        let tags = |t: &str| {
+            let body = format!(
+                r#"{{"members": [{{"name": "n2", "role": "sync_standby", "tags": {t}}}]}}"#
+            );
+            ClusterView::parse(&body).unwrap().members[0].nofailover
+        };
+        assert!(tags(r#"{"nofailover": true}"#));
+        assert!(tags(r#"{"failover_priority": 0}"#));
+        assert!(tags(r#"{"failover_priority": "-1"}"#));
+        assert!(!tags(r#"{"nofailover": false, "failover_priority": 0}"#));
+        assert!(!tags(r#"{"failover_priority": 2}"#));
+        assert!(!tags("{}"));
     }
 
     #[test]

@@ -33,6 +33,7 @@ fn member(name: &str, role: &str) -> Member {
         host: None,
         port: None,
         timeline: Some(1),
+        nofailover: false,
     }
 }
 

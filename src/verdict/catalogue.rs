@@ -208,7 +208,7 @@ catalogue! {
          (`*`) and every commit waits";
     PatroniNotInSync = "patroni-not-in-sync", Unsafe, Debounced,
         "(`failover-check` under Patroni) Patroni would not promote that standby: it is not \
-         in the DCS `/sync` key";
+         in the DCS `/sync` key, or it is tagged `nofailover`";
     PatroniQuorumMode = "patroni-quorum-mode", Degraded, Debounced,
         "(Patroni) `synchronous_mode: quorum`: the evidence cannot vouch for a candidate under \
          `ANY k (…)`, so `pre_promote` vetoes every automatic failover";
