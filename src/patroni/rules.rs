@@ -117,6 +117,24 @@ fn judge_patroni(p: &PatroniObservation, i: &Inputs) -> Judgement {
              synchronous_node_count=1): Patroni names the one standby it may promote",
         ));
     }
+    let in_sync: Vec<_> = cluster
+        .members
+        .iter()
+        .filter(|m| m.is_synchronous())
+        .collect();
+    if !in_sync.is_empty() && in_sync.iter().all(|m| m.nofailover) {
+        let names: Vec<_> = in_sync.iter().map(|m| m.name.as_str()).collect();
+        j.findings.push(Finding::new(
+            Code::PatroniNoFailoverCandidate,
+            format!(
+                "every member in Patroni's /sync key ({}) is tagged nofailover: commits reach \
+                 a second host, but Patroni will not promote it when the leader is lost",
+                names.join(", ")
+            ),
+            "remove nofailover (or set failover_priority > 0) on a synchronous member, or \
+             add a replica that may be promoted",
+        ));
+    }
     if node.paused || cluster.paused {
         j.findings.push(Finding::new(
             Code::PatroniPaused,

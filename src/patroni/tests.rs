@@ -170,6 +170,18 @@ fn quorum_mode_is_degraded_and_says_pre_promote_will_veto() {
 }
 
 #[test]
+fn a_sync_member_tagged_nofailover_leaves_no_failover_candidate() {
+    let mut p = healthy();
+    let members = &mut p.cluster.as_mut().unwrap().members;
+    let synced = members.iter_mut().find(|m| m.is_synchronous()).unwrap();
+    synced.nofailover = true;
+    assert_eq!(
+        codes_of(Some(&p), &patronis_names(), false),
+        [Code::PatroniNoFailoverCandidate]
+    );
+}
+
+#[test]
 fn paused_and_failsafe_are_degraded() {
     let mut p = healthy();
     p.cluster.as_mut().unwrap().paused = true;

@@ -212,6 +212,8 @@ catalogue! {
     PatroniQuorumMode = "patroni-quorum-mode", Degraded, Debounced,
         "(Patroni) `synchronous_mode: quorum`: the evidence cannot vouch for a candidate under \
          `ANY k (…)`, so `pre_promote` vetoes every automatic failover";
+    PatroniNoFailoverCandidate = "patroni-no-failover-candidate", Degraded, Debounced,
+        "(Patroni) every member in `/sync` is tagged `nofailover`: no automatic failover";
     PatroniPaused = "patroni-paused", Degraded, Debounced,
         "(Patroni) maintenance mode: no automatic failover";
     PatroniFailsafeActive = "patroni-failsafe-active", Degraded, Debounced,
