@@ -277,28 +277,9 @@ fn payments_survive_a_primary_crash_and_failover() {
     assert!(run_a.started, "A did not start:\n{}", run_a.log);
     let run_b = b.run_with(None, None, &dev_opts());
     assert!(run_b.started, "B did not start:\n{}", run_b.log);
-    let b_id = b.json(&["getinfo"])["id"].as_str().unwrap().to_string();
-
-    let addr = a.json(&["newaddr", "bech32"])["bech32"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    btc.ok(&["sendtoaddress", &addr, "0.1"]);
-    btc.mine(1);
-    wait_for("A to see its funds", Duration::from_secs(60), || {
-        let f = a.json(&["listfunds"]);
-        Ok(f["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|o| o["status"] == "confirmed"))
-    })
-    .unwrap();
-    a.json(&["connect", &b_id, "127.0.0.1", &b.port.to_string()]);
-    let funding = a.json(&["fundchannel", &b_id, &CHANNEL_SAT.to_string()]);
+    let funding = a.fund_channel_to(&b, CHANNEL_SAT);
     let funding_txid = funding["txid"].as_str().unwrap().to_string();
     let funding_outnum = funding["outnum"].as_u64().unwrap();
-    btc.mine(6);
     wait_channel_quiet(&a, &b, "the channel to be normal on both sides");
     let a_outputs_before: Vec<Value> = a.json(&["listfunds"])["outputs"]
         .as_array()

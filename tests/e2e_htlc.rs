@@ -74,24 +74,8 @@ fn incoming_payments_wait_on_the_plugin_only_when_payments_are_gated() {
     assert!(run_a.started, "A did not start:\n{}", run_a.log);
     let mut run_b = b.run(&wallet, "important-plugin", &dev_opts());
     assert!(run_b.started, "B did not start:\n{}", run_b.log);
+    a.fund_channel_to(&b, 1_000_000);
     let b_id = b.json(&["getinfo"])["id"].as_str().unwrap().to_string();
-    let addr = a.json(&["newaddr", "bech32"])["bech32"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    btc.ok(&["sendtoaddress", &addr, "0.1"]);
-    btc.mine(1);
-    wait_for("A's funds", Duration::from_secs(60), || {
-        Ok(a.json(&["listfunds"])["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|o| o["status"] == "confirmed"))
-    })
-    .unwrap();
-    a.json(&["connect", &b_id, "127.0.0.1", &b.port.to_string()]);
-    a.json(&["fundchannel", &b_id, "1000000"]);
-    btc.mine(6);
     wait_quiet(&a, &b);
     // Warm up both sides once before measuring.
     pay_many(&a, &b, "warmup");

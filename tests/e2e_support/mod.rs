@@ -190,6 +190,30 @@ impl<'a> Node<'a> {
         }
     }
 
+    /// Funds this node on chain (0.1 BTC, confirmed), opens a channel of `sat` to `peer` and
+    /// buries the funding 6 deep. Returns `fundchannel`'s answer (`txid`, `outnum`…).
+    pub fn fund_channel_to(&self, peer: &Node, sat: u64) -> Value {
+        let addr = self.json(&["newaddr", "bech32"])["bech32"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        self.btc.ok(&["sendtoaddress", &addr, "0.1"]);
+        self.btc.mine(1);
+        wait_for("the funds to confirm", Duration::from_secs(60), || {
+            Ok(self.json(&["listfunds"])["outputs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o["status"] == "confirmed"))
+        })
+        .unwrap();
+        let peer_id = peer.json(&["getinfo"])["id"].as_str().unwrap().to_string();
+        self.json(&["connect", &peer_id, "127.0.0.1", &peer.port.to_string()]);
+        let funding = self.json(&["fundchannel", &peer_id, &sat.to_string()]);
+        self.btc.mine(6);
+        funding
+    }
+
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("log")
     }
