@@ -9,7 +9,7 @@ use common::cli;
 
 use std::time::Duration;
 
-use patroni_support::{PatroniCluster, PatroniSpec};
+use patroni_support::{LIGHTNINGD_UNIT, PatroniCluster, PatroniSpec};
 
 /// The facts the Patroni rules build on, checked on the real engine: the REST fields read,
 /// the synchronous standby in `/cluster`, and strict mode's `*` when the standby's host is
@@ -410,16 +410,35 @@ impl Drop for WalletSession {
     }
 }
 
-/// The plugin beside the leader n1 (default gate mode); a switchover to n2 must stop the
-/// fake lightningd within 2 s of n1 losing the leader lock.
-#[test]
-fn a_switchover_stops_the_old_leaders_lightningd_within_two_seconds() {
+/// What one switchover showed: the plugin's fence, and Patroni's on_role_change callbacks.
+struct Round {
+    /// The old leader's `/leader` stopped answering 200 → the fake lightningd got `stop`.
+    fence_ms: f64,
+    /// The old leader lost the lock → its on_role_change ran `systemctl --no-block stop`.
+    stop_call_ms: f64,
+    /// The new leader's `/leader` answered 200 → its on_role_change ran `… start`.
+    start_call_ms: f64,
+}
+
+/// The moments the test saw, polling every 20 ms: the lock lost on `from`, `to` leading
+/// (its `/leader` 200), the fake lightningd told to stop.
+#[derive(Debug, Default)]
+struct Seen {
+    lock_lost: Option<std::time::SystemTime>,
+    new_leads: Option<std::time::SystemTime>,
+    stopped: Option<std::time::SystemTime>,
+}
+
+/// A fake lightningd with the plugin beside `from` (default gate mode), then
+/// `patronictl switchover` to `to`: the plugin must stop it within 2 s of `from` losing the
+/// leader lock, and Patroni's on_role_change (the real contrib script) must run
+/// `systemctl --no-block stop` on `from` and `… start` on `to`.
+fn fence_round(c: &PatroniCluster, from: &str, to: &str) -> Round {
     use fake_lightningd::{Fake, Setup};
-    let c = PatroniCluster::start(&PatroniSpec::strict(2));
-    let _session = WalletSession::open(&c, "n1");
-    let setup = Setup::new(&c.node("n1").wallet_dsn()).option(
+    let _session = WalletSession::open(c, from);
+    let setup = Setup::new(&c.node(from).wallet_dsn()).option(
         "replguard-patroni-url",
-        serde_json::json!(c.node("n1").api_url()),
+        serde_json::json!(c.node(from).api_url()),
     );
     let mut f = Fake::started(setup);
     let logged = |f: &Fake, text: &str| f.logs.iter().any(|(_, m)| m.contains(text));
@@ -433,35 +452,132 @@ fn a_switchover_stops_the_old_leaders_lightningd_within_two_seconds() {
     );
     assert!(!f.stopped());
 
-    let switchover = std::thread::scope(|s| {
-        let run = s.spawn(|| c.patronictl(&["switchover", "--candidate", "n2", "--force"]));
-        let (mut lock_lost, mut stopped) = (None, None);
+    let since = std::time::SystemTime::now();
+    let seen = std::thread::scope(|s| {
+        let run = s.spawn(|| c.patronictl(&["switchover", "--candidate", to, "--force"]));
+        let mut seen = Seen::default();
         let start = std::time::Instant::now();
-        while (lock_lost.is_none() || stopped.is_none())
+        while (seen.lock_lost.is_none() || seen.new_leads.is_none() || seen.stopped.is_none())
             && start.elapsed() < Duration::from_secs(60)
         {
-            if lock_lost.is_none() && c.get("n1", "/leader").map_or(true, |(s, _)| s != 200) {
-                lock_lost = Some(std::time::Instant::now());
+            let now = std::time::SystemTime::now();
+            if seen.lock_lost.is_none() && c.get(from, "/leader").map_or(true, |(s, _)| s != 200) {
+                seen.lock_lost = Some(now);
             }
-            if stopped.is_none() && f.stopped() {
-                stopped = Some(std::time::Instant::now());
+            if seen.new_leads.is_none() && c.get(to, "/leader").is_ok_and(|(s, _)| s == 200) {
+                seen.new_leads = Some(now);
+            }
+            if seen.stopped.is_none() && f.stopped() {
+                seen.stopped = Some(now);
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         run.join().unwrap().unwrap();
-        (lock_lost, stopped)
+        seen
     });
-    let (Some(lock_lost), Some(stopped)) = switchover else {
-        panic!(
-            "lock lost / lightningd stopped: {switchover:?}; logs: {:?}",
-            f.logs
-        );
+    let (Some(lock_lost), Some(new_leads), Some(stopped)) =
+        (seen.lock_lost, seen.new_leads, seen.stopped)
+    else {
+        panic!("{from} → {to}: {seen:?}; logs: {:?}", f.logs);
     };
-    let after_ms = stopped.saturating_duration_since(lock_lost).as_secs_f64() * 1000.0;
-    eprintln!("patroni fence: lightningd stopped {after_ms:.0} ms after n1 lost the leader lock");
-    assert!(after_ms < 2000.0, "{after_ms:.0} ms");
+    let ms = |a: std::time::SystemTime, b: std::time::SystemTime| {
+        b.duration_since(a)
+            .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+    };
+    let fence_ms = ms(lock_lost, stopped);
+    assert!(fence_ms < 2000.0, "{from} → {to}: {fence_ms:.0} ms");
     f.drain();
     assert!(logged(&f, "no longer Patroni's leader"), "{:?}", f.logs);
+
+    // Patroni's callbacks, as the systemctl stand-in recorded them.
+    let call = |node: &str, verb: &str| {
+        let mut found = None;
+        c.wait(
+            &format!("on_role_change on {node} to run systemctl {verb}"),
+            Duration::from_secs(30),
+            || {
+                found = c.node(node).systemctl_calls().into_iter().find(|call| {
+                    call.at >= since && call.words == ["--no-block", verb, LIGHTNINGD_UNIT]
+                });
+                Ok(found.is_some())
+            },
+        );
+        found.unwrap()
+    };
+    let stop_call_ms = call(from, "stop").ms_after(lock_lost);
+    let start_call_ms = call(to, "start").ms_after(new_leads);
+    for (node, verb) in [(from, "start"), (to, "stop")] {
+        let wrong: Vec<_> = c
+            .node(node)
+            .systemctl_calls()
+            .into_iter()
+            .filter(|call| call.at >= since && call.words.iter().any(|w| w == verb))
+            .collect();
+        assert!(wrong.is_empty(), "{node} ran systemctl {verb}: {wrong:?}");
+    }
+    c.wait_sync_standby(Duration::from_secs(60)).unwrap();
+    Round {
+        fence_ms,
+        stop_call_ms,
+        start_call_ms,
+    }
+}
+
+/// Median and worst of `values`.
+fn median_worst(values: &mut [f64]) -> (f64, f64) {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    let median = if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        (values[n / 2 - 1] + values[n / 2]) / 2.0
+    };
+    (median, values[n - 1])
+}
+
+/// Switchovers back and forth (`PATRONI_FENCE_ROUNDS`, default 2): each time the plugin
+/// stops the old leader's (fake) lightningd within 2 s, and Patroni's own on_role_change
+/// calls — the contrib script, `systemctl` a stand-in that records — stop lightningd on the
+/// old leader's host and start it on the new one's.
+#[test]
+fn switchovers_stop_the_old_leaders_lightningd_within_two_seconds_and_on_role_change_moves_it() {
+    let rounds: usize = std::env::var("PATRONI_FENCE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2);
+    let c = PatroniCluster::start(&PatroniSpec::strict(2));
+    let mut results = Vec::new();
+    for i in 0..rounds {
+        let (from, to) = if i % 2 == 0 {
+            ("n1", "n2")
+        } else {
+            ("n2", "n1")
+        };
+        let r = fence_round(&c, from, to);
+        eprintln!(
+            "patroni fence round {}: {from} → {to}: lightningd stopped {:.0} ms after {from} \
+             lost the leader lock; on_role_change: systemctl stop on {from} {:.0} ms after \
+             the lock was lost, start on {to} {:.0} ms after {to} led",
+            i + 1,
+            r.fence_ms,
+            r.stop_call_ms,
+            r.start_call_ms
+        );
+        results.push(r);
+    }
+    let mut fence: Vec<f64> = results.iter().map(|r| r.fence_ms).collect();
+    let mut stops: Vec<f64> = results.iter().map(|r| r.stop_call_ms).collect();
+    let mut starts: Vec<f64> = results.iter().map(|r| r.start_call_ms).collect();
+    let ((fm, fw), (sm, sw), (tm, tw)) = (
+        median_worst(&mut fence),
+        median_worst(&mut stops),
+        median_worst(&mut starts),
+    );
+    eprintln!(
+        "patroni fence over {rounds} switchovers: lock lost → lightningd stopped median \
+         {fm:.0} ms, worst {fw:.0} ms; on_role_change stop median {sm:.0} ms, worst {sw:.0} ms; \
+         on_role_change start median {tm:.0} ms, worst {tw:.0} ms"
+    );
 }
 
 /// Runs contrib/patroni/pre_promote on `node` as Patroni would; (exit code, output).

@@ -27,6 +27,49 @@ use cln_replguard::cluster::{PgInstall, run, wait_for};
 /// What the venv is made with: the newest Patroni 4.x with its etcd v3 client and psycopg 3.
 const PATRONI_REQUIREMENT: &str = "patroni[etcd3,psycopg3]>=4,<5";
 pub const WALLET_ROLE: &str = "lightningd";
+/// The unit contrib/patroni/on_role_change starts and stops (its default).
+pub const LIGHTNINGD_UNIT: &str = "lightningd.service";
+
+/// `systemctl` for the tests' Patroni (there is no systemd here), first in Patroni's PATH so
+/// that contrib/patroni/on_role_change, run by Patroni itself, calls it. It records every call
+/// (wall time, arguments) in `calls`. For a unit a test defined in its directory
+/// ([`Node::define_unit`]) it does what systemd would: `--no-block start` queues a job and
+/// returns at once; the job — in its own session, so that Patroni killing the next callback's
+/// predecessor and its children cannot reach it, as it cannot reach a systemd job — runs
+/// ExecStartPre, and when that passes, ExecStart. `--no-block stop` sends SIGTERM to the job's
+/// process group (systemd's default KillMode=control-group). A start while the unit runs does
+/// nothing, as in systemd. Nothing else is implemented (no Restart=, no other verbs).
+const SYSTEMCTL_SHIM: &str = r#"#!/bin/sh
+here=$(dirname "$0")
+echo "$(date +%s.%N) $*" >> "$here/calls"
+[ "$#" -eq 3 ] && [ "$1" = --no-block ] || { echo "systemctl stand-in: only --no-block start|stop UNIT" >&2; exit 2; }
+verb=$2 unit=$3
+[ -f "$here/$unit" ] || exit 0
+pidfile="$here/$unit.pid"
+running() { [ -s "$pidfile" ] && kill -0 "$(cat "$pidfile")" 2>/dev/null; }
+case $verb in
+start)
+  running && exit 0
+  setsid sh -c '
+    here=$1 unit=$2
+    . "$here/$unit"
+    event() { echo "$(date +%s.%N) $*" >> "$here/$unit.events"; }
+    echo $$ > "$here/$unit.pid"
+    event ExecStartPre
+    exec_start_pre || { status=$?; event ExecStartPre-failed $status; exit $status; }
+    event ExecStart $$
+    exec_start' job "$here" "$unit" >> "$here/$unit.log" 2>&1 < /dev/null &
+  ;;
+stop)
+  if running; then
+    pid=$(cat "$pidfile")
+    echo "$(date +%s.%N) stop $pid" >> "$here/$unit.events"
+    kill -TERM "-$pid"
+  fi
+  ;;
+*) echo "systemctl stand-in: only --no-block start|stop UNIT" >&2; exit 2 ;;
+esac
+"#;
 
 /// The programs the clusters need, found (or the venv made) once per test process.
 pub struct Tools {
@@ -249,6 +292,61 @@ impl Node {
         matches!(guard.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
+    /// Where this node's `systemctl` stand-in lives, with what it recorded and the units a
+    /// test defined (see [`SYSTEMCTL_SHIM`]).
+    pub fn shim_dir(&self) -> PathBuf {
+        self.dir.join("systemd-shim")
+    }
+
+    /// Every `systemctl` call on this node (Patroni's callbacks, or the test as operator).
+    pub fn systemctl_calls(&self) -> Vec<Stamped> {
+        read_stamped(&self.shim_dir().join("calls"))
+    }
+
+    /// What the stand-in's job for `unit` did: `ExecStartPre`, `ExecStartPre-failed N`,
+    /// `ExecStart PID`, `stop PID`.
+    pub fn unit_events(&self, unit: &str) -> Vec<Stamped> {
+        read_stamped(&self.shim_dir().join(format!("{unit}.events")))
+    }
+
+    /// The process (group) the stand-in started for `unit`, while it runs.
+    pub fn unit_pid(&self, unit: &str) -> Option<i32> {
+        let pid: i32 = fs::read_to_string(self.shim_dir().join(format!("{unit}.pid")))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        cln_replguard::pgbin::process_alive(pid).then_some(pid)
+    }
+
+    /// Defines `unit` for the stand-in: what systemd would run for it on this host, each
+    /// command as its arguments (`ExecStartPre`, then `ExecStart`).
+    pub fn define_unit(&self, unit: &str, exec_start_pre: &[String], exec_start: &[String]) {
+        let quoted = |args: &[String]| -> String {
+            args.iter()
+                .map(|a| format!("'{}'", a.replace('\'', r"'\''")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let text = format!(
+            "exec_start_pre() {{ {}; }}\nexec_start() {{ exec {}; }}\n",
+            quoted(exec_start_pre),
+            quoted(exec_start)
+        );
+        fs::write(self.shim_dir().join(unit), text).expect("write the unit");
+    }
+
+    /// Runs `systemctl ARGS` through this node's stand-in, as the operator would (as the
+    /// servers' user, like Patroni's callbacks: the unit runs as that user either way).
+    pub fn systemctl(&self, args: &[&str]) -> Result<String> {
+        run(
+            tools()
+                .command(&self.shim_dir().join("systemctl"))
+                .args(args),
+            &format!("systemctl {}", args.join(" ")),
+        )
+    }
+
     pub fn log_tail(&self) -> String {
         let text = fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
@@ -301,6 +399,15 @@ impl PatroniCluster {
             tools,
             dir,
         };
+        // The repo's script, copied: the checkout need not be readable by the servers' user.
+        let script = cluster.dir.path().join("on_role_change");
+        fs::copy(
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/contrib/patroni/on_role_change"
+            ),
+            &script,
+        )?;
         cluster.start_etcd()?;
         for i in 1..=spec.nodes {
             let node = cluster.make_node(&format!("n{i}"), spec)?;
@@ -410,6 +517,12 @@ impl PatroniCluster {
         };
         fs::write(&node.config, self.node_yaml(&node, spec))?;
         self.tools.own(&node.config)?;
+        let shim = node.shim_dir();
+        fs::create_dir_all(&shim)?;
+        fs::write(shim.join("systemctl"), SYSTEMCTL_SHIM)?;
+        fs::set_permissions(shim.join("systemctl"), fs::Permissions::from_mode(0o755))?;
+        self.tools.own(&shim.join("systemctl"))?;
+        self.tools.own(&shim)?;
         Ok(node)
     }
 
@@ -456,6 +569,8 @@ postgresql:
     rewind: {{username: postgres, password: postgres-test}}
   parameters:
     unix_socket_directories: '{dir}'
+  callbacks:
+    on_role_change: {on_role_change}
   pg_hba:
     - local all all trust
     - host all all 127.0.0.1/32 trust
@@ -471,7 +586,14 @@ postgresql:
             data = node.datadir.display(),
             bindir = self.tools.bindir.display(),
             dir = node.dir.display(),
+            on_role_change = self.dir.path().join("on_role_change").display(),
         )
+    }
+
+    /// Hands `path` to the servers' user (when we are root): what Patroni's callbacks — and
+    /// so the units they start — may write.
+    pub fn own(&self, path: &Path) -> Result<()> {
+        self.tools.own(path)
     }
 
     pub fn node(&self, name: &str) -> &Node {
@@ -493,6 +615,7 @@ postgresql:
             .command(&self.tools.python)
             .args(["-m", "patroni"])
             .arg(&node.config)
+            .env("PATH", shim_first_path(node))
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -673,6 +796,14 @@ postgresql:
     }
 }
 
+/// PATH with the node's `systemctl` stand-in first: what Patroni's callbacks run.
+fn shim_first_path(node: &Node) -> std::ffi::OsString {
+    let rest = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let mut dirs = vec![node.shim_dir()];
+    dirs.extend(std::env::split_paths(&rest));
+    std::env::join_paths(dirs).expect("PATH without ':' in its parts")
+}
+
 /// The processes whose parent is `pid` (from /proc).
 fn children_of(pid: i32) -> Vec<i32> {
     let Ok(dir) = fs::read_dir("/proc") else {
@@ -701,6 +832,13 @@ fn kill_child(slot: &Mutex<Option<Child>>) {
 
 impl Drop for PatroniCluster {
     fn drop(&mut self) {
+        // What the systemctl stand-in started (lightningd): not our child, its own group.
+        for node in &self.nodes {
+            if let Some(pid) = node.unit_pid(LIGHTNINGD_UNIT) {
+                // SAFETY: the process group the stand-in made for this cluster's unit.
+                unsafe { libc::kill(-pid, libc::SIGKILL) };
+            }
+        }
         // Patroni first, so it does not restart the PostgreSQL we stop.
         for node in &self.nodes {
             kill_child(&node.patroni);
@@ -732,6 +870,38 @@ pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| anyhow!("no status in {head:?}"))?;
     Ok((status, body.to_string()))
+}
+
+/// One line the `systemctl` stand-in recorded: when (wall clock) and what.
+#[derive(Clone, Debug)]
+pub struct Stamped {
+    pub at: std::time::SystemTime,
+    pub words: Vec<String>,
+}
+
+impl Stamped {
+    /// Milliseconds from `earlier` to this line (negative when it came first).
+    pub fn ms_after(&self, earlier: std::time::SystemTime) -> f64 {
+        match self.at.duration_since(earlier) {
+            Ok(d) => d.as_secs_f64() * 1000.0,
+            Err(e) => -e.duration().as_secs_f64() * 1000.0,
+        }
+    }
+}
+
+/// `<seconds.nanoseconds> word…` lines (`date +%s.%N`); a missing file is no line.
+fn read_stamped(path: &Path) -> Vec<Stamped> {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            let secs: f64 = words.next()?.parse().ok()?;
+            Some(Stamped {
+                at: std::time::UNIX_EPOCH + Duration::from_secs_f64(secs),
+                words: words.map(str::to_string).collect(),
+            })
+        })
+        .collect()
 }
 
 /// Milliseconds since `start`.
