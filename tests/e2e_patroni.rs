@@ -252,25 +252,8 @@ struct Channel {
     paid_before: u64,
 }
 
-fn open_channel_and_pay(a: &Node, b: &Node, btc: &Bitcoind) -> Channel {
-    let b_id = b.json(&["getinfo"])["id"].as_str().unwrap().to_string();
-    let addr = a.json(&["newaddr", "bech32"])["bech32"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    btc.ok(&["sendtoaddress", &addr, "0.1"]);
-    btc.mine(1);
-    wait_for("A's funds", Duration::from_secs(60), || {
-        Ok(a.json(&["listfunds"])["outputs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|o| o["status"] == "confirmed"))
-    })
-    .unwrap();
-    a.json(&["connect", &b_id, "127.0.0.1", &b.port.to_string()]);
-    let funding = a.json(&["fundchannel", &b_id, &CHANNEL_SAT.to_string()]);
-    btc.mine(6);
+fn open_channel_and_pay(a: &Node, b: &Node) -> Channel {
+    let funding = a.fund_channel_to(b, CHANNEL_SAT);
     wait_channel_normal(a, b, "the channel to be normal");
     for i in 0..5 {
         assert!(
@@ -455,7 +438,7 @@ fn under_patroni_payments_survive_the_loss_of_the_leaders_host() {
         &["--developer".into(), "--dev-bitcoind-poll=1".into()],
     );
     assert!(run_b.started, "B did not start:\n{}", run_b.log);
-    let ch = open_channel_and_pay(&hosts[0], &b, &btc);
+    let ch = open_channel_and_pay(&hosts[0], &b);
 
     let lost = lose_host(&c, "n1", &hosts[0]);
     let (leader, promoted) = wait_promotion(&c, ["n2", "n3"]);
