@@ -435,7 +435,8 @@ pub fn worth_recording(last: Option<&Record>, now: &Record) -> bool {
 }
 
 /// Where the primary's effective `synchronous_standby_names` comes from (`pg_settings`), and
-/// whether Patroni's sessions are on the server: read on the primary's session.
+/// whether Patroni's sessions or pg_auto_failover's settings file are on the server: read on
+/// the primary's session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ServerSigns {
     /// `pg_settings.source` (`configuration file`, `command line`…).
@@ -445,4 +446,9 @@ pub struct ServerSigns {
     pub names_sourcefile: Option<String>,
     /// Client sessions whose `application_name` starts with `Patroni`.
     pub patroni_sessions: i64,
+    /// Settings whose `pg_settings.sourcefile` is pg_auto_failover's
+    /// `postgresql-auto-failover.conf` (pg_autoctl includes it from `postgresql.conf`): it
+    /// stays while pg_autoctl empties the names, where the keeper's short sessions (no
+    /// `application_name`) show nothing. 0 too when the role may not see `sourcefile`.
+    pub autofailover_settings: i64,
 }

@@ -62,6 +62,7 @@ fn patronis_names() -> ServerSigns {
         names_source: "configuration file".into(),
         names_sourcefile: Some("/var/lib/postgresql/15/main/postgresql.conf".into()),
         patroni_sessions: 2,
+        autofailover_settings: 0,
     }
 }
 

@@ -1,7 +1,8 @@
 //! What shows that an HA manager runs the server, read through the wallet DSN: where the
-//! effective `synchronous_standby_names` comes from, and Patroni's own sessions (Patroni
-//! names them `Patroni heartbeat`, `Patroni restapi`…). The checks read them on the primary's
-//! own session (`primary.rs`); `observe` is for the one-shot refusals of `failover`/`setup`.
+//! effective `synchronous_standby_names` comes from, Patroni's own sessions (Patroni
+//! names them `Patroni heartbeat`, `Patroni restapi`…) and pg_auto_failover's settings file.
+//! The checks read them on the primary's own session (`primary.rs`); `observe` is for the
+//! one-shot refusals of `failover`/`setup`.
 
 use std::time::Duration;
 
@@ -14,7 +15,9 @@ use crate::facts::{ProbeFailure, ServerSigns};
 const SIGNS_SQL: &str = "
 SELECT s.source, s.sourcefile,
        (SELECT count(*) FROM pg_stat_activity
-         WHERE application_name LIKE 'Patroni%') AS patroni
+         WHERE application_name LIKE 'Patroni%') AS patroni,
+       (SELECT count(*) FROM pg_settings
+         WHERE sourcefile LIKE '%/postgresql-auto-failover.conf') AS autofailover
   FROM pg_settings s WHERE s.name = 'synchronous_standby_names'";
 
 pub async fn observe(target: &PgTarget, deadline: Duration) -> Result<ServerSigns, ProbeFailure> {
@@ -28,5 +31,6 @@ pub(super) async fn read(session: &Session) -> Result<ServerSigns, ProbeFailure>
         names_source: row.get("source"),
         names_sourcefile: row.get("sourcefile"),
         patroni_sessions: row.get("patroni"),
+        autofailover_settings: row.get("autofailover"),
     })
 }
