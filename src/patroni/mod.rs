@@ -2,6 +2,7 @@
 //! and judged (`rules`), its findings added to the verdict; HA managers recognised on the
 //! server when no Patroni URL is configured. See contrib/patroni/README.md.
 
+pub mod autofailover;
 pub mod facts;
 pub mod failover;
 pub mod fetch;

@@ -1,10 +1,11 @@
 //! Patroni's configuration and state judged against what cln-replguard needs: pure functions
 //! of the REST answers (`facts.rs`), the wallet server's facts and its `pg_settings` signs.
-//! Also the HA managers recognised without a Patroni URL (Patroni's sessions,
-//! pg_auto_failover's standby names).
+//! Also the HA managers recognised without a Patroni URL (Patroni's sessions; pg_auto_failover,
+//! judged in `autofailover.rs`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use super::autofailover;
 use super::facts::{NodeStatus, PatroniObservation, ServerSigns, SyncMode};
 use crate::facts::PrimaryFacts;
 use crate::verdict::{Code, Finding};
@@ -27,25 +28,21 @@ pub struct Judgement {
     pub supersedes: Vec<Code>,
 }
 
-/// The prefix pg_auto_failover gives every standby's `application_name`.
-const PG_AUTO_FAILOVER_PREFIX: &str = "pgautofailover_standby_";
-
 pub fn judge(i: &Inputs) -> Judgement {
     match i.patroni {
-        None => Judgement {
-            findings: unconfigured_manager(i.primary),
-            supersedes: vec![],
-        },
+        None => unconfigured_manager(i.primary),
         Some(p) => judge_patroni(p, i),
     }
 }
 
 /// Without a Patroni URL: an HA manager recognised on the server is named, with what to do.
-fn unconfigured_manager(primary: Option<&PrimaryFacts>) -> Vec<Finding> {
-    let Some(p) = primary else { return vec![] };
+fn unconfigured_manager(primary: Option<&PrimaryFacts>) -> Judgement {
+    let Some(p) = primary else {
+        return Judgement::default();
+    };
     let s = &p.ha_signs;
     if s.patroni_sessions > 0 {
-        return vec![Finding::new(
+        return only(Finding::new(
             Code::HaManagerUnconfigured,
             format!(
                 "Patroni manages this cluster ({} Patroni session(s) on the server) and may \
@@ -55,30 +52,14 @@ fn unconfigured_manager(primary: Option<&PrimaryFacts>) -> Vec<Finding> {
             ),
             "set replguard-patroni-url (CLI: --patroni-url) to the local Patroni REST API, \
              e.g. http://127.0.0.1:8008 (contrib/patroni/README.md)",
-        )];
+        ));
     }
-    let standbys = p.sync_names_raw.matches(PG_AUTO_FAILOVER_PREFIX).count();
-    match standbys {
-        0 => vec![],
-        1 => vec![Finding::new(
-            Code::PgAutoFailoverTwoNode,
-            format!(
-                "pg_auto_failover manages this cluster as a two-node formation \
-                 (synchronous_standby_names = '{}'): when the standby fails, its monitor puts \
-                 the primary in wait_primary, empties the names and cancels the waiting \
-                 commits, which then commit on the primary alone",
-                p.sync_names_raw
-            ),
-            "add a second standby to the formation and set number_sync_standbys to at least 1 \
-             (pg_autoctl set formation number-sync-standbys 1)",
-        )],
-        _ => vec![Finding::new(
-            Code::HaManagerUnconfigured,
-            "pg_auto_failover manages this cluster; cln-replguard does not read its monitor, so \
-             number_sync_standbys and the formation's state are not checked",
-            "check `pg_autoctl show settings` (number_sync_standbys >= 1); cln-replguard's \
-             verdict covers only what PostgreSQL shows",
-        )],
+    match autofailover::judge(p) {
+        Some(a) => Judgement {
+            findings: vec![a.finding],
+            supersedes: a.supersedes,
+        },
+        None => Judgement::default(),
     }
 }
 

@@ -181,12 +181,18 @@ catalogue! {
         "(plugin) the runtime monitor ended (a bug): nothing is checked any more; restart the \
          plugin";
     HaManagerUnconfigured = "ha-manager-unconfigured", Unknown, Debounced,
-        "an HA manager runs the cluster (Patroni's sessions are on the server, or \
-         pg_auto_failover's standby names) and its settings are not read: set \
-         `replguard-patroni-url`";
+        "Patroni runs the cluster (its sessions are on the server) and its settings are not \
+         read: set `replguard-patroni-url`";
     PgAutoFailoverTwoNode = "pg-auto-failover-two-node", Unsafe, AtOnce,
-        "a pg_auto_failover two-node formation: when the standby fails the monitor empties \
-         the names (`wait_primary`) and waiting commits commit locally";
+        "pg_auto_failover with one standby in its quorum (number_sync_standbys 0): when the \
+         standby is lost, `wait_primary` empties the names and the primary acknowledges \
+         commits alone";
+    PgAutoFailoverWaitPrimary = "pg-auto-failover-wait-primary", Unsafe, AtOnce,
+        "pg_auto_failover emptied the names (`wait_primary`, or `single`): the primary \
+         acknowledges every commit alone until a standby is back";
+    PgAutoFailoverQuorum = "pg-auto-failover-quorum", Advice, Debounced,
+        "pg_auto_failover's `ANY 1 (…)` over two or more standbys reads the same for \
+         number_sync_standbys 0 and 1: make sure it is 1 or more";
     PatroniUnreachable = "patroni-unreachable", Unknown, Debounced,
         "(Patroni) the REST API at `replguard-patroni-url` (or the leader's) does not answer \
          or answers something unreadable";

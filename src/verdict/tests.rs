@@ -85,6 +85,7 @@ pub(crate) fn primary() -> PrimaryFacts {
             names_source: "configuration file".into(),
             names_sourcefile: Some("/data/postgresql.conf".into()),
             patroni_sessions: 0,
+            autofailover_settings: 0,
         },
     }
 }

@@ -1,0 +1,146 @@
+//! cln-replguard on a real pg_auto_failover formation (pg_autoctl 2.0, a monitor and two or
+//! three nodes on loopback): what the check says with no monitor URI, from the wallet's
+//! server alone. The harness is `pg_auto_failover_support`; every case starts its own
+//! formation and tears it down.
+
+mod common;
+mod pg_auto_failover_support;
+
+use std::time::{Duration, Instant};
+
+use cln_replguard::policy::Policy;
+use cln_replguard::verdict::{self, Code, Level, Verdict};
+use cln_replguard::{patroni, probe};
+use pg_auto_failover_support::{Formation, WALLET_ROLE};
+
+fn finding<'a>(v: &'a Verdict, code: &str) -> &'a cln_replguard::verdict::Finding {
+    v.findings
+        .iter()
+        .find(|f| f.code.as_str() == code)
+        .unwrap_or_else(|| panic!("expected {code}, got {:#?}", v.findings))
+}
+
+/// The verdict as `cln-replguard check --dsn` gives it: the storage's, then the HA manager's
+/// findings (no Patroni URL).
+async fn check(f: &Formation) -> Verdict {
+    let policy = Policy::default();
+    let targets = common::targets(&f.wallet_dsn(), &[]);
+    let obs = probe::observe(&targets, &policy).await;
+    let v = verdict::evaluate(&obs, &policy);
+    let v = patroni::judged(v, &obs, None, policy.query_timeout, false).await;
+    println!("{}: {:?}", v.level.as_str(), common::codes(&v));
+    v
+}
+
+fn names(f: &Formation) -> String {
+    f.psql(
+        f.nodes[0].port,
+        "postgres",
+        "SHOW synchronous_standby_names",
+    )
+    .unwrap()
+}
+
+/// Two nodes: pg_auto_failover names its one standby; when that standby is lost the monitor
+/// assigns wait_primary, pg_autoctl empties the names and PostgreSQL acknowledges the commit
+/// that was waiting for the standby. Both states read as unsafe, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_node_formation_and_its_wait_primary_are_unsafe_with_the_reason() {
+    let f = Formation::start(2);
+    assert_eq!(names(&f), "ANY 1 (pgautofailover_standby_2)");
+    let v = check(&f).await;
+    assert_eq!(v.level, Level::Unsafe, "{:#?}", v.findings);
+    let two = finding(&v, "pg-auto-failover-two-node");
+    assert!(
+        two.message.contains("wait_primary") && two.message.contains("acknowledge"),
+        "{}",
+        two.message
+    );
+    assert!(two.remedy.contains("pg_autoctl"), "{}", two.remedy);
+
+    let started = Instant::now();
+    f.stop_node("n2");
+    // A commit that waits for the lost standby…
+    let waiting = f
+        .psql_command(
+            f.nodes[0].port,
+            Some(WALLET_ROLE),
+            WALLET_ROLE,
+            "CREATE TABLE acknowledged_alone (i int)",
+        )
+        .output_async();
+    f.wait_assigned("n1", "wait_primary", Duration::from_secs(30))
+        .unwrap();
+    // …is acknowledged once pg_autoctl empties the names: no error, no cancellation.
+    let out = waiting.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "n2 stopped → n1 wait_primary, waiting commit acknowledged: {:.1} s",
+        common::elapsed_ms(started) / 1000.0
+    );
+    f.wait_state("n1", "wait_primary", Duration::from_secs(10))
+        .unwrap();
+    assert_eq!(names(&f), "");
+    let v = check(&f).await;
+    assert_eq!(v.level, Level::Unsafe, "{:#?}", v.findings);
+    let wait = finding(&v, "pg-auto-failover-wait-primary");
+    assert!(
+        wait.message.contains("pg_auto_failover"),
+        "{}",
+        wait.message
+    );
+    assert!(wait.remedy.contains("pg_autoctl"), "{}", wait.remedy);
+    // Its own remedy replaces the generic one (ALTER SYSTEM would fight pg_autoctl).
+    assert!(!v.has(Code::SyncNamesEmpty), "{:#?}", v.findings);
+}
+
+/// Three nodes: pg_autoctl raises number_sync_standbys to 1 when the second standby joins.
+/// The names do not show it (`ANY 1 (…)` for 0 and 1 alike), so the check trusts PostgreSQL's
+/// own view and advises; with both standbys lost pg_auto_failover keeps the names and commits
+/// block, which the check calls unsafe as for any pair.
+#[tokio::test(flavor = "multi_thread")]
+async fn three_node_formation_with_one_sync_standby_is_as_safe_as_postgresql_shows() {
+    let f = Formation::start(3);
+    assert_eq!(f.number_sync_standbys().unwrap(), "1");
+    let quorum = "ANY 1 (pgautofailover_standby_2, pgautofailover_standby_3)";
+    assert_eq!(names(&f), quorum);
+    let v = check(&f).await;
+    assert_eq!(v.level, Level::Safe, "{:#?}", v.findings);
+    let advice = finding(&v, "pg-auto-failover-quorum");
+    assert!(
+        advice.remedy.contains("number-sync-standbys"),
+        "{}",
+        advice.remedy
+    );
+
+    f.stop_node("n2");
+    f.stop_node("n3");
+    f.wait_assigned("n2", "catchingup", Duration::from_secs(30))
+        .unwrap();
+    f.wait_assigned("n3", "catchingup", Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(
+        f.states().unwrap()[0].2,
+        "primary",
+        "n1 must stay primary (not wait_primary)"
+    );
+    assert_eq!(names(&f), quorum);
+    let v = check(&f).await;
+    common::assert_verdict(&v, Level::Unsafe, Code::SyncStandbysShort);
+    assert!(!v.has(Code::HaManagerUnconfigured), "{:#?}", v.findings);
+}
+
+/// `Command::output` on a thread: the commit runs while the test goes on.
+trait OutputAsync {
+    fn output_async(self) -> std::thread::JoinHandle<std::process::Output>;
+}
+
+impl OutputAsync for std::process::Command {
+    fn output_async(mut self) -> std::thread::JoinHandle<std::process::Output> {
+        std::thread::spawn(move || self.output().expect("run psql"))
+    }
+}
