@@ -57,6 +57,26 @@ async fn two_node_formation_and_its_wait_primary_are_unsafe_with_the_reason() {
         two.message
     );
     assert!(two.remedy.contains("pg_autoctl"), "{}", two.remedy);
+    // `failover` gives way to pg_auto_failover's monitor, naming what to run instead, and
+    // promotes nothing.
+    let standby = f.superuser_dsn("n2");
+    let (code, out, err) = common::cli(&[
+        "failover",
+        "--standby-dsn",
+        &standby,
+        "--then",
+        "wait-for-standby",
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("pg_autoctl perform switchover"),
+        "{out}{err}"
+    );
+    assert_eq!(
+        f.psql(f.node("n2").port, "postgres", "SELECT pg_is_in_recovery()")
+            .unwrap(),
+        "t"
+    );
 
     let started = Instant::now();
     f.stop_node("n2");

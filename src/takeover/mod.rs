@@ -112,10 +112,12 @@ pub async fn run(a: FailoverArgs) -> Result<i32> {
         ));
         return Ok(EXIT_REFUSED);
     }
-    if let Some(evidence) =
-        crate::patroni::managed::patroni_sessions_on(&standby, policy.query_timeout).await
+    if let Some((manager, evidence)) =
+        crate::patroni::managed::manager_on(&standby, policy.query_timeout).await
     {
-        say_refused(&crate::patroni::managed::refusal("failover", &evidence));
+        say_refused(&crate::patroni::managed::refusal(
+            manager, "failover", &evidence,
+        ));
         return Ok(EXIT_REFUSED);
     }
     let t = Takeover {

@@ -371,6 +371,19 @@ impl Formation {
         )
     }
 
+    /// A superuser DSN for the node `name`'s server, through its Unix socket.
+    pub fn superuser_dsn(&self, name: &str) -> String {
+        let user = match self.owner {
+            Some(_) => "postgres".to_string(),
+            None => std::env::var("USER").unwrap_or_else(|_| "postgres".into()),
+        };
+        format!(
+            "host={} port={} user={user} dbname={WALLET_ROLE}",
+            self.sock.display(),
+            self.node(name).port
+        )
+    }
+
     /// psql on a server of the formation over its socket, as the servers' user; unaligned,
     /// tuples only.
     pub fn psql(&self, port: u16, dbname: &str, sql: &str) -> Result<String> {
