@@ -911,6 +911,20 @@ fn a_patroni_cluster_without_the_url_is_named_by_the_plugin() {
         )? == "1")
     })
     .unwrap();
+    // Any client may call itself Patroni: lightningd's own role doing so is not taken for it.
+    let _impostor = c
+        .spawn_sql(
+            "lightningd",
+            "lightningd",
+            "SET application_name = 'Patroni restapi'; SELECT pg_sleep(3600)",
+        )
+        .unwrap();
+    wait_for("the impostor's session", Duration::from_secs(10), || {
+        Ok(c.primary.psql(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'Patroni restapi'",
+        )? == "1")
+    })
+    .unwrap();
     let mut f =
         started(Setup::new(&c.primary.wallet_dsn()).option("replguard-mode", json!("warn")));
     let r = f.poll(
@@ -925,5 +939,6 @@ fn a_patroni_cluster_without_the_url_is_named_by_the_plugin() {
     );
     let text = r["result"].to_string();
     assert!(text.contains("replguard-patroni-url"), "{r:#}");
+    assert!(text.contains("(1 Patroni session(s)"), "{r:#}");
     assert_eq!(r["result"]["verdict"], "unknown", "{r:#}");
 }

@@ -11,11 +11,12 @@ use crate::dsn::PgTarget;
 use crate::facts::{ProbeFailure, ServerSigns};
 
 // Not filtered on `backend_type`: without `pg_read_all_stats` a role sees only the
-// `application_name` of other roles' sessions, and Patroni connects as its superuser.
+// `application_name` and user of other roles' sessions. Patroni connects as its superuser; a
+// session of any other role calling itself Patroni (any client may) is not taken for it.
 const SIGNS_SQL: &str = "
 SELECT s.source, s.sourcefile,
-       (SELECT count(*) FROM pg_stat_activity
-         WHERE application_name LIKE 'Patroni%') AS patroni,
+       (SELECT count(*) FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
+         WHERE r.rolsuper AND a.application_name LIKE 'Patroni%') AS patroni,
        (SELECT count(*) FROM pg_settings
          WHERE sourcefile LIKE '%/postgresql-auto-failover.conf') AS autofailover
   FROM pg_settings s WHERE s.name = 'synchronous_standby_names'";
