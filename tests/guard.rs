@@ -891,6 +891,24 @@ fn a_plugin_out_of_descriptors_is_a_plugin_fault_that_stops_nothing() {
     );
 }
 
+/// A session of `user` on the primary under `application_name`, held open until dropped.
+fn session_named(c: &Cluster, user: &str, application_name: &str) -> Daemon {
+    let d = c
+        .spawn_sql(
+            user,
+            user,
+            &format!("SET application_name = '{application_name}'; SELECT pg_sleep(3600)"),
+        )
+        .unwrap();
+    wait_for(application_name, Duration::from_secs(10), || {
+        Ok(c.primary.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application_name}'"
+        ))? == "1")
+    })
+    .unwrap();
+    d
+}
+
 /// Without `replguard-patroni-url`, a cluster whose server shows Patroni's sessions is named
 /// by the plugin as `check` and the pre-flight name it: Patroni may rewrite the names or
 /// promote at any time, and nothing reads its settings. Patroni's heartbeat session is
@@ -898,33 +916,9 @@ fn a_plugin_out_of_descriptors_is_a_plugin_fault_that_stops_nothing() {
 #[test]
 fn a_patroni_cluster_without_the_url_is_named_by_the_plugin() {
     let (c, _s) = healthy();
-    let _patroni = c
-        .spawn_sql(
-            "postgres",
-            "postgres",
-            "SET application_name = 'Patroni heartbeat'; SELECT pg_sleep(3600)",
-        )
-        .unwrap();
-    wait_for("Patroni's session", Duration::from_secs(10), || {
-        Ok(c.primary.psql(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'Patroni heartbeat'",
-        )? == "1")
-    })
-    .unwrap();
+    let _patroni = session_named(&c, "postgres", "Patroni heartbeat");
     // Any client may call itself Patroni: lightningd's own role doing so is not taken for it.
-    let _impostor = c
-        .spawn_sql(
-            "lightningd",
-            "lightningd",
-            "SET application_name = 'Patroni restapi'; SELECT pg_sleep(3600)",
-        )
-        .unwrap();
-    wait_for("the impostor's session", Duration::from_secs(10), || {
-        Ok(c.primary.psql(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'Patroni restapi'",
-        )? == "1")
-    })
-    .unwrap();
+    let _impostor = session_named(&c, "lightningd", "Patroni restapi");
     let mut f =
         started(Setup::new(&c.primary.wallet_dsn()).option("replguard-mode", json!("warn")));
     let r = f.poll(
