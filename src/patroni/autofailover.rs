@@ -267,6 +267,21 @@ mod tests {
         assert_eq!(code(&server(any2, &[]), Some(&signs(21))), None);
     }
 
+    /// pg_autoctl writes only `ANY k (…)`: a pair whose operator wrote the names in another
+    /// form (a standby still called pgautofailover_standby_2 after pg_auto_failover was
+    /// removed, and `cln-replguard setup`/`failover` name the walsender as it calls itself) is
+    /// not pg_auto_failover's, and must not be gated as its two-node formation.
+    #[test]
+    fn names_pg_autoctl_never_writes_are_not_pg_auto_failovers() {
+        for names in [
+            "pgautofailover_standby_2",
+            "FIRST 1 (pgautofailover_standby_2)",
+            "1 (pgautofailover_standby_2, pgautofailover_standby_3)",
+        ] {
+            assert_eq!(code(&server(names, &[]), None), None, "{names}");
+        }
+    }
+
     #[test]
     fn a_standby_and_foreign_names_are_left_to_the_other_rules() {
         let standby = PrimaryFacts {
