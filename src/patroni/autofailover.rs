@@ -15,7 +15,7 @@
 //! lost, the primary stays `primary`, the names stay and commits wait.
 
 use crate::facts::PrimaryFacts;
-use crate::syncnames::SyncNames;
+use crate::syncnames::{SyncMethod, SyncNames};
 use crate::verdict::{Code, Finding};
 
 /// The prefix pg_auto_failover gives every standby's `application_name` and slot.
@@ -43,11 +43,15 @@ struct Signs {
 
 impl Signs {
     fn read(p: &PrimaryFacts) -> Signs {
-        let required = match &p.sync_names {
-            Ok(SyncNames::Required(r)) => r.num,
-            _ => 1,
+        // pg_autoctl writes only `ANY k (…)`: names in another form are the operator's, even
+        // when a standby kept pg_auto_failover's application_name.
+        let (listed, required) = match &p.sync_names {
+            Ok(SyncNames::Required(r)) if r.method == SyncMethod::Any => {
+                let ours = |n: &&String| n.to_ascii_lowercase().starts_with(STANDBY_PREFIX);
+                (r.names.iter().filter(ours).count(), r.num)
+            }
+            _ => (0, 1),
         };
-        let listed = p.sync_names_raw.matches(STANDBY_PREFIX).count();
         Signs {
             listed,
             required,

@@ -290,6 +290,7 @@ fn without_a_url_the_ha_manager_is_recognised() {
     assert_eq!(codes_of(None, &none, false), []);
     let two_node = PrimaryFacts {
         sync_names_raw: "ANY 1 (pgautofailover_standby_2)".into(),
+        sync_names: crate::syncnames::SyncNames::parse("ANY 1 (pgautofailover_standby_2)"),
         ha_signs: none,
         ..wallet_server()
     };
