@@ -154,6 +154,55 @@ async fn three_node_formation_with_one_sync_standby_is_as_safe_as_postgresql_sho
     assert!(!v.has(Code::HaManagerUnconfigured), "{:#?}", v.findings);
 }
 
+/// `failover` gives way to pg_auto_failover with the role contrib/FAILOVER.md documents
+/// (EXECUTE on pg_promote and pg_checkpoint, no pg_read_all_settings): such a role cannot see
+/// pg_settings.sourcefile, so postgresql-auto-failover.conf is no sign for it, but the
+/// standby's own signs are there to any role (its primary_slot_name, its slots).
+#[tokio::test(flavor = "multi_thread")]
+async fn failover_with_the_documented_promote_role_gives_way_to_pg_auto_failover() {
+    let f = Formation::start(2);
+    f.psql(
+        f.nodes[0].port,
+        "postgres",
+        "CREATE ROLE promoter LOGIN; \
+         GRANT EXECUTE ON FUNCTION pg_promote(boolean, integer) TO promoter; \
+         GRANT pg_checkpoint TO promoter",
+    )
+    .unwrap();
+    let n2 = f.node("n2").port;
+    cln_replguard::cluster::wait_for("the role to reach n2", Duration::from_secs(30), || {
+        Ok(f.psql(n2, "postgres", "SELECT count(*) FROM pg_roles WHERE rolname = 'promoter'")?
+            == "1")
+    })
+    .unwrap();
+    let seen = f
+        .psql_as(
+            n2,
+            Some("promoter"),
+            WALLET_ROLE,
+            "SELECT current_setting('primary_slot_name') || ' / ' || \
+             (SELECT string_agg(slot_name, ',') FROM pg_replication_slots)",
+        )
+        .unwrap();
+    println!("what the promote role sees on n2: {seen}");
+    let standby = format!(
+        "host={} port={n2} user=promoter dbname={WALLET_ROLE}",
+        f.superuser_dsn("n2").split(' ').next().unwrap().trim_start_matches("host=")
+    );
+    let (code, out, err) = common::cli(&[
+        "failover",
+        "--standby-dsn",
+        &standby,
+        "--then",
+        "wait-for-standby",
+    ]);
+    assert_eq!(code, 2, "{out}{err}");
+    assert!(
+        format!("{out}{err}").contains("pg_auto_failover manages this cluster"),
+        "{out}{err}"
+    );
+}
+
 /// `Command::output` on a thread: the commit runs while the test goes on.
 trait OutputAsync {
     fn output_async(self) -> std::thread::JoinHandle<std::process::Output>;
