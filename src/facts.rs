@@ -451,4 +451,8 @@ pub struct ServerSigns {
     /// stays while pg_autoctl empties the names, where the keeper's short sessions (no
     /// `application_name`) show nothing. 0 too when the role may not see `sourcefile`.
     pub autofailover_settings: i64,
+    /// A standby's `primary_slot_name`, when set: pg_autoctl names it
+    /// `pgautofailover_standby_<id>`, and any role may read it (a role that can promote need
+    /// not see `sourcefile`).
+    pub primary_slot_name: Option<String>,
 }

@@ -171,8 +171,11 @@ async fn failover_with_the_documented_promote_role_gives_way_to_pg_auto_failover
     .unwrap();
     let n2 = f.node("n2").port;
     cln_replguard::cluster::wait_for("the role to reach n2", Duration::from_secs(30), || {
-        Ok(f.psql(n2, "postgres", "SELECT count(*) FROM pg_roles WHERE rolname = 'promoter'")?
-            == "1")
+        Ok(f.psql(
+            n2,
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'promoter'",
+        )? == "1")
     })
     .unwrap();
     let seen = f
@@ -187,7 +190,11 @@ async fn failover_with_the_documented_promote_role_gives_way_to_pg_auto_failover
     println!("what the promote role sees on n2: {seen}");
     let standby = format!(
         "host={} port={n2} user=promoter dbname={WALLET_ROLE}",
-        f.superuser_dsn("n2").split(' ').next().unwrap().trim_start_matches("host=")
+        f.superuser_dsn("n2")
+            .split(' ')
+            .next()
+            .unwrap()
+            .trim_start_matches("host=")
     );
     let (code, out, err) = common::cli(&[
         "failover",

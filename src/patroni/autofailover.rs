@@ -19,7 +19,7 @@ use crate::syncnames::{SyncMethod, SyncNames};
 use crate::verdict::{Code, Finding};
 
 /// The prefix pg_auto_failover gives every standby's `application_name` and slot.
-const STANDBY_PREFIX: &str = "pgautofailover_standby_";
+pub const STANDBY_PREFIX: &str = "pgautofailover_standby_";
 
 /// A pg_auto_failover finding, and the verdict's own codes it explains better.
 #[derive(Clone, Debug, PartialEq)]
@@ -198,6 +198,7 @@ mod tests {
             names_sourcefile: Some("/srv/pg/postgresql.auto.conf".into()),
             patroni_sessions: 0,
             autofailover_settings: conf_settings,
+            primary_slot_name: None,
         }
     }
 

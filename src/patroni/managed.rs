@@ -5,7 +5,9 @@
 use std::path::Path;
 use std::time::Duration;
 
+use super::autofailover::STANDBY_PREFIX;
 use crate::dsn::PgTarget;
+use crate::facts::ServerSigns;
 use crate::probe;
 
 /// The HA managers `failover` and `setup` give way to.
@@ -70,18 +72,42 @@ pub async fn manager_on(target: &PgTarget, deadline: Duration) -> Option<(Manage
         let seen = format!("{} Patroni session(s) on {target}", signs.patroni_sessions);
         return Some((Manager::Patroni, seen));
     }
-    (signs.autofailover_settings > 0).then(|| {
-        let seen = format!(
-            "{} setting(s) from postgresql-auto-failover.conf on {target}",
+    autofailover_seen(&signs).map(|seen| (Manager::PgAutoFailover, format!("{seen} on {target}")))
+}
+
+/// pg_auto_failover's signs on a standby: its settings file (a role with
+/// `pg_read_all_settings` sees it) or its slot name (any role sees it).
+fn autofailover_seen(signs: &ServerSigns) -> Option<String> {
+    if signs.autofailover_settings > 0 {
+        return Some(format!(
+            "{} setting(s) from postgresql-auto-failover.conf",
             signs.autofailover_settings
-        );
-        (Manager::PgAutoFailover, seen)
-    })
+        ));
+    }
+    let slot = signs.primary_slot_name.as_deref()?;
+    slot.to_ascii_lowercase()
+        .starts_with(STANDBY_PREFIX)
+        .then(|| format!("primary_slot_name '{slot}'"))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_standby_streaming_through_pg_autoctls_slot_is_pg_auto_failovers() {
+        let signs = |slot: Option<&str>| ServerSigns {
+            names_source: "default".into(),
+            names_sourcefile: None,
+            patroni_sessions: 0,
+            autofailover_settings: 0,
+            primary_slot_name: slot.map(str::to_string),
+        };
+        let seen = autofailover_seen(&signs(Some("pgautofailover_standby_2")));
+        assert!(seen.unwrap().contains("pgautofailover_standby_2"));
+        assert_eq!(autofailover_seen(&signs(Some("n2"))), None);
+        assert_eq!(autofailover_seen(&signs(None)), None);
+    }
 
     #[test]
     fn a_data_directory_pg_autoctl_runs_is_refused_with_what_to_do() {

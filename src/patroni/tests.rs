@@ -63,6 +63,7 @@ fn patronis_names() -> ServerSigns {
         names_sourcefile: Some("/var/lib/postgresql/15/main/postgresql.conf".into()),
         patroni_sessions: 2,
         autofailover_settings: 0,
+        primary_slot_name: None,
     }
 }
 

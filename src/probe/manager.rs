@@ -18,7 +18,8 @@ SELECT s.source, s.sourcefile,
        (SELECT count(*) FROM pg_stat_activity a JOIN pg_roles r ON r.oid = a.usesysid
          WHERE r.rolsuper AND a.application_name LIKE 'Patroni%') AS patroni,
        (SELECT count(*) FROM pg_settings
-         WHERE sourcefile LIKE '%/postgresql-auto-failover.conf') AS autofailover
+         WHERE sourcefile LIKE '%/postgresql-auto-failover.conf') AS autofailover,
+       NULLIF(current_setting('primary_slot_name'), '') AS primary_slot
   FROM pg_settings s WHERE s.name = 'synchronous_standby_names'";
 
 pub async fn observe(target: &PgTarget, deadline: Duration) -> Result<ServerSigns, ProbeFailure> {
@@ -33,5 +34,6 @@ pub(super) async fn read(session: &Session) -> Result<ServerSigns, ProbeFailure>
         names_sourcefile: row.get("sourcefile"),
         patroni_sessions: row.get("patroni"),
         autofailover_settings: row.get("autofailover"),
+        primary_slot_name: row.get("primary_slot"),
     })
 }

@@ -86,6 +86,7 @@ pub(crate) fn primary() -> PrimaryFacts {
             names_sourcefile: Some("/data/postgresql.conf".into()),
             patroni_sessions: 0,
             autofailover_settings: 0,
+            primary_slot_name: None,
         },
     }
 }
