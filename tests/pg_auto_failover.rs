@@ -210,6 +210,64 @@ async fn failover_with_the_documented_promote_role_gives_way_to_pg_auto_failover
     );
 }
 
+/// Three nodes with number_sync_standbys 0 (`pg_autoctl set formation number-sync-standbys
+/// 0`, one command on any node): the names are the same `ANY 1 (…)` as with 1, but once both
+/// standbys are lost the monitor assigns wait_primary and the waiting commit is acknowledged
+/// on the primary alone, as in the two-node formation the check calls unsafe. The check must
+/// not call this formation safe beforehand (review: it says SAFE with advice).
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_with_number_sync_standbys_0_are_not_called_safe() {
+    let f = Formation::start(3);
+    let n1 = f.node("n1").pgdata.display().to_string();
+    let out = f
+        .pg_autoctl()
+        .args([
+            "set",
+            "formation",
+            "number-sync-standbys",
+            "0",
+            "--pgdata",
+            &n1,
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(f.number_sync_standbys().unwrap(), "0");
+    let quorum = "ANY 1 (pgautofailover_standby_2, pgautofailover_standby_3)";
+    cln_replguard::cluster::wait_for(
+        "pg_autoctl to settle the names",
+        Duration::from_secs(30),
+        || Ok(names(&f) == quorum),
+    )
+    .unwrap();
+    let before = check(&f).await;
+
+    f.stop_node("n2");
+    f.stop_node("n3");
+    let waiting = f
+        .psql_command(
+            f.nodes[0].port,
+            Some(WALLET_ROLE),
+            WALLET_ROLE,
+            "CREATE TABLE acknowledged_alone (i int)",
+        )
+        .output_async();
+    f.wait_assigned("n1", "wait_primary", Duration::from_secs(60))
+        .unwrap();
+    let out = waiting.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("both standbys lost → wait_primary, the waiting commit acknowledged alone");
+    assert_ne!(before.level, Level::Safe, "{:#?}", before.findings);
+}
+
 /// `Command::output` on a thread: the commit runs while the test goes on.
 trait OutputAsync {
     fn output_async(self) -> std::thread::JoinHandle<std::process::Output>;
