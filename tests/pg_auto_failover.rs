@@ -119,17 +119,17 @@ async fn two_node_formation_and_its_wait_primary_are_unsafe_with_the_reason() {
 }
 
 /// Three nodes: pg_autoctl raises number_sync_standbys to 1 when the second standby joins.
-/// The names do not show it (`ANY 1 (…)` for 0 and 1 alike), so the check trusts PostgreSQL's
-/// own view and advises; with both standbys lost pg_auto_failover keeps the names and commits
+/// The names do not show it (`ANY 1 (…)` for 0 and 1 alike), so the check says degraded and
+/// what to confirm; with both standbys lost pg_auto_failover keeps the names and commits
 /// block, which the check calls unsafe as for any pair.
 #[tokio::test(flavor = "multi_thread")]
-async fn three_node_formation_with_one_sync_standby_is_as_safe_as_postgresql_shows() {
+async fn three_node_formation_with_one_sync_standby_is_degraded_for_what_the_names_hide() {
     let f = Formation::start(3);
     assert_eq!(f.number_sync_standbys().unwrap(), "1");
     let quorum = "ANY 1 (pgautofailover_standby_2, pgautofailover_standby_3)";
     assert_eq!(names(&f), quorum);
     let v = check(&f).await;
-    assert_eq!(v.level, Level::Safe, "{:#?}", v.findings);
+    assert_eq!(v.level, Level::Degraded, "{:#?}", v.findings);
     let advice = finding(&v, "pg-auto-failover-quorum");
     assert!(
         advice.remedy.contains("number-sync-standbys"),

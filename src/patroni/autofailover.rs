@@ -149,9 +149,9 @@ fn quorum(names: &str) -> Judged {
             Code::PgAutoFailoverQuorum,
             format!(
                 "pg_auto_failover writes synchronous_standby_names = '{names}' for \
-                 number_sync_standbys 0 and 1 alike: with 1, commits wait when every standby \
-                 is lost (checked here as PostgreSQL shows it); with 0, pg_autoctl would then \
-                 empty the names and the primary acknowledge commits alone"
+                 number_sync_standbys 0 and 1 alike, and the server cannot tell which: with 1, \
+                 commits wait when every standby is lost; with 0, pg_autoctl then empties the \
+                 names and the primary acknowledges commits alone (measured)"
             ),
             "pg_autoctl show settings on the monitor: number_sync_standbys must be 1 or more \
              (pg_autoctl set formation number-sync-standbys 1)",
@@ -261,7 +261,7 @@ mod tests {
     }
 
     #[test]
-    fn two_standbys_any_1_is_advice_and_any_2_needs_nothing() {
+    fn two_standbys_any_1_is_degraded_and_any_2_needs_nothing() {
         let any1 = "ANY 1 (pgautofailover_standby_2, pgautofailover_standby_3)";
         assert_eq!(
             code(&server(any1, &[]), Some(&signs(21))),

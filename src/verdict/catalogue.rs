@@ -190,9 +190,10 @@ catalogue! {
     PgAutoFailoverWaitPrimary = "pg-auto-failover-wait-primary", Unsafe, AtOnce,
         "pg_auto_failover emptied the names (`wait_primary`, or `single`): the primary \
          acknowledges every commit alone until a standby is back";
-    PgAutoFailoverQuorum = "pg-auto-failover-quorum", Advice, Debounced,
+    PgAutoFailoverQuorum = "pg-auto-failover-quorum", Degraded, Debounced,
         "pg_auto_failover's `ANY 1 (…)` over two or more standbys reads the same for \
-         number_sync_standbys 0 and 1: make sure it is 1 or more";
+         number_sync_standbys 0 and 1; with 0, losing every standby makes the primary \
+         acknowledge commits alone: make sure it is 1 or more";
     PatroniUnreachable = "patroni-unreachable", Unknown, Debounced,
         "(Patroni) the REST API at `replguard-patroni-url` (or the leader's) does not answer \
          or answers something unreadable";
