@@ -38,6 +38,14 @@ pub async fn replication_status(
     let mut obs = probe::observe(targets, &st.settings.policy).await;
     obs.pinned_commit = st.pinned.clone();
     let v = verdict::evaluate(&obs, &st.settings.policy);
+    let v = crate::patroni::judged(
+        v,
+        &obs,
+        st.settings.patroni_url.as_ref(),
+        st.settings.policy.query_timeout,
+        false,
+    )
+    .await;
     let mut out = report::StatusDocument::of(&obs, &v, &st.settings.policy);
     out.plugin.mode = Some(st.settings.mode);
     out.plugin.report_age_ms = Some(0);

@@ -97,6 +97,14 @@ pub async fn watch(init_seen: Arc<AtomicBool>) {
     while !init_seen.load(Ordering::SeqCst) {
         let obs = probe::observe(&targets, &settings.policy).await;
         let v = verdict::evaluate(&obs, &settings.policy);
+        let v = crate::patroni::judged(
+            v,
+            &obs,
+            settings.patroni_url.as_ref(),
+            settings.policy.query_timeout,
+            false,
+        )
+        .await;
         let message = blocked_message(&obs, &v, settings.startup_wait);
         // The file first: whoever reads our stderr report finds the file already there.
         if let Some(path) = &status_file {
