@@ -114,10 +114,19 @@ fn wait_primary(s: &Signs) -> Judged {
                  the primary alone",
                 s.evidence()
             ),
-            "bring the standby back (pg_autoctl run on its host; pg_autoctl show state lists it \
-             as secondary again and pg_autoctl restores the names). For commits that wait \
-             instead: three nodes and pg_autoctl set formation number-sync-standbys 1. Not \
-             ALTER SYSTEM: pg_autoctl overwrites the names",
+            format!(
+                "bring the standby back (pg_autoctl run on its host; pg_autoctl show state lists \
+                 it as secondary again and pg_autoctl restores the names). For commits that \
+                 wait instead: three nodes and pg_autoctl set formation number-sync-standbys 1. \
+                 Not ALTER SYSTEM: pg_autoctl overwrites the names{}",
+                if s.conf_settings == 0 {
+                    // Slots alone: pg_autoctl's file is hidden from this role, or gone.
+                    ". If pg_auto_failover no longer runs here, its slots were left behind: \
+                     drop them (pg_drop_replication_slot) and name the standby"
+                } else {
+                    ""
+                }
+            ),
         ),
         supersedes: vec![Code::SyncNamesEmpty],
     }
@@ -249,14 +258,23 @@ mod tests {
             "{}",
             j.finding.message
         );
-        // Either sign alone: the settings file (slots dropped) or the slots (sourcefile hidden).
+        assert!(
+            !j.finding.remedy.contains("left behind"),
+            "{}",
+            j.finding.remedy
+        );
+        // Either sign alone: the settings file (slots dropped) or the slots (sourcefile hidden,
+        // or pg_auto_failover gone and its slots left: the remedy says both).
         assert_eq!(
             code(&server("", &[]), Some(&signs(3))),
             Some(Code::PgAutoFailoverWaitPrimary)
         );
-        assert_eq!(
-            code(&server("", &slots), None),
-            Some(Code::PgAutoFailoverWaitPrimary)
+        let slots_only = judge(&with(&server("", &slots), None)).unwrap();
+        assert_eq!(slots_only.finding.code, Code::PgAutoFailoverWaitPrimary);
+        assert!(
+            slots_only.finding.remedy.contains("left behind"),
+            "{}",
+            slots_only.finding.remedy
         );
     }
 
