@@ -9,7 +9,7 @@ mod pg_auto_failover_support;
 use std::time::{Duration, Instant};
 
 use cln_replguard::policy::Policy;
-use cln_replguard::verdict::{self, Code, Level, Verdict};
+use cln_replguard::verdict::{Code, Level, Verdict};
 use cln_replguard::{patroni, probe};
 use pg_auto_failover_support::{Formation, WALLET_ROLE};
 
@@ -26,8 +26,7 @@ async fn check(f: &Formation) -> Verdict {
     let policy = Policy::default();
     let targets = common::targets(&f.wallet_dsn(), &[]);
     let obs = probe::observe(&targets, &policy).await;
-    let v = verdict::evaluate(&obs, &policy);
-    let v = patroni::judged(v, &obs, None, policy.query_timeout, false).await;
+    let v = patroni::verdict_of(&obs, &policy, None, false).await;
     println!("{}: {:?}", v.level.as_str(), common::codes(&v));
     v
 }
@@ -80,24 +79,7 @@ async fn two_node_formation_and_its_wait_primary_are_unsafe_with_the_reason() {
 
     let started = Instant::now();
     f.stop_node("n2");
-    // A commit that waits for the lost standby…
-    let waiting = f
-        .psql_command(
-            f.nodes[0].port,
-            Some(WALLET_ROLE),
-            WALLET_ROLE,
-            "CREATE TABLE acknowledged_alone (i int)",
-        )
-        .output_async();
-    f.wait_assigned("n1", "wait_primary", Duration::from_secs(30))
-        .unwrap();
-    // …is acknowledged once pg_autoctl empties the names: no error, no cancellation.
-    let out = waiting.join().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    commit_waiting_for_the_lost_standbys_is_acknowledged_alone(&f, Duration::from_secs(30));
     println!(
         "n2 stopped → n1 wait_primary, waiting commit acknowledged: {:.1} s",
         common::elapsed_ms(started) / 1000.0
@@ -248,6 +230,15 @@ async fn three_nodes_with_number_sync_standbys_0_are_not_called_safe() {
 
     f.stop_node("n2");
     f.stop_node("n3");
+    commit_waiting_for_the_lost_standbys_is_acknowledged_alone(&f, Duration::from_secs(60));
+    println!("both standbys lost → wait_primary, the waiting commit acknowledged alone");
+    assert_ne!(before.level, Level::Safe, "{:#?}", before.findings);
+}
+
+/// Its standbys lost, a commit on n1 waits; the monitor assigns n1 wait_primary within
+/// `timeout`, pg_autoctl empties the names, and the commit is acknowledged: no error, no
+/// cancellation, on the primary alone.
+fn commit_waiting_for_the_lost_standbys_is_acknowledged_alone(f: &Formation, timeout: Duration) {
     let waiting = f
         .psql_command(
             f.nodes[0].port,
@@ -256,16 +247,13 @@ async fn three_nodes_with_number_sync_standbys_0_are_not_called_safe() {
             "CREATE TABLE acknowledged_alone (i int)",
         )
         .output_async();
-    f.wait_assigned("n1", "wait_primary", Duration::from_secs(60))
-        .unwrap();
+    f.wait_assigned("n1", "wait_primary", timeout).unwrap();
     let out = waiting.join().unwrap();
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    println!("both standbys lost → wait_primary, the waiting commit acknowledged alone");
-    assert_ne!(before.level, Level::Safe, "{:#?}", before.findings);
 }
 
 /// `Command::output` on a thread: the commit runs while the test goes on.
