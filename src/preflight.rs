@@ -11,7 +11,7 @@ use crate::evidence::Record;
 use crate::facts::Observation;
 use crate::probe;
 use crate::report;
-use crate::verdict::{self, Verdict};
+use crate::verdict::Verdict;
 
 /// Pause between two attempts while waiting for a go.
 const RETRY_EVERY: Duration = Duration::from_secs(1);
@@ -20,15 +20,8 @@ const RETRY_EVERY: Duration = Duration::from_secs(1);
 /// manager (`crate::patroni`) judged with it.
 pub async fn observe_and_judge(r: &Resolved, require_leader: bool) -> (Observation, Verdict) {
     let obs = probe::observe(&r.targets, &r.policy).await;
-    let v = verdict::evaluate(&obs, &r.policy);
-    let v = crate::patroni::judged(
-        v,
-        &obs,
-        r.patroni_url.as_ref(),
-        r.policy.query_timeout,
-        require_leader,
-    )
-    .await;
+    let v =
+        crate::patroni::verdict_of(&obs, &r.policy, r.patroni_url.as_ref(), require_leader).await;
     (obs, v)
 }
 

@@ -14,6 +14,7 @@ pub mod rules;
 use std::time::Duration;
 
 use crate::facts::Observation;
+use crate::policy::Policy;
 use crate::verdict::Verdict;
 
 pub use facts::{ClusterView, DynamicConfig, NodeStatus, PatroniObservation};
@@ -70,17 +71,19 @@ pub async fn observe_if_configured(
     }
 }
 
-/// Every check — `status`, `check`, the pre-flight and the plugin's — judges the HA manager
-/// the same way: with `replguard-patroni-url`, Patroni's findings; without it, an HA manager
-/// seen on the server (Patroni's sessions, pg_auto_failover's names) is named.
-pub async fn judged(
-    v: Verdict,
+/// The verdict of one check, made the same way by every check — `status`, `check`, the
+/// pre-flight, and the plugin's startup check, monitor and `replication-status`: the storage's
+/// rules, then the HA manager's: with `replguard-patroni-url`, Patroni's findings; without
+/// it, an HA manager seen on the server (Patroni's sessions, pg_auto_failover's signs) is
+/// named.
+pub async fn verdict_of(
     obs: &Observation,
+    policy: &Policy,
     url: Option<&PatroniUrl>,
-    deadline: Duration,
     require_leader: bool,
 ) -> Verdict {
-    let patroni = observe_if_configured(url, deadline).await;
+    let v = crate::verdict::evaluate(obs, policy);
+    let patroni = observe_if_configured(url, policy.query_timeout).await;
     amend(v, obs, patroni.as_ref(), require_leader)
 }
 

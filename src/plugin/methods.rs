@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::params;
 use super::startup::State;
 use crate::failover::{self, Readiness};
-use crate::{probe, report, verdict};
+use crate::{probe, report};
 
 /// Not ready: a failover now could lose an acknowledged commit.
 pub const ERR_FAILOVER_NOT_READY: i64 = 2300;
@@ -37,12 +37,10 @@ pub async fn replication_status(
     }
     let mut obs = probe::observe(targets, &st.settings.policy).await;
     obs.pinned_commit = st.pinned.clone();
-    let v = verdict::evaluate(&obs, &st.settings.policy);
-    let v = crate::patroni::judged(
-        v,
+    let v = crate::patroni::verdict_of(
         &obs,
+        &st.settings.policy,
         st.settings.patroni_url.as_ref(),
-        st.settings.policy.query_timeout,
         false,
     )
     .await;

@@ -20,7 +20,7 @@ use super::startup::{Inner, State};
 use crate::guard::{self, Debouncer, OnUnsafe, StopDecision, Transition};
 use crate::policy::Policy;
 use crate::verdict::{Code, Verdict};
-use crate::{evidence, probe, report, statusfile, verdict};
+use crate::{evidence, probe, report, statusfile};
 
 /// A notification not taken by then is dropped: lightningd is frozen or gone.
 const NOTIFY_DEADLINE: Duration = Duration::from_secs(2);
@@ -67,15 +67,8 @@ pub(super) async fn run(plugin: Plugin<State>) {
                 None => runtime.interval,
             };
         obs.pinned_commit = st.pinned.clone();
-        let v = verdict::evaluate(&obs, &policy);
-        let v = crate::patroni::judged(
-            v,
-            &obs,
-            st.settings.patroni_url.as_ref(),
-            policy.query_timeout,
-            false,
-        )
-        .await;
+        let v = crate::patroni::verdict_of(&obs, &policy, st.settings.patroni_url.as_ref(), false)
+            .await;
         fault.observe(&v);
         if let Some(e) = &evidence {
             e.tx.send_replace(evidence::Record::of(&obs, &v));

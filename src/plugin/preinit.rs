@@ -96,12 +96,10 @@ pub async fn watch(init_seen: Arc<AtomicBool>) {
     let mut told = false;
     while !init_seen.load(Ordering::SeqCst) {
         let obs = probe::observe(&targets, &settings.policy).await;
-        let v = verdict::evaluate(&obs, &settings.policy);
-        let v = crate::patroni::judged(
-            v,
+        let v = crate::patroni::verdict_of(
             &obs,
+            &settings.policy,
             settings.patroni_url.as_ref(),
-            settings.policy.query_timeout,
             false,
         )
         .await;

@@ -18,7 +18,7 @@ use crate::lightningd_rpc;
 use crate::options::{self, Settings};
 use crate::policy::Policy;
 use crate::probe::{self, Targets};
-use crate::verdict::{self, Level, Verdict};
+use crate::verdict::{Level, Verdict};
 
 /// What the RPC methods work with once lightningd runs.
 #[derive(Clone)]
@@ -257,12 +257,10 @@ async fn check_until_go(
 ) -> (Observation, Verdict, action::Decision) {
     loop {
         let obs = observe_until(targets, &settings.policy, deadline).await;
-        let v = verdict::evaluate(&obs, &settings.policy);
-        let v = crate::patroni::judged(
-            v,
+        let v = crate::patroni::verdict_of(
             &obs,
+            &settings.policy,
             settings.patroni_url.as_ref(),
-            settings.policy.query_timeout,
             false,
         )
         .await;
